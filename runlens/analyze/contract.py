@@ -1,0 +1,104 @@
+"""The analysis document: what ``runlens analyze --json`` prints, what the report renders, what a UI reads.
+
+Versioned by ``SCHEMA_VERSION``: fields are added, never renamed or given a new meaning. Every value is plain
+JSON (no NaN: missing numbers are null). Memory is GiB, times are UNIX seconds, durations seconds unless the
+name says minutes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+SCHEMA_VERSION = 1
+
+Severity = Literal["critical", "warning", "info"]
+Health = Literal["good", "warning", "critical"]
+SEVERITY_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+
+
+class Goodput(TypedDict):
+    ratio: float | None                 # productive step time / wall time, 0..1
+    productive_seconds: float
+    wall_seconds: float
+    lost_seconds: dict[str, float]      # startup, data_wait, eval_and_checkpoints, stalls_and_hangs, monitoring, other
+
+
+class Summary(TypedDict, total=False):
+    health_score: Health
+    peak_memory_gb: float | None        # system RAM used (total - available) at its peak, from raw samples
+    total_memory_gb: float | None
+    peak_memory_ratio: float | None
+    peak_gpu_memory_gb: float | None
+    gpu_total_memory_gb: float | None
+    training_completed: bool
+    status: str                         # the job's status (succeeded, failed, timed_out, running, ...)
+    status_reason: str | None
+    steps_completed: int
+    last_step: int | None
+    duration_minutes: float | None
+    error_count: int
+    warning_count: int
+    goodput: Goodput
+    monitoring_overhead_ratio: float | None
+
+
+class Recommendation(TypedDict, total=False):
+    id: str                             # rule id, e.g. "memory.workers" (stable, for dedup and tests)
+    severity: Severity
+    title: str
+    action: str                         # what to change, in one sentence
+    impact: str                         # quantified from this run: "Saves ~3.1 GB (0.78 GB/worker)"
+    impact_value: float | None          # the number behind impact, in impact_unit
+    impact_unit: str | None             # "GB", "percent_time", "seconds", ...
+    config_path: str | None             # in the job's dialect: "config.process[0].datasets[0].num_workers"
+    current_value: Any                  # from the config snapshot, or the framework default
+    current_value_source: Literal["config", "default", "measured", "unknown"]
+    recommended_value: Any              # a concrete literal
+    evidence: dict[str, Any]            # figures, steps, timestamps that triggered it
+    primary: bool                       # the one primary memory lever of this run
+    alternatives: list[str]             # ids of other recommendations that address the same problem
+    category: str                       # memory | throughput | training | logs | hangs
+
+
+class LogError(TypedDict, total=False):
+    timestamp: float | None
+    timestamp_source: Literal["line", "arrival"] | None
+    level: Literal["error", "warning"]
+    category: str
+    message: str                        # first line, as shown
+    text: str                           # the whole finding (a traceback), bounded
+    line_number: int
+    count: int                          # identical findings folded into one
+    memory_at_time_gb: float | None
+    details: dict[str, Any]             # e.g. CUDA OOM figures: tried_to_allocate_gb, total_gb, free_gb, ...
+
+
+class Analysis(TypedDict, total=False):
+    schema_version: int
+    generated_at: float
+    runlens_version: str
+    job: dict[str, Any]                 # the Job row (config included, redacted), plus environment
+    summary: Summary
+    recommendations: list[Recommendation]
+    log_errors: list[LogError]
+    metrics_timeline: dict[str, Any]    # see runlens.analyze.timeline: downsampled series for drawing
+    monitoring_cost: list[dict[str, Any]]   # operation, calls, total_seconds, share_of_wall, on_training_thread
+    hangs: list[dict[str, Any]]         # timestamp, phase, last_step, seconds_since_progress, cause, stacks
+    environment: dict[str, Any]         # host, cpu, gpus, python, torch, runlens versions
+
+
+# metrics_timeline, as built by the analyzer and drawn by the report. Each series is downsampled for drawing
+# with a peak-keeping method (runlens.analyze.downsample); peaks and thresholds come from the raw data.
+#
+#   {
+#     "start_time": float,                       # UNIX seconds of the first sample or step (x origin)
+#     "memory": {name: {"x": [t...], "y": [gb...]}},   # system_used_gb, main_process_gb, workers_gb,
+#                                                      # gpu_used_gb, swap_used_gb (absent series omitted)
+#     "total_memory_gb": float | None, "gpu_total_memory_gb": float | None,
+#     "thresholds": {"warning_ratio": .85, "critical_ratio": .95, "warning_gb": float, "critical_gb": float},
+#     "training": {name: {"x": [step...], "y": [value...]}},   # loss, learning_rate, gradient_norm,
+#                                                             # step_time_seconds, data_time_seconds
+#     "events": [{"timestamp": t, "type": str, "label": str, "severity": Severity}],   # at most 200
+#     "raw_counts": {"samples": int, "steps": int, "events": int},
+#   }
+SeriesXY = dict[str, list[float | None]]

@@ -1,0 +1,98 @@
+"""Migrate-on-open: a new database is created at head, an older one upgraded, a newer one refused.
+
+Opening the same fresh database from many processes at once must not race (MLflow needed a file lock for
+this, mlflow#1761): the upgrade runs under an exclusive lock, a file lock beside a SQLite file or a
+PostgreSQL advisory lock, and the version is checked again once the lock is held.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+
+from runlens.errors import SchemaTooNew, StoreUnavailable
+from runlens.redact import redact_url
+from runlens.resources import resource_dir
+from runlens.store.engine import sqlite_path
+
+log = logging.getLogger(__name__)
+
+# The newest revision in migrations/versions; a test keeps the two in step. Knowing it without loading
+# Alembic keeps the common case (an up-to-date store) to one query.
+HEAD_REVISION = "0002"
+KNOWN_REVISIONS = ("0001", "0002")
+_PG_LOCK_KEY = 0x72756E6C656E73  # "runlens"
+
+
+def current_revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+    return None if row is None else str(row[0])
+
+
+def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resource_dir("migrations")))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def upgrade(conn: Connection, revision: str = "head") -> None:
+    """Run Alembic's upgrade on ``conn`` (committed by the caller's transaction)."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(conn), revision)
+
+
+@contextmanager
+def _exclusive(engine: Engine) -> Iterator[None]:
+    path = sqlite_path(str(engine.url))
+    if path is not None:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(path) + ".lock", timeout=120)
+        try:
+            with lock:
+                yield
+        except Timeout:
+            raise StoreUnavailable(str(path), f"timed out waiting for {lock.lock_file} (another runlens migrating?)")
+        return
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+        return
+    yield
+
+
+def _check_known(found: str | None, url: str) -> None:
+    if found is not None and found not in KNOWN_REVISIONS:
+        raise SchemaTooNew(found, HEAD_REVISION, redact_url(url))
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the store to HEAD_REVISION, or raise SchemaTooNew without writing anything."""
+    url = str(engine.url)
+    with engine.connect() as conn:
+        found = current_revision(conn)
+    _check_known(found, url)
+    if found == HEAD_REVISION:
+        return
+    with _exclusive(engine):
+        with engine.begin() as conn:
+            found = current_revision(conn)
+            _check_known(found, url)
+            if found == HEAD_REVISION:
+                return
+            log.info("migrating runlens store %s from %s to %s", redact_url(url), found or "empty", HEAD_REVISION)
+            upgrade(conn)

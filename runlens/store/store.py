@@ -1,0 +1,212 @@
+"""The Store: the one object the rest of runlens talks to for reading and writing a runlens database.
+
+It takes and returns plain data (dicts, lists, DataFrames), so nothing outside ``runlens/store`` imports
+SQLAlchemy. Database errors become ``StoreUnavailable`` with the reason, never a driver traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Iterator, Mapping, Sequence
+
+from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
+
+from runlens._version import __version__
+from runlens.errors import JobNotFound, StoreUnavailable
+from runlens.redact import redact_url
+from runlens.settings import resolve_db_url
+from runlens.store import models
+from runlens.store.engine import create_store_engine
+from runlens.store.migrate import ensure_schema
+
+TABLES: dict[str, Table] = {
+    "jobs": models.Job.__table__,  # type: ignore[dict-item]
+    "metrics_samples": models.MetricsSample.__table__,  # type: ignore[dict-item]
+    "gpu_samples": models.GpuSample.__table__,  # type: ignore[dict-item]
+    "training_events": models.TrainingEvent.__table__,  # type: ignore[dict-item]
+    "step_metrics": models.StepMetric.__table__,  # type: ignore[dict-item]
+    "monitoring_costs": models.MonitoringCost.__table__,  # type: ignore[dict-item]
+    "analysis_reports": models.AnalysisReport.__table__,  # type: ignore[dict-item]
+}
+
+JOB_STATUSES = ("running", "succeeded", "failed", "timed_out", "never_started")
+
+
+def new_job_id(name: str, now: float | None = None) -> str:
+    """A readable, unique id: name + local timestamp + 6 random hex digits (``lora-run-20261122-110642-3fa9c1``)."""
+    stamp = datetime.fromtimestamp(now or time.time()).strftime("%Y%m%d-%H%M%S")
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")[:80] or "run"
+    return f"{slug}-{stamp}-{secrets.token_hex(3)}"
+
+
+class Store:
+    """A migrated runlens database reached through ``url`` (any SQLAlchemy URL)."""
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+
+    @property
+    def shown_url(self) -> str:
+        return redact_url(self.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction; database errors surface as StoreUnavailable."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, DatabaseError) as exc:
+            raise StoreUnavailable(self.shown_url, _reason(exc)) from exc
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DatabaseError) as exc:
+            raise StoreUnavailable(self.shown_url, _reason(exc)) from exc
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def insert_many(self, conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One executemany of ``rows`` into ``table`` on an open transaction."""
+        if rows:
+            conn.execute(insert(TABLES[table]), list(rows))
+
+    def insert_returning_ids(self, conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert ``rows`` and return their ids in order (for samples that events and GPU rows point to)."""
+        if not rows:
+            return []
+        t = TABLES[table]
+        result = conn.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), list(rows))
+        return [int(r[0]) for r in result]
+
+    def create_job(self, *, name: str, job_id: str | None = None, **fields: Any) -> str:
+        now = time.time()
+        job_id = job_id or new_job_id(name, now)
+        row = {
+            "job_id": job_id, "name": name, "status": "running", "created_at": now,
+            "host": socket.gethostname(), "pid": os.getpid(), "runlens_version": __version__,
+        }
+        row.update(fields)
+        with self.begin() as conn:
+            conn.execute(insert(TABLES["jobs"]), [row])
+        return job_id
+
+    def update_job(self, job_id: str, conn: Connection | None = None, **fields: Any) -> None:
+        stmt = update(TABLES["jobs"]).where(TABLES["jobs"].c.job_id == job_id).values(**fields)
+        if conn is not None:
+            conn.execute(stmt)
+            return
+        with self.begin() as c:
+            c.execute(stmt)
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        jobs = TABLES["jobs"]
+        with self.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return dict(row)
+
+    def job_exists(self, job_id: str) -> bool:
+        jobs = TABLES["jobs"]
+        with self.connect() as conn:
+            return conn.execute(select(jobs.c.job_id).where(jobs.c.job_id == job_id)).first() is not None
+
+    def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent jobs, newest first, with their step count and peak memory (one grouped query each)."""
+        jobs, steps, samples = TABLES["jobs"], TABLES["step_metrics"], TABLES["metrics_samples"]
+        step_q = (select(steps.c.job_id, func.count().label("steps"), func.max(steps.c.step).label("max_step"))
+                  .group_by(steps.c.job_id).subquery())
+        peak_q = (select(samples.c.job_id, func.max(samples.c.used_memory_gb).label("peak_memory_gb"),
+                         func.max(samples.c.total_memory_gb).label("total_memory_gb"),
+                         func.max(samples.c.gpu_memory_used_gb).label("peak_gpu_memory_gb"),
+                         func.max(samples.c.timestamp).label("last_sample_at"))
+                  .group_by(samples.c.job_id).subquery())
+        q = (select(jobs, step_q.c.steps, step_q.c.max_step, peak_q.c.peak_memory_gb, peak_q.c.total_memory_gb,
+                    peak_q.c.peak_gpu_memory_gb, peak_q.c.last_sample_at)
+             .select_from(jobs.outerjoin(step_q, step_q.c.job_id == jobs.c.job_id)
+                          .outerjoin(peak_q, peak_q.c.job_id == jobs.c.job_id))
+             .order_by(jobs.c.created_at.desc()).limit(limit))
+        with self.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def rows(self, table: str, job_id: str, order_by: str = "id", columns: Sequence[str] | None = None,
+             where: Mapping[str, Any] | None = None, limit: int | None = None,
+             descending: bool = False) -> list[dict[str, Any]]:
+        """Rows of one job from ``table`` as dicts (tests, status and small reads; analysis uses frames)."""
+        t = TABLES[table]
+        cols = [t.c[c] for c in columns] if columns else [t]
+        q = select(*cols).where(t.c.job_id == job_id)
+        for k, v in (where or {}).items():
+            q = q.where(t.c[k] == v)
+        order = t.c[order_by].desc() if descending else t.c[order_by]
+        q = q.order_by(order)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def count(self, table: str, job_id: str | None = None) -> int:
+        t = TABLES[table]
+        q = select(func.count()).select_from(t)
+        if job_id is not None:
+            q = q.where(t.c.job_id == job_id)
+        with self.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def delete_job(self, job_id: str) -> None:
+        with self.begin() as conn:
+            for name in ("gpu_samples", "training_events", "step_metrics", "monitoring_costs",
+                         "analysis_reports", "metrics_samples"):
+                conn.execute(delete(TABLES[name]).where(TABLES[name].c.job_id == job_id))
+            conn.execute(delete(TABLES["jobs"]).where(TABLES["jobs"].c.job_id == job_id))
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_store(db: str | None = None, *, create: bool = True, migrate: bool = True) -> Store:
+    """Open (and if needed create and migrate) the store at ``db`` (URL or path; default from settings).
+
+    Args:
+        db: a SQLAlchemy URL or a bare SQLite path; None means ``RUNLENS_DB`` or ``./runlens.db``.
+        create: create a missing SQLite file (collectors); readers pass False to get a clear error instead.
+        migrate: bring the schema to head; a schema newer than this runlens raises SchemaTooNew.
+
+    Raises:
+        StoreUnavailable, SchemaTooNew
+    """
+    url = resolve_db_url(db)
+    engine = create_store_engine(url, create=create)
+    try:
+        if migrate:
+            ensure_schema(engine)
+    except (OperationalError, DatabaseError) as exc:
+        engine.dispose()
+        raise StoreUnavailable(redact_url(url), _reason(exc)) from None
+    except Exception:
+        engine.dispose()
+        raise
+    return Store(url, engine)
