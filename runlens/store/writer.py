@@ -1,0 +1,319 @@
+"""The batch writer: the one thread that writes a job's rows to the store.
+
+Collectors (the training thread, the sampler, the watchdog) only append to in-memory buffers; this thread
+wakes every ``flush_interval`` seconds (or sooner when asked), drains the buffers and writes everything in
+one transaction with one executemany per table. Pattern from datasette's ``_execute_writes`` and MLflow's
+async logging queue.
+
+When the store refuses writes (locked, read-only, disk full, server down) training goes on: the batch is kept
+and retried with exponential backoff, one warning goes to stderr, and memory stays bounded by dropping the
+oldest *samples* first, then the oldest steps, never silently: the counts are recorded as a
+``buffer_overflow`` event once the store accepts writes again.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Iterable
+
+from runlens.store.store import Store
+
+log = logging.getLogger(__name__)
+
+StepConverter = Callable[[Any], dict[str, Any]]
+
+
+@dataclass
+class WriterStats:
+    flushes: int = 0
+    rows_written: int = 0
+    steps_written: int = 0
+    samples_dropped: int = 0
+    steps_dropped: int = 0
+    failures: int = 0
+    cpu_seconds: float = 0.0
+    flush_seconds: float = 0.0
+    last_error: str | None = None
+    first_error: BaseException | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Sample:
+    key: int
+    row: dict[str, Any]
+    gpus: list[dict[str, Any]]
+
+
+@dataclass
+class _Event:
+    row: dict[str, Any]
+    snapshot_key: int | None
+
+
+def _identity(row: Any) -> dict[str, Any]:
+    return dict(row)
+
+
+class BatchWriter:
+    """Buffers rows for one job and writes them from a background thread.
+
+    Args:
+        store: an open Store.
+        job_id: the job every row belongs to (rows get ``job_id`` filled in).
+        flush_interval: seconds between flushes.
+        flush_rows: wake early once this many steps are buffered.
+        max_rows: upper bound on buffered rows while the store refuses writes.
+        step_converter: turns what the training thread appended to ``steps`` into a row dict; runs on the
+            writer thread, so resolving a torch tensor (a device sync) never touches the caller.
+    """
+
+    def __init__(self, store: Store, job_id: str, *, flush_interval: float = 1.0, flush_rows: int = 2000,
+                 max_rows: int = 200_000, step_converter: StepConverter = _identity,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.flush_interval = flush_interval
+        self.flush_rows = flush_rows
+        self.max_rows = max_rows
+        self.step_converter = step_converter
+        self.stats = WriterStats()
+        # The training thread appends here directly (deque.append is atomic and lock-free under the GIL).
+        self.steps: Deque[Any] = collections.deque()
+        self._samples: Deque[_Sample] = collections.deque()
+        self._events: Deque[_Event] = collections.deque()
+        self._costs: Deque[dict[str, Any]] = collections.deque()
+        self._job_updates: dict[str, Any] = {}
+        self._job_lock = threading.Lock()
+        self._keys = itertools.count(1)
+        self._sample_ids: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._pending_steps: list[dict[str, Any]] = []   # converted but not yet committed
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flushed = threading.Condition()
+        self._requested = 0   # flush() calls so far
+        self._served = 0      # flush() calls a finished flush started after
+        self._last_ok = True
+        self._warned = False
+        self._warn = warn or (lambda msg: print(f"runlens: {msg}", file=sys.stderr, flush=True))
+        self._backoff = 0.0
+        self._drop_recorded = False
+        self._thread = threading.Thread(target=self._run, name="runlens-writer", daemon=True)
+
+    # -- called from collector threads ---------------------------------------------------------------
+
+    def start(self) -> "BatchWriter":
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def put_step(self, raw: Any) -> None:
+        self.steps.append(raw)
+        if len(self.steps) >= self.flush_rows:
+            self._wake.set()
+
+    def put_sample(self, row: dict[str, Any], gpus: Iterable[dict[str, Any]] = ()) -> int:
+        """Buffer a system sample; returns a key that events can use as their memory snapshot."""
+        key = next(self._keys)
+        self._samples.append(_Sample(key, row, list(gpus)))
+        return key
+
+    def put_event(self, row: dict[str, Any], snapshot_key: int | None = None) -> None:
+        self._events.append(_Event(row, snapshot_key))
+
+    def put_costs(self, rows: Iterable[dict[str, Any]]) -> None:
+        self._costs.extend(rows)
+
+    def update_job(self, **fields: Any) -> None:
+        """Coalesced job-row update, applied in the next flush's transaction."""
+        with self._job_lock:
+            self._job_updates.update(fields)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Ask for a flush now and wait until one that started after this call has finished."""
+        if not self._thread.is_alive():
+            return False
+        with self._flushed:
+            self._requested += 1
+            target = self._requested
+            self._wake.set()
+            done = self._flushed.wait_for(lambda: self._served >= target or not self._thread.is_alive(),
+                                          timeout=timeout)
+            return done and self._last_ok
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Drain everything, stop the thread, and raise the first write error if rows could not be stored."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self.buffered_rows() and self.stats.first_error is not None:
+            raise self.stats.first_error
+
+    def buffered_rows(self) -> int:
+        return len(self.steps) + len(self._pending_steps) + len(self._samples) + len(self._events) + len(self._costs)
+
+    # -- the writer thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        cpu0 = time.thread_time()
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                wait = self._backoff or self.flush_interval
+                if not stopping:
+                    self._wake.wait(wait)
+                    self._wake.clear()
+                    stopping = self._stop.is_set()
+                with self._flushed:
+                    serving = self._requested
+                ok = self._flush_once()
+                self._last_ok = ok
+                with self._flushed:
+                    self._served = serving
+                    self._flushed.notify_all()
+                if stopping:
+                    if ok or not self._retry_while_closing():
+                        break
+                self.stats.cpu_seconds = time.thread_time() - cpu0
+        finally:
+            self.stats.cpu_seconds = time.thread_time() - cpu0
+            with self._flushed:
+                self._served = self._requested
+                self._flushed.notify_all()
+
+    def _retry_while_closing(self) -> bool:
+        """On close with a failing store, keep trying for a few seconds; the caller's join timeout bounds it."""
+        if not hasattr(self, "_close_deadline"):
+            self._close_deadline = time.monotonic() + 10.0
+        if time.monotonic() > self._close_deadline:
+            return False
+        time.sleep(min(self._backoff or 0.2, 1.0))
+        return True
+
+    def _drain(self) -> tuple[list[_Sample], list[_Event], list[dict[str, Any]], dict[str, Any]]:
+        steps = self.steps
+        convert = self.step_converter
+        pending = self._pending_steps
+        for _ in range(len(steps)):
+            raw = steps.popleft()
+            try:
+                pending.append(convert(raw))
+            except Exception as exc:  # a bad value from user code must not kill the writer
+                log.debug("dropping unconvertible step %r: %s", raw, exc)
+        samples = list(self._samples)
+        events = list(self._events)
+        costs = list(self._costs)
+        with self._job_lock:
+            job = dict(self._job_updates)
+        return samples, events, costs, job
+
+    def _flush_once(self) -> bool:
+        samples, events, costs, job = self._drain()
+        if not (samples or events or costs or job or self._pending_steps or self._drop_event_due()):
+            self._backoff = 0.0
+            return True
+        t0 = time.perf_counter()
+        try:
+            self._write(samples, events, costs, job)
+        except Exception as exc:
+            self._on_failure(exc)
+            return False
+        # Committed: forget what was written (new rows may have arrived meanwhile; they stay).
+        for _ in samples:
+            self._samples.popleft()
+        for _ in events:
+            self._events.popleft()
+        for _ in costs:
+            self._costs.popleft()
+        with self._job_lock:
+            for k, v in job.items():
+                if self._job_updates.get(k) is v:
+                    del self._job_updates[k]
+        n_steps = len(self._pending_steps)
+        self._pending_steps = []
+        self.stats.flushes += 1
+        self.stats.steps_written += n_steps
+        self.stats.rows_written += n_steps + len(samples) + len(events) + len(costs)
+        self.stats.flush_seconds += time.perf_counter() - t0
+        if self._warned and self._backoff:
+            self._warn("the store accepts writes again; buffered rows were written")
+        self._backoff = 0.0
+        return True
+
+    def _drop_event_due(self) -> bool:
+        return bool(self.stats.samples_dropped or self.stats.steps_dropped) and not self._drop_recorded
+
+    def _write(self, samples: list[_Sample], events: list[_Event], costs: list[dict[str, Any]],
+               job: dict[str, Any]) -> None:
+        store, job_id = self.store, self.job_id
+        with store.begin() as conn:
+            if samples:
+                ids = store.insert_returning_ids(conn, "metrics_samples",
+                                                 [{**s.row, "job_id": job_id} for s in samples])
+                gpu_rows = []
+                for s, sid in zip(samples, ids):
+                    self._sample_ids[s.key] = sid
+                    gpu_rows.extend({**g, "sample_id": sid, "job_id": job_id,
+                                     "timestamp": s.row["timestamp"]} for g in s.gpus)
+                store.insert_many(conn, "gpu_samples", gpu_rows)
+                while len(self._sample_ids) > 10_000:
+                    self._sample_ids.popitem(last=False)
+                job.setdefault("heartbeat_at", max(s.row["timestamp"] for s in samples))
+            event_rows = [{**e.row, "job_id": job_id,
+                           "memory_snapshot_id": self._sample_ids.get(e.snapshot_key) if e.snapshot_key else None}
+                          for e in events]
+            if self._drop_event_due():
+                event_rows.append({"job_id": job_id, "timestamp": time.time(), "event_type": "buffer_overflow",
+                                   "details": {"samples_dropped": self.stats.samples_dropped,
+                                               "steps_dropped": self.stats.steps_dropped,
+                                               "reason": self.stats.last_error}})
+            store.insert_many(conn, "training_events", event_rows)
+            if self._pending_steps:
+                store.insert_steps(conn, job_id, self._pending_steps)
+                last = self._pending_steps[-1]
+                job.setdefault("last_step", last.get("step"))
+                job.setdefault("progress_at", last.get("timestamp"))
+            store.insert_many(conn, "monitoring_costs", [{**c, "job_id": job_id} for c in costs])
+            if job:
+                store.update_job(job_id, conn=conn, **job)
+        if self._drop_event_due():
+            self._drop_recorded = True
+
+    def _on_failure(self, exc: Exception) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if self.stats.first_error is None:
+            self.stats.first_error = exc
+        self._backoff = min(30.0, max(0.25, self._backoff * 2 or 0.25))
+        if not self._warned:
+            self._warned = True
+            self._warn(f"cannot write to the store ({self.stats.last_error}); training continues, "
+                       f"rows are buffered and retried")
+        self._bound_memory()
+
+    def _bound_memory(self) -> None:
+        excess = self.buffered_rows() - self.max_rows
+        while excess > 0 and self._samples:
+            self._samples.popleft()
+            self.stats.samples_dropped += 1
+            excess -= 1
+        if excess > 0:
+            drop = min(excess, len(self._pending_steps))
+            del self._pending_steps[:drop]
+            self.stats.steps_dropped += drop
+            excess -= drop
+            while excess > 0 and self.steps:
+                self.steps.popleft()
+                self.stats.steps_dropped += 1
+                excess -= 1
+        if self.stats.samples_dropped or self.stats.steps_dropped:
+            self._drop_recorded = False
