@@ -12,33 +12,40 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-_JOB_COLUMNS = [
-    sa.Column("settings", sa.JSON),
-    sa.Column("environment", sa.JSON),
-    sa.Column("heartbeat_at", sa.Float),
-    sa.Column("progress_at", sa.Float),
-    sa.Column("last_step", sa.Integer),
-]
-_SAMPLE_COLUMNS = [
-    sa.Column("swap_in_gb_per_s", sa.Float),
-    sa.Column("gpu_memory_total_gb", sa.Float),
-    sa.Column("cuda_allocated_gb", sa.Float),
-    sa.Column("cuda_reserved_gb", sa.Float),
-    sa.Column("cuda_max_allocated_gb", sa.Float),
-    sa.Column("memory_pressure_some_avg10", sa.Float),
-    sa.Column("memory_pressure_full_avg10", sa.Float),
-    sa.Column("unified_memory", sa.Boolean),
-    sa.Column("process_cpu_percent", sa.Float),
-]
-_REPORT_COLUMNS = [sa.Column("analysis", sa.JSON), sa.Column("runlens_version", sa.String(32))]
+def _job_columns() -> list[sa.Column]:
+    return [
+        sa.Column("settings", sa.JSON),
+        sa.Column("environment", sa.JSON),
+        sa.Column("heartbeat_at", sa.Float),
+        sa.Column("progress_at", sa.Float),
+        sa.Column("last_step", sa.Integer),
+    ]
+
+
+def _sample_columns() -> list[sa.Column]:
+    return [
+        sa.Column("swap_in_gb_per_s", sa.Float),
+        sa.Column("gpu_memory_total_gb", sa.Float),
+        sa.Column("cuda_allocated_gb", sa.Float),
+        sa.Column("cuda_reserved_gb", sa.Float),
+        sa.Column("cuda_max_allocated_gb", sa.Float),
+        sa.Column("memory_pressure_some_avg10", sa.Float),
+        sa.Column("memory_pressure_full_avg10", sa.Float),
+        sa.Column("unified_memory", sa.Boolean),
+        sa.Column("process_cpu_percent", sa.Float),
+    ]
+
+
+def _report_columns() -> list[sa.Column]:
+    return [sa.Column("analysis", sa.JSON), sa.Column("runlens_version", sa.String(32))]
 
 
 def upgrade() -> None:
-    for table, columns in (("jobs", _JOB_COLUMNS), ("metrics_samples", _SAMPLE_COLUMNS),
-                           ("analysis_reports", _REPORT_COLUMNS)):
+    for table, columns in (("jobs", _job_columns()), ("metrics_samples", _sample_columns()),
+                           ("analysis_reports", _report_columns())):
         with op.batch_alter_table(table) as batch:
             for column in columns:
-                batch.add_column(column.copy())
+                batch.add_column(column)
     op.create_table(
         "gpu_samples",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -80,8 +87,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("monitoring_costs")
     op.drop_table("gpu_samples")
-    for table, columns in (("analysis_reports", _REPORT_COLUMNS), ("metrics_samples", _SAMPLE_COLUMNS),
-                           ("jobs", _JOB_COLUMNS)):
+    for table, columns in (("analysis_reports", _report_columns()), ("metrics_samples", _sample_columns()),
+                           ("jobs", _job_columns())):
         with op.batch_alter_table(table) as batch:
             for column in reversed(columns):
                 batch.drop_column(column.name)
