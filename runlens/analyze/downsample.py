@@ -1,16 +1,16 @@
 """Peak-keeping downsampling of a series for drawing.
 
-A memory chart exists to show the peak that killed the job, so a downsampler that averages (or LTTB on its own,
-which picks the "most visible" point and can skip a one-sample spike) is the wrong tool. MinMax keeps, for each
-of ``n`` equal-count buckets, the lowest and the highest point in their original order, so the global maximum and
-minimum always survive and the drawn envelope matches the raw one (plotly-resampler's MinMax, tsdownsample's
-``MinMaxDownsampler``; see research/analysis.md §4).
+A memory chart exists to show the peak that killed the job, so a downsampler that averages (or LTTB on its
+own, which picks the "most visible" point and can skip a one-sample spike) is the wrong tool. MinMax keeps,
+for each of ``n`` equal-count buckets, the lowest and the highest point in their original order, so the global
+maximum and minimum always survive and the drawn envelope matches the raw one (plotly-resampler's MinMax,
+tsdownsample's ``MinMaxDownsampler``; see research/analysis.md §4).
 
 Gaps (``None`` or NaN in ``y``) are kept as gaps: a bucket that is mostly missing readings contributes one
-``None`` at the position of its first missing reading, so a chart breaks its line there instead of drawing across
-a period when the collector was not sampling. A stray missing reading in an otherwise full bucket is narrower than
-a pixel and is not marked (else a probe that fails now and then would shred the line). Runs of ``None`` are
-folded into one. A series short enough to draw whole keeps every gap.
+``None`` at the position of its first missing reading, so a chart breaks its line there instead of drawing
+across a period when the collector was not sampling. A stray missing reading in an otherwise full bucket is
+narrower than a pixel and is not marked (else a probe that fails now and then would shred the line). Runs of
+``None`` are folded into one. A series short enough to draw whole keeps every gap.
 
 Figures used by the report (peaks, time above a threshold) come from the raw rows, never from these points.
 """
@@ -18,7 +18,7 @@ Figures used by the report (peaks, time above a threshold) come from the raw row
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -28,12 +28,10 @@ __all__ = ["MIN_POINTS", "minmax_downsample"]
 MIN_POINTS = 8
 """The smallest ``max_points`` accepted: fewer points cannot draw a shape with both ends and a peak."""
 
-ArrayLike = Union[Sequence[Union[float, int, None]], npt.NDArray[np.floating]]
+ArrayLike: TypeAlias = "Sequence[float | int | None] | npt.NDArray[np.floating[Any]]"
 
 
-def minmax_downsample(
-    x: ArrayLike, y: ArrayLike, max_points: int
-) -> tuple[list[float], list[float | None]]:
+def minmax_downsample(x: ArrayLike, y: ArrayLike, max_points: int) -> tuple[list[float], list[float | None]]:
     """Reduce ``(x, y)`` to at most ``max_points`` points, keeping every bucket's min and max.
 
     Args:
@@ -116,7 +114,10 @@ def _as_float_array(values: ArrayLike) -> npt.NDArray[np.float64]:
 
 
 def _to_lists(
-    xa: npt.NDArray[np.float64], ya: npt.NDArray[np.float64], idx: npt.NDArray[np.intp], gap: npt.NDArray[np.bool_]
+    xa: npt.NDArray[np.float64],
+    ya: npt.NDArray[np.float64],
+    idx: npt.NDArray[np.intp],
+    gap: npt.NDArray[np.bool_],
 ) -> tuple[list[float], list[float | None]]:
     """Gather the picked points, turning NaN into None and folding runs of gaps into one marker."""
     if gap.any():

@@ -36,6 +36,7 @@ class JobData:
     dialect: str = "generic"
     settings: Settings = field(default_factory=Settings)
     now: float | None = None   # analysis time, for jobs still running
+    notes: list[str] = field(default_factory=list)   # what loading could not do (no log file, ...), for the report
 
     @property
     def job_id(self) -> str:

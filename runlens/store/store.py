@@ -103,12 +103,17 @@ class Store:
             return
         sql, positional = self._step_insert_sql()
         dumps = json.dumps
-        cols = _STEP_COLUMNS
         params: list[Any] = []
+        append = params.append
         for r in rows:
-            extras = r.get("extras")
-            values = [job_id, *(r.get(c) for c in cols[1:-1]), dumps(extras) if extras else None]
-            params.append(tuple(values) if positional else dict(zip(cols, values)))
+            g = r.get
+            extras = g("extras")
+            # Unrolled in _STEP_COLUMNS order: this loop runs once per step row on the writer thread.
+            append((job_id, g("step"), g("timestamp"), g("loss"), g("batch_size"), g("gradient_norm"),
+                    g("learning_rate"), g("step_time_seconds"), g("data_time_seconds"), g("rank"), g("tokens"),
+                    dumps(extras) if extras else None))
+        if not positional:
+            params = [dict(zip(_STEP_COLUMNS, p)) for p in params]
         conn.exec_driver_sql(sql, params)
 
     def _step_insert_sql(self) -> tuple[str, bool]:

@@ -71,17 +71,22 @@ class BatchWriter:
         max_rows: upper bound on buffered rows while the store refuses writes.
         step_converter: turns what the training thread appended to ``steps`` into a row dict; runs on the
             writer thread, so resolving a torch tensor (a device sync) never touches the caller.
+        on_cycle: called on the writer thread at the start of every flush cycle (about every
+            ``flush_interval``); the Monitor hangs its periodic bookkeeping (cost rows, budget) here instead of
+            running another thread. Exceptions are logged and ignored.
     """
 
     def __init__(self, store: Store, job_id: str, *, flush_interval: float = 1.0, flush_rows: int = 2000,
                  max_rows: int = 200_000, step_converter: StepConverter = _identity,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None,
+                 on_cycle: Callable[[], None] | None = None) -> None:
         self.store = store
         self.job_id = job_id
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.max_rows = max_rows
         self.step_converter = step_converter
+        self.on_cycle = on_cycle
         self.stats = WriterStats()
         # The training thread appends here directly (deque.append is atomic and lock-free under the GIL).
         self.steps: Deque[Any] = collections.deque()
@@ -173,6 +178,11 @@ class BatchWriter:
                     self._wake.wait(wait)
                     self._wake.clear()
                     stopping = self._stop.is_set()
+                if self.on_cycle is not None:
+                    try:
+                        self.on_cycle()
+                    except Exception:  # bookkeeping must never stop the writer
+                        log.debug("writer on_cycle hook failed", exc_info=True)
                 with self._flushed:
                     serving = self._requested
                 ok = self._flush_once()

@@ -1,0 +1,337 @@
+"""Throughput rules: where the run's time went that was not training (research/analysis.md §3.1, §3.4, §5.3 P1-P7).
+
+Each finding's impact is time measured in this run: the data-wait share of step time, minutes lost to a slower
+pace or to stalls, the share of wall time in eval/sampling/checkpoints, the monitoring cost against its budget.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from runlens.analyze import measures as m
+from runlens.analyze.configpaths import apply_ref, resolve
+from runlens.analyze.findings import Finding
+from runlens.analyze.jobdata import JobData
+from runlens.analyze.registry import rule
+from runlens.collect.cost import ONE_OFF_OPERATIONS
+
+INPUT_BOUND = 0.05       # PyTorch profiler TB plugin and TF "moderately input-bound" (§2.2, §2.3)
+HIGHLY_INPUT_BOUND = 0.20  # TF "HIGHLY input-bound"
+GPU_UTIL_LOW = 50.0      # TB plugin: "GPU {ids} has low utilization" below 50 %
+HEADROOM_RATIO = 0.6     # §5.3 P2: max(mem_ratio) < 0.6 leaves room for a larger batch
+DEGRADED = 1 / 0.7       # NVRx straggler threshold 0.7 -> 1.43× the best pace (§3.4)
+DEGRADED_WINDOWS = 3
+STALL_MADS = 5.0         # §3.4 outlier steps: > median + 5·MAD ...
+STALL_MIN_RATIO = 2.0    # ... and at least 2× the median, so a very regular run's jitter is not a stall
+STALL_SHARE = 0.01       # ≥ 1 % of steps
+OVERHEAD_INFO, OVERHEAD_WARN = 0.15, 0.40   # §3.4 "Overhead share ... > 15 %"
+THETA = 0.85
+MIN_COST_WALL = 30.0     # runlens.collect.cost.CostLedger.min_wall_seconds
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{x * 100:.0f}%" if x >= 0.1 else f"{x * 100:.1f}%"
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# -- P1 input-bound --------------------------------------------------------------------------------------
+
+@rule("throughput.input_bound", "throughput")
+def input_bound(data: JobData) -> list[Finding]:
+    """P1: the training loop waits for the next batch for ≥ 5 % of step time."""
+    dw = m.data_wait(data)
+    if dw is None or dw.share < INPUT_BOUND:
+        return []
+    ref = resolve(data, "num_workers")
+    measured = m.measured_workers(data)
+    n = _count(ref.current_value) if ref.source == "config" else None
+    if n is None:
+        n = measured if measured is not None else _count(ref.current_value) or 0
+    cores = m.cpu_count(data)
+    # §5.3 P1: min(cores - 2, n + 2), leaving cores for the main process; at least one worker.
+    rec = min(max(cores - 2, 1), n + 2) if cores else n + 2
+    level = "HIGHLY" if dw.share >= HIGHLY_INPUT_BOUND else "moderately"
+    ev = {"data_wait_share": dw.share, "data_wait_seconds": dw.data_seconds, "step_seconds": dw.step_seconds,
+          "steps": dw.steps, "num_workers": n, "cpu_count": cores, "band": level}
+    f = Finding(id="throughput.input_bound", severity="warning",
+                title=f"Training is input-bound ({_fmt_pct(dw.share)} of step time waiting for data)",
+                action="", impact=f"Up to -{_fmt_pct(dw.share)} step time "
+                                  f"({m.fmt_duration(dw.data_seconds)} of data wait over {dw.steps} steps)",
+                category="throughput", evidence=ev, impact_value=dw.share * 100, impact_unit="percent_time")
+    if rec > n:
+        f.action = (f"Load data in {rec} worker processes (num_workers {n} -> {rec}) so batches are ready when "
+                    "the step needs them.")
+        return [apply_ref(f, ref, rec, measured=measured)]
+    pf = resolve(data, "prefetch_factor")
+    cur = _count(pf.current_value)
+    if n > 0 and pf.path and cur:
+        f.action = (f"The machine's {cores} cores are taken; prefetch more batches per worker "
+                    f"(prefetch_factor {cur} -> {cur * 2}), or cache/pre-process the data.")
+        return [apply_ref(f, pf, cur * 2)]
+    f.action = "Cache or pre-process the inputs (decoded images, latents, tokens) so a step does not wait for them."
+    return [f]
+
+
+# -- P2 GPU under-utilised / memory headroom --------------------------------------------------------------
+
+def _gpu_util(data: JobData) -> float | None:
+    """Mean GPU utilisation while steps ran, eval/sampling/save phases excluded (§3.1)."""
+    s = data.samples
+    util, ts = m.col(s, "gpu_utilization_percent"), m.col(s, "timestamp")
+    if not np.isfinite(util).any() and data.gpus is not None and not data.gpus.empty:
+        g = data.gpus.groupby("timestamp")["utilization_percent"].mean() if "utilization_percent" in data.gpus else None
+        if g is not None:
+            util, ts = m.num(g.to_numpy()), g.index.to_numpy(dtype=float)
+    if not np.isfinite(util).any():
+        return None
+    st = m.finite(m.col(m.training_window(data), "timestamp"))
+    if st.size < 2:
+        return None
+    ok = (ts >= st.min()) & (ts <= st.max()) & np.isfinite(util)
+    for ph in m.phases(data):
+        if ph.name in m.OVERHEAD_PHASES:
+            ok &= ~((ts >= ph.start) & (ts <= ph.end))
+    return float(util[ok].mean()) if ok.sum() >= 3 else None
+
+
+def _headroom(data: JobData) -> tuple[int, int, m.BatchFit] | None:
+    """(batch size, largest batch under θ, fit) when device memory peaked under 60 %."""
+    dom = m.gpu_series(data)
+    if dom is None and m.unified(data):
+        dom = m.ram_series(data)
+    if dom is None or dom.peak_ratio is None or dom.peak_ratio >= HEADROOM_RATIO:
+        return None
+    bs = m.current_batch_size(data)
+    fit = m.batch_memory_fit(data, dom)
+    if bs is None or fit is None:
+        return None
+    return bs, fit.max_batch(THETA), fit
+
+
+def _bigger_batch(data: JobData, f: Finding, bs: int, bs_max: int, fit: m.BatchFit) -> Finding:
+    rec = min(bs_max, 2 * bs)
+    f.evidence.update(batch_size=bs, bs_max=bs_max, static_gb=fit.static_gb, per_sample_gb=fit.per_sample_gb,
+                      total_gb=fit.total_gb, fit_method=fit.method)
+    return apply_ref(f, resolve(data, "batch_size"), rec, measured=bs)
+
+
+@rule("throughput.gpu_underutilized", "throughput")
+def gpu_underutilized(data: JobData) -> list[Finding]:
+    """P2: the GPU idles more than half the time while the loop is not waiting for data and memory is free."""
+    util = _gpu_util(data)
+    if util is None or util >= GPU_UTIL_LOW:
+        return []
+    dw = m.data_wait(data)
+    if dw is not None and dw.share >= INPUT_BOUND:
+        return []   # input-bound explains it; throughput.input_bound says so
+    gpu = m.gpu_series(data)
+    if gpu is not None and gpu.peak_ratio is not None and gpu.peak_ratio >= HEADROOM_RATIO:
+        return []
+    f = Finding(id="throughput.gpu_underutilized", severity="info",
+                title=f"GPU under-utilised ({util:.0f}% busy while training)",
+                action="Increase the batch size so each step gives the GPU more work.",
+                impact=f"GPU busy {util:.0f}% of training time", category="throughput",
+                evidence={"gpu_utilization_percent": util, "data_wait_share": dw.share if dw else None},
+                impact_value=100 - util, impact_unit="percent_time", confidence=0.7)
+    hr = _headroom(data)
+    if hr is not None and hr[1] > hr[0]:
+        bs, bs_max, fit = hr
+        f.impact += f"; memory allows batch size {bs_max} (now {bs})"
+        return [_bigger_batch(data, f, bs, bs_max, fit)]
+    return [f]
+
+
+@rule("throughput.batch_headroom", "throughput")
+def batch_headroom(data: JobData) -> list[Finding]:
+    """P2 variant: device memory peaked under 60 % and the measured relation says twice the batch fits."""
+    if gpu_underutilized(data):
+        return []
+    hr = _headroom(data)
+    if hr is None:
+        return []
+    bs, bs_max, fit = hr
+    if bs_max < 2 * bs:
+        return []
+    f = Finding(id="throughput.batch_headroom", severity="info",
+                title=f"Memory headroom allows a larger batch ({bs} -> {min(bs_max, 2 * bs)})",
+                action="Raise the batch size (and lower gradient accumulation to keep the effective batch).",
+                impact=f"Memory allows batch size {bs_max} under {THETA:.0%} of "
+                       f"{m.fmt_gb(fit.total_gb)} GB; currently {bs}",
+                category="throughput", evidence={}, impact_value=float(bs_max - bs), impact_unit="samples",
+                confidence=0.7)
+    return [_bigger_batch(data, f, bs, bs_max, fit)]
+
+
+# -- P4 degradation, P5 stalls ---------------------------------------------------------------------------
+
+def _pace(data: JobData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step, timestamp, step_time) of training steps, excluding steps that overlap eval/sampling/save phases."""
+    steps = m.training_window(data)
+    st, ts, sn = m.col(steps, "step_time_seconds"), m.col(steps, "timestamp"), m.col(steps, "step")
+    ok = np.isfinite(st) & (st > 0)
+    for ph in m.phases(data):
+        if ph.name in m.OVERHEAD_PHASES:
+            ok &= ~((ts >= ph.start) & (ts - np.nan_to_num(st) <= ph.end))
+    return sn[ok], ts[ok], st[ok]
+
+
+@rule("throughput.degradation", "throughput")
+def degradation(data: JobData) -> list[Finding]:
+    """P4: the rolling-median step time stays above 1.43× the run's best pace for ≥ 3 windows (§3.4)."""
+    sn, ts, st = _pace(data)
+    n = st.size
+    w = int(min(50, max(5, n // 20)))
+    if n < w * (DEGRADED_WINDOWS + 2):
+        return []
+    blocks = n // w
+    med = np.array([np.median(st[i * w:(i + 1) * w]) for i in range(blocks)])
+    best = float(med.min())
+    if best <= 0:
+        return []
+    slow = med > DEGRADED * best
+    if slow.sum() < DEGRADED_WINDOWS:
+        return []
+    lost = float(sum(np.clip(st[i * w:(i + 1) * w] - best, 0, None).sum() for i in np.nonzero(slow)[0]))
+    first = int(np.nonzero(slow)[0][0])
+    k = float(med.max() / best)
+    onset_step = int(sn[first * w])
+    ev: dict[str, Any] = {"best_median_step_seconds": best, "worst_median_step_seconds": float(med.max()),
+                          "window_steps": w, "degraded_windows": int(slow.sum()), "windows": blocks,
+                          "onset_step": onset_step, "onset_time": float(ts[first * w])}
+    swap = m.col(data.samples, "swap_used_gb")
+    cause = ""
+    if np.isfinite(swap).any() and np.nanmax(swap) - np.nanmin(swap) > 0.25:
+        cause = " It coincides with swap growth (see the memory findings)."
+        ev["swap_growth_gb"] = float(np.nanmax(swap) - np.nanmin(swap))
+    return [Finding(id="throughput.degradation", severity="warning",
+                    title=f"Throughput degraded {k:.1f}× during the run (from step {onset_step})",
+                    action=("Find what changed at that step: memory pressure and swap, thermal or power throttling, "
+                            "other jobs on the machine, a growing input size." + cause),
+                    impact=f"Lost ~{m.fmt_duration(lost)} vs the best pace ({best:.3g} s/step)",
+                    category="throughput", evidence=ev, impact_value=lost, impact_unit="seconds")]
+
+
+@rule("throughput.stalls", "throughput")
+def stalls(data: JobData) -> list[Finding]:
+    """P5: isolated steps far slower than the median (> median + 5·MAD and ≥ 2× median), ≥ 1 % of steps,
+    not explained by eval/sampling/save phases."""
+    sn, ts, st = _pace(data)
+    n = st.size
+    if n < 20:
+        return []
+    med = float(np.median(st))
+    mad = float(np.median(np.abs(st - med)))
+    thr = max(med + STALL_MADS * mad, STALL_MIN_RATIO * med)
+    slow = st > thr
+    count = int(slow.sum())
+    if count < max(2, math.ceil(STALL_SHARE * n)):
+        return []
+    excess = float((st[slow] - med).sum())
+    worst = np.argsort(-st[slow])[:10]
+    listed = [{"step": int(sn[slow][i]), "seconds": float(st[slow][i]), "timestamp": float(ts[slow][i])}
+              for i in worst]
+    return [Finding(id="throughput.stalls", severity="info", title=f"Intermittent stalls ({count} slow steps)",
+                    action=("Look at what ran at those moments (I/O, garbage collection, logging, other "
+                            "processes); the listed steps carry their timestamps."),
+                    impact=f"{count} stalls, {m.fmt_duration(excess)} total",
+                    category="throughput", impact_value=excess, impact_unit="seconds",
+                    evidence={"median_step_seconds": med, "mad_seconds": mad, "threshold_seconds": thr,
+                              "stalled_steps": count, "share": count / n, "worst": listed})]
+
+
+# -- P6 eval/sampling/checkpoint overhead -----------------------------------------------------------------
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+@rule("throughput.overhead", "throughput")
+def overhead(data: JobData) -> list[Finding]:
+    """P6: eval/sampling/checkpoint phases take > 15 % of wall time."""
+    wall = m.wall_seconds(data)
+    if not wall:
+        return []
+    ph = [p for p in m.phases(data) if p.name in m.OVERHEAD_PHASES]
+    if not ph:
+        return []
+    total = _union_seconds([(p.start, p.end) for p in ph])
+    share = total / wall
+    if share < OVERHEAD_INFO:
+        return []
+    evals = [p for p in ph if p.name in m.EVAL_PHASES]
+    saves = [p for p in ph if p.name in m.SAVE_PHASES]
+    eval_s, save_s = sum(p.seconds for p in evals), sum(p.seconds for p in saves)
+    group, concept = (evals, "eval_steps") if eval_s >= save_s else (saves, "save_steps")
+    what = "evaluation/sampling" if group is evals else "checkpoint saving"
+    f = Finding(id="throughput.overhead", severity="warning" if share >= OVERHEAD_WARN else "info",
+                title=f"{_fmt_pct(share)} of wall time outside training steps ({what} dominates)",
+                action=f"Run {what} less often.", category="throughput",
+                impact=f"{_fmt_pct(share)} of wall time ({m.fmt_duration(total)} of {m.fmt_duration(wall)}); "
+                       f"eval/sampling {m.fmt_duration(eval_s)}, checkpoints {m.fmt_duration(save_s)}",
+                impact_value=share * 100, impact_unit="percent_time",
+                evidence={"overhead_seconds": total, "wall_seconds": wall, "eval_seconds": eval_s,
+                          "save_seconds": save_s, "eval_count": len(evals), "save_count": len(saves)})
+    # The interval the run actually used, in steps, measured between consecutive phases of that kind.
+    at = [m.step_at(data, p.start) for p in group]
+    gaps = [b - a for a, b in zip(at, at[1:]) if a is not None and b is not None and b > a]
+    ref = resolve(data, concept)
+    cur = _count(ref.current_value)
+    if concept == "eval_steps" and data.dialect == "lightning" and isinstance(ref.current_value, float):
+        cur = None   # val_check_interval as a float is a fraction of an epoch, not steps
+    interval = cur if cur and cur > 1 else (int(np.median(gaps)) if gaps else None)
+    if interval:
+        f.evidence["interval_steps"] = interval
+        f.action = f"Run {what} every {interval * 2} steps instead of every {interval}."
+        return [apply_ref(f, ref, interval * 2, measured=int(np.median(gaps)) if gaps else None)]
+    return [f]
+
+
+# -- P7 monitoring cost ----------------------------------------------------------------------------------
+
+@rule("throughput.monitoring_cost", "throughput")
+def monitoring_cost(data: JobData) -> list[Finding]:
+    """P7: runlens's and the user's monitoring work passes the budget (settings.monitoring_budget, 5 % of wall).
+
+    Counted as the collector counts it (runlens.collect.cost): every operation except the one-off start/close,
+    threads' CPU included, and no verdict on runs shorter than 30 s, where start-up noise dominates.
+    """
+    costs, wall = data.costs, m.wall_seconds(data)
+    if costs is None or costs.empty or not wall or wall < MIN_COST_WALL or "total_seconds" not in costs.columns:
+        return []
+    c = costs[~costs["operation"].isin(list(ONE_OFF_OPERATIONS))].copy()
+    c["total_seconds"] = m.num(c["total_seconds"])
+    by_op = c.groupby("operation")["total_seconds"].sum().sort_values(ascending=False)
+    spent = float(by_op.sum())
+    share = spent / wall
+    budget = data.settings.monitoring_budget
+    if by_op.empty or share < budget:
+        return []
+    top = str(by_op.index[0])
+    ops = [{"operation": str(k), "seconds": float(v), "share_of_wall": float(v) / wall} for k, v in by_op.items()]
+    f = Finding(id="throughput.monitoring_cost", severity="warning",
+                title=f"Monitoring cost {_fmt_pct(share)} of wall time (budget {_fmt_pct(budget)})",
+                action=f"Do '{top.removeprefix('user:')}' less often or move it off the training thread.",
+                impact=f"{_fmt_pct(share)} overhead ({m.fmt_duration(spent)} of {m.fmt_duration(wall)}); "
+                       f"'{top}' {m.fmt_duration(float(by_op.iloc[0]))}",
+                category="throughput", impact_value=share * 100, impact_unit="percent_time",
+                evidence={"operations": ops, "budget": budget, "wall_seconds": wall, "monitoring_seconds": spent})
+    if top.startswith("thread:") and "sampl" in top:
+        ref = resolve(data, "sample_interval")
+        cur = ref.current_value if ref.source == "config" else data.job.get("settings", {}).get("sample_interval") \
+            if isinstance(data.job.get("settings"), dict) else None
+        cur = cur if isinstance(cur, (int, float)) and cur > 0 else data.settings.sample_interval
+        f.action = "Sample system metrics less often."
+        return [apply_ref(f, ref, float(cur) * 2, measured=float(cur))]
+    return [f]

@@ -1,0 +1,160 @@
+"""The machine a job ran on, stored with the job so a post-mortem can say "8 CPUs, 31 GiB, one A10G".
+
+Users of every tracker ask for the machine spec to be kept with the run (mlflow#15711). Everything here is read
+once at start and must never fail or slow the run down: each probe is guarded, NVML is optional, and torch is
+described only when the program already imported it (importing torch here would cost seconds, and calling
+into CUDA before DataLoader workers fork would break them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from runlens._version import __version__
+from runlens.redact import redact_env
+from runlens.units import bytes_to_gib
+
+log = logging.getLogger(__name__)
+
+# Environment variables that explain a run's behaviour (threads, devices, allocator, distributed set-up).
+ENV_NAMES = (
+    "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING", "CUDA_DEVICE_MAX_CONNECTIONS",
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+    "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NVML_BASED_CUDA_CHECK",
+    "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
+    "SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_CPUS_PER_TASK", "SLURM_MEM_PER_NODE",
+    "HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN", "TRANSFORMERS_CACHE", "ACCELERATE_MIXED_PRECISION",
+    "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONFAULTHANDLER",
+)
+ENV_PREFIXES = ("NCCL_", "TORCH_", "TORCHINDUCTOR_", "RUNLENS_")
+
+
+def selected_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables above that are set, secrets redacted (HF_TOKEN, URLs with passwords)."""
+    environ = dict(os.environ) if environ is None else environ
+    picked = {k: v for k, v in environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+    return redact_env(dict(sorted(picked.items())))
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _cgroup_memory_limit_gib() -> float | None:
+    """A container's memory limit (cgroup v2, then v1); None when unlimited or not in a cgroup."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < (1 << 60):  # v1 reports "no limit" as a huge number
+            return bytes_to_gib(int(raw))
+        return None
+    return None
+
+
+def _torch_info() -> dict[str, Any] | None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    info: dict[str, Any] = {"version": getattr(torch, "__version__", None)}
+    try:
+        info["cuda_version"] = getattr(torch.version, "cuda", None)
+        # is_available and device_count do not create a CUDA context, so forked DataLoader workers stay safe;
+        # get_device_name would, which is why GPU names come from NVML below.
+        info["cuda_available"] = bool(torch.cuda.is_available())
+        info["cuda_device_count"] = int(torch.cuda.device_count()) if info["cuda_available"] else 0
+        mps = getattr(torch.backends, "mps", None)
+        info["mps_available"] = bool(mps.is_available()) if mps is not None else False
+        info["num_threads"] = int(torch.get_num_threads())
+    except Exception as exc:  # a broken CUDA install must not stop the run
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def _nvml_gpus() -> list[dict[str, Any]] | None:
+    """Every GPU on the host through NVML; None when NVML is missing (no driver, no pynvml): fail soft."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:
+        log.info("no NVML (%s): GPUs are not described", exc)
+        return None
+    gpus: list[dict[str, Any]] = []
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            gpu: dict[str, Any] = {"index": index, "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                                   "driver_version": driver}
+            try:
+                gpu["memory_total_gb"] = bytes_to_gib(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+            except Exception:  # unified-memory parts (GB10, Grace Hopper) may not report it
+                gpu["memory_total_gb"] = None
+            try:
+                gpu["uuid"] = _text(pynvml.nvmlDeviceGetUUID(handle))
+            except Exception:
+                pass
+            gpus.append(gpu)
+    except Exception as exc:
+        log.info("NVML query failed (%s): GPU description incomplete", exc)
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+    return gpus
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def describe_environment(*, include_gpus: bool = True) -> dict[str, Any]:
+    """A JSON-ready description of the host, the Python, torch (if imported), GPUs (if NVML) and key env vars.
+
+    Never raises: a probe that fails leaves its field None.
+    """
+    env: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "runlens_version": __version__,
+    }
+    try:
+        env["cpu_affinity_count"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        env["cpu_affinity_count"] = None
+    try:
+        import psutil
+
+        env["memory_total_gb"] = bytes_to_gib(psutil.virtual_memory().total)
+        env["swap_total_gb"] = bytes_to_gib(psutil.swap_memory().total)
+    except Exception:
+        env["memory_total_gb"] = env["swap_total_gb"] = None
+    env["cgroup_memory_limit_gb"] = _cgroup_memory_limit_gib()
+    env["torch"] = _torch_info()
+    env["gpus"] = _nvml_gpus() if include_gpus else None
+    env["env"] = selected_env()
+    return env
