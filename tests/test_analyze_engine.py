@@ -201,7 +201,7 @@ def _goodput_job() -> JobData:
         {"timestamp": eval_start, "event_type": "phase_start", "details": {"name": "eval"}},
         {"timestamp": eval_start + 30.0, "event_type": "phase_end", "details": {"name": "eval"}},
         {"timestamp": end_of_steps + 50.0, "event_type": "hang_suspected",
-         "details": {"seconds_since_progress": 40.0, "phase": "train"}},
+         "details": {"seconds_since_progress": 50.0, "phase": "train"}},
     ]
     costs = pd.DataFrame({"operation": ["step", "thread:w"], "total_seconds": [2.0, 50.0],
                           "on_training_thread": [True, False]})
@@ -220,8 +220,10 @@ def test_goodput_parts_sum_to_wall_and_name_each_loss() -> None:
     assert lost["startup"] == pytest.approx(100.0)
     assert lost["data_wait"] == pytest.approx(80.0)
     assert lost["eval_and_checkpoints"] == pytest.approx(30.0)
-    # the stall's excess over the 0.9 s median step (20.1 s), plus the hang's 60 s after the last step
-    assert lost["stalls_and_hangs"] == pytest.approx(20.1 + 60.0, abs=0.01)
+    # the stall's excess over the median step's 0.9 s of compute (20.9 - 0.9), plus the hang: 60 s from the
+    # last step to the end, which no step covers
+    assert lost["stalls_and_hangs"] == pytest.approx(20.0 + 60.0)
+    assert lost["other"] == pytest.approx(0.0, abs=1e-6)
     assert lost["monitoring"] == pytest.approx(2.0)
     assert g["ratio"] == pytest.approx(g["productive_seconds"] / g["wall_seconds"])
     assert g["stall_steps"] == 1  # type: ignore[typeddict-item]
