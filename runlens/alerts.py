@@ -62,7 +62,7 @@ class Alert:
         return asdict(self)
 
     def headline(self) -> str:
-        """One line: ``job: WARNING -> RUNNING (recovered)`` or ``job: RUNNING -> FAILED: CUDA out of memory``."""
+        """One line: ``job: WARNING -> RUNNING: recovered`` or ``job: RUNNING -> FAILED: <reason>``."""
         arrow = f"{self.previous_state} -> {self.state}" if self.previous_state else self.state
         what = "recovered" if self.recovered else (self.reason or "")
         return f"{self.job_id}: {arrow}" + (f": {what}" if what else "")
@@ -71,7 +71,8 @@ class Alert:
         """The headline plus step, host and pid: what ``runlens watch`` prints for each transition."""
         parts = [self.headline()]
         if self.last_step is not None:
-            parts.append(f"step {self.last_step}" + (f" loss {self.last_loss:.4g}" if self.last_loss is not None else ""))
+            loss = f" loss {self.last_loss:.4g}" if self.last_loss is not None else ""
+            parts.append(f"step {self.last_step}{loss}")
         if self.host or self.pid:
             parts.append(f"host {self.host or '?'} pid {self.pid or '?'}")
         if self.remedy and not self.recovered:
@@ -92,43 +93,43 @@ def _halve(value: Any) -> int | None:
 def _oom_remedy(job: Mapping[str, Any]) -> str:
     half = _halve(job.get("last_batch_size"))
     if half is not None:
-        return (f"reduce batch size to {half} (from {job['last_batch_size']}), keeping the effective batch with "
-                f"gradient accumulation; or enable activation checkpointing / bf16")
-    return "halve the batch size (keep the effective batch with gradient accumulation), or enable activation " \
-           "checkpointing / bf16"
+        return (f"reduce batch size to {half} (from {job['last_batch_size']}), keeping the effective batch "
+                f"with gradient accumulation; or enable activation checkpointing / bf16")
+    return ("halve the batch size (keep the effective batch with gradient accumulation), or enable "
+            "activation checkpointing / bf16")
 
 
 def _host_oom_remedy(job: Mapping[str, Any]) -> str:
     half = _halve(job.get("last_worker_count"))
     workers = f"reduce DataLoader num_workers to {half}" if half else "use fewer DataLoader workers"
-    return f"{workers} (each holds its own copy of what it touches) and a smaller prefetch_factor; " \
-           f"check `dmesg | grep -i oom`"
+    return (f"{workers} (each holds its own copy of what it touches) and a smaller prefetch_factor; "
+            f"check `dmesg | grep -i oom`")
 
 
 # Matched in order against "<cause> <reason>"; the first hit gives the remedy. Causes come from
 # runlens.status (cuda_oom, host_oom, nccl_timeout, ...), reasons from the collectors' own words.
 _REMEDIES: list[tuple[re.Pattern[str], Callable[[Mapping[str, Any]], str]]] = [
-    (re.compile(r"cuda_oom|CUDA out of memory|OutOfMemoryError", re.I), _oom_remedy),
-    (re.compile(r"host_oom|oom_or_external_kill|OOM killer|SIGKILL", re.I), _host_oom_remedy),
-    (re.compile(r"nccl_timeout|NCCL|collective", re.I), lambda job: (
+    (re.compile(r"cuda_oom|CUDA out of memory|OutOfMemoryError", re.IGNORECASE), _oom_remedy),
+    (re.compile(r"host_oom|oom_or_external_kill|OOM killer|SIGKILL", re.IGNORECASE), _host_oom_remedy),
+    (re.compile(r"nccl_timeout|NCCL|collective", re.IGNORECASE), lambda job: (
         "find the rank that never reached the collective (runlens analyze shows each rank's stacks): uneven "
         "last batch (drop_last=True), a rank-dependent branch, or rank 0 checkpointing alone; raise the "
         "process-group timeout only for legitimately slow steps")),
-    (re.compile(r"dataloader|_try_get_data|worker|shared memory|Bus error", re.I), lambda job: (
+    (re.compile(r"dataloader|_try_get_data|worker|shared memory|Bus error", re.IGNORECASE), lambda job: (
         "a DataLoader worker is stuck: set DataLoader(timeout=120), reproduce with num_workers=0, "
         "export OMP_NUM_THREADS=1, and run `runlens doctor` for /dev/shm and TMPDIR")),
-    (re.compile(r"AF_UNIX path too long", re.I), lambda job: (
+    (re.compile(r"AF_UNIX path too long", re.IGNORECASE), lambda job: (
         "TMPDIR is too long for multiprocessing sockets: export TMPDIR=/tmp")),
-    (re.compile(r"no_end_event|exited without an end event", re.I), lambda job: (
+    (re.compile(r"no_end_event|exited without an end event", re.IGNORECASE), lambda job: (
         "the process died without a word (SIGKILL, host OOM, or the machine went away): check "
         "`dmesg | grep -i -e oom -e killed` and the end of the log")),
-    (re.compile(r"hang_suspected|stall|no_progress|no progress|no first step", re.I), lambda job: (
-        f"look at the stacks: `runlens analyze {job.get('job_id', 'JOB')}` (hang_suspected event) or "
-        f"`py-spy dump --pid {job.get('pid') or 'PID'}`")),
-    (re.compile(r"heartbeat_stale|heartbeat_late|no heartbeat|heartbeat late", re.I), lambda job: (
-        f"the process stopped reporting: is it frozen or swapping? `py-spy dump --pid {job.get('pid') or 'PID'}`,"
-        f" `top -p {job.get('pid') or 'PID'}`")),
-    (re.compile(r"never_started|no heartbeat and no step", re.I), lambda job: (
+    (re.compile(r"hang_suspected|stall|no_progress|no progress|no first step", re.IGNORECASE), lambda job: (
+        f"see where it is stuck: `py-spy dump --pid {job.get('pid') or 'PID'}`, or the stacks runlens took "
+        f"(`runlens analyze {job.get('job_id', 'JOB')}`)")),
+    (re.compile(r"heartbeat_stale|heartbeat_late|no heartbeat|heartbeat late", re.IGNORECASE), lambda job: (
+        f"the process stopped reporting: is it frozen or swapping? "
+        f"`py-spy dump --pid {job.get('pid') or 'PID'}`, `top -p {job.get('pid') or 'PID'}`")),
+    (re.compile(r"never_started|no heartbeat and no step", re.IGNORECASE), lambda job: (
         "it never reached its first step: check the start of its log and run `runlens doctor`")),
 ]
 

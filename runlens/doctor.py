@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
-CHECKS = ("threads", "shm", "tmpdir", "nofile", "disk", "store", "pyspy", "torch", "dataloader", "cuda", "nccl")
+CHECKS = ("threads", "shm", "tmpdir", "nofile", "disk", "store", "pyspy", "torch", "dataloader", "cuda",
+          "nccl")
 
 GIB = float(1 << 30)
 SHM_MIN = 1 * GIB            # below this, WARN when DataLoader workers are used
@@ -76,11 +77,12 @@ def probe_shm(shm_path: str, statvfs: StatVFS = os.statvfs) -> dict[str, Any]:
     if not os.path.isdir(shm_path) and statvfs is os.statvfs:
         return {"path": shm_path, "exists": False}
     st = statvfs(shm_path)
-    return {"path": shm_path, "exists": True, "total": st.f_blocks * st.f_frsize, "free": st.f_bavail * st.f_frsize}
+    return {"path": shm_path, "exists": True, "total": st.f_blocks * st.f_frsize,
+            "free": st.f_bavail * st.f_frsize}
 
 
 def probe_tmpdir() -> dict[str, Any]:
-    """Open a real multiprocessing AF_UNIX listener where multiprocessing would: the length rule is a proxy."""
+    """Open a real AF_UNIX listener where multiprocessing would: the length rule is only a proxy."""
     import multiprocessing.connection
 
     raw = os.environ.get("TMPDIR")
@@ -143,7 +145,8 @@ def probe_store(url: str) -> dict[str, Any]:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            return {"url": shown, "ok": False, "error": f"cannot create files in {parent}: {exc.strerror or exc}"}
+            why = exc.strerror or str(exc)
+            return {"url": shown, "ok": False, "error": f"cannot create files in {parent}: {why}"}
         return {"url": shown, "ok": True, "created": False,
                 "detail": f"no store yet; {parent.resolve()} is writable (it will be created there)"}
 
@@ -160,9 +163,11 @@ def probe_store(url: str) -> dict[str, Any]:
                                               "status": "never_started", "created_at": time.time()}])
             raise _Rollback
     except _Rollback:
-        return {"url": shown, "ok": True, "created": True, "detail": "a write in a rolled-back transaction worked"}
+        return {"url": shown, "ok": True, "created": True,
+                "detail": "a write in a rolled-back transaction worked"}
     except Exception as exc:
-        return {"url": shown, "ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return {"url": shown, "ok": False, "error": first}
     finally:
         store.close()
     return {"url": shown, "ok": False, "error": "unreachable"}
@@ -200,7 +205,7 @@ def probe_pyspy(timeout: float = 15.0) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             res = subprocess.run([exe, "dump", "--pid", str(sleeper.pid)], capture_output=True, text=True,
-                                 timeout=timeout)
+                                 check=False, timeout=timeout)
             facts["seconds"] = time.perf_counter() - t0
             facts["rc"] = res.returncode
             out = (res.stdout + res.stderr).strip()
@@ -210,7 +215,7 @@ def probe_pyspy(timeout: float = 15.0) -> dict[str, Any]:
             facts["attached"] = False
             facts["output"] = f"py-spy dump did not finish in {timeout:.0f}s"
         try:
-            facts["version"] = subprocess.run([exe, "--version"], capture_output=True, text=True,
+            facts["version"] = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False,
                                               timeout=10).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             pass
@@ -257,13 +262,15 @@ def probe_dataloader(workers: int = 2, timeout: float = 30.0) -> dict[str, Any]:
         return {"installed": False, "error": str(exc)}
     import multiprocessing
 
-    facts: dict[str, Any] = {"installed": True, "workers": workers, "start_method": multiprocessing.get_start_method()}
+    facts: dict[str, Any] = {"installed": True, "workers": workers,
+                             "start_method": multiprocessing.get_start_method()}
     t0 = time.perf_counter()
     try:
-        loader = DataLoader(_DoctorDataset(), batch_size=4, num_workers=workers,  # type: ignore[arg-type]
-                            timeout=timeout)
+        loader: Any = DataLoader(_DoctorDataset(), batch_size=4, num_workers=workers,  # type: ignore[arg-type]
+                                 timeout=timeout)
         batches = list(loader)
-        facts["ok"] = len(batches) == 2 and float(batches[1].sum()) > 0 and isinstance(batches[0], torch.Tensor)
+        facts["ok"] = (len(batches) == 2 and isinstance(batches[0], torch.Tensor)
+                       and float(batches[1].sum()) > 0)
         facts["seconds"] = time.perf_counter() - t0
     except Exception as exc:
         facts["ok"] = False
@@ -303,22 +310,23 @@ def probe_cuda() -> dict[str, Any]:
     try:
         facts["available"] = bool(torch.cuda.is_available())
         if facts["available"]:
-            torch.cuda.init()
+            torch.cuda.init()  # type: ignore[no-untyped-call]
             x = torch.ones(1024, device="cuda")
             facts["sum"] = float((x * 2).sum().item())
             facts["device"] = torch.cuda.get_device_name(0)
             facts["count"] = torch.cuda.device_count()
         facts["seconds"] = time.perf_counter() - t0
     except Exception as exc:
-        facts["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        lines = str(exc).strip().splitlines()
+        facts["error"] = f"{type(exc).__name__}: {lines[0] if lines else ''}"
         facts["seconds"] = time.perf_counter() - t0
     return facts
 
 
 def probe_nccl() -> dict[str, Any]:
     return _probe_env(("TORCH_NCCL_ENABLE_MONITORING", "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC", "NCCL_TIMEOUT",
-                       "TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_BLOCKING_WAIT",
-                       "RUNLENS_HANG_TIMEOUT", "WORLD_SIZE"))
+                       "TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING",
+                       "TORCH_NCCL_BLOCKING_WAIT", "RUNLENS_HANG_TIMEOUT", "WORLD_SIZE"))
 
 
 PROBES: dict[str, Callable[..., dict[str, Any]]] = {
@@ -330,7 +338,8 @@ PROBES: dict[str, Callable[..., dict[str, Any]]] = {
 
 # -- running probes in a child ------------------------------------------------------------------------------
 
-def run_probe(name: str, args: Mapping[str, Any], *, timeout: float, env: Mapping[str, str]) -> dict[str, Any]:
+def run_probe(name: str, args: Mapping[str, Any], *, timeout: float,
+              env: Mapping[str, str]) -> dict[str, Any]:
     """Run probe ``name`` in a child process with ``env``; kill its whole process group after ``timeout``.
 
     Output goes to temporary files, not pipes: a grandchild (a DataLoader worker, the py-spy sleeper) that
@@ -403,45 +412,46 @@ def judge_threads(f: Mapping[str, Any], workers: int | None) -> CheckResult:
     ranks = max(1, _int(env.get("LOCAL_WORLD_SIZE")) or 1)
     procs = ranks * (1 + (workers or 0))
     share = max(1, cores // procs)
-    fix = (f"export OMP_NUM_THREADS={share} MKL_NUM_THREADS={share} (cores / processes); with OpenCV also "
-           f"cv2.setNumThreads(0) in worker_init_fn")
-    who = f"{ranks} rank(s) x (1 + {workers or 0} DataLoader workers)" if ranks > 1 else \
-        f"the main process and {workers or 0} DataLoader workers"
+    fix = (f"export OMP_NUM_THREADS={share} MKL_NUM_THREADS={share} (cores / processes); with OpenCV "
+           f"also cv2.setNumThreads(0) in worker_init_fn")
+    if ranks > 1:
+        who = f"{ranks} ranks x (1 + {workers or 0} DataLoader workers)"
+    else:
+        who = f"the main process and {workers or 0} DataLoader workers"
     if omp is None:
         if procs == 1:
-            note = "" if workers is not None else " (pass --workers N to check with DataLoader workers)"
-            return CheckResult("threads", PASS, f"OMP_NUM_THREADS unset: BLAS/OpenMP use all {cores} cores in "
-                               f"one process{note}")
-        return CheckResult("threads", WARN, f"OMP_NUM_THREADS unset: {who} may each start {cores} BLAS/OpenMP "
-                           f"threads ({cores * procs} threads on {cores} cores); oversubscription stalls workers "
-                           f"(pytorch#33296)", fix)
+            note = "" if workers is not None else " (pass --workers N to include DataLoader workers)"
+            detail = f"OMP_NUM_THREADS unset: BLAS/OpenMP use all {cores} cores in one process{note}"
+            return CheckResult("threads", PASS, detail)
+        detail = (f"OMP_NUM_THREADS unset: {who} may each start {cores} BLAS/OpenMP threads "
+                  f"({cores * procs} threads on {cores} cores); oversubscription stalls workers "
+                  f"(pytorch#33296)")
+        return CheckResult("threads", WARN, detail, fix)
     total = omp * procs
+    detail = f"OMP_NUM_THREADS={omp} x {procs} processes = {total} threads on {cores} cores"
     if total > cores:
-        return CheckResult("threads", WARN, f"OMP_NUM_THREADS={omp} x {procs} processes = {total} threads on "
-                           f"{cores} cores", fix)
-    return CheckResult("threads", PASS, f"OMP_NUM_THREADS={omp} x {procs} processes = {total} threads on "
-                       f"{cores} cores")
+        return CheckResult("threads", WARN, detail, fix)
+    return CheckResult("threads", PASS, detail)
 
 
-_SHM_FIX = ("docker run --shm-size=8g (or --ipc=host); Kubernetes: an emptyDir with medium: Memory mounted at "
-            "/dev/shm; or DataLoader(num_workers=0)")
+_SHM_FIX = ("docker run --shm-size=8g (or --ipc=host); Kubernetes: an emptyDir with medium: Memory "
+            "mounted at /dev/shm; or DataLoader(num_workers=0)")
 
 
 def judge_shm(f: Mapping[str, Any], workers: int | None) -> CheckResult:
     path = f["path"]
     if not f.get("exists"):
-        status = FAIL if workers else WARN
-        return CheckResult("shm", status, f"{path} does not exist: DataLoader workers and multiprocessing "
-                           f"shared memory cannot work", _SHM_FIX)
+        detail = f"{path} does not exist: DataLoader workers and multiprocessing shared memory cannot work"
+        return CheckResult("shm", FAIL if workers else WARN, detail, _SHM_FIX)
     total, free = float(f["total"]), float(f["free"])
     size = f"{path} is {_gb(total)} ({_gb(free)} free)"
     if total < SHM_MIN:
         if workers == 0:
             return CheckResult("shm", PASS, f"{size}: small, but enough with num_workers=0")
         who = f"with {workers} DataLoader workers" if workers else "if you use DataLoader workers"
-        status = FAIL if workers and total < SHM_FAIL else WARN
-        return CheckResult("shm", status, f"{size}, under 1 GB {who}: workers hand batches over through it and "
-                           f"die with 'Bus error' or hang when it fills (Docker's default is 64 MB)", _SHM_FIX)
+        detail = (f"{size}, under 1 GB {who}: workers hand batches over through it and die with "
+                  f"'Bus error' or hang when it fills (Docker's default is 64 MB)")
+        return CheckResult("shm", FAIL if workers and total < SHM_FAIL else WARN, detail, _SHM_FIX)
     if free < 512 * (1 << 20):
         return CheckResult("shm", WARN, f"{size}: nearly full (leftover segments from killed runs?)",
                            f"remove stale files in {path} (ls -la {path}); " + _SHM_FIX)
@@ -453,15 +463,16 @@ def judge_tmpdir(f: Mapping[str, Any]) -> CheckResult:
     n = len(path)
     fix = "export TMPDIR=/tmp (or any folder whose path is under 70 characters) before starting training"
     if f.get("tmpdir") and not f.get("exists"):
-        return CheckResult("tmpdir", WARN, f"TMPDIR={path} does not exist: Python silently uses "
-                           f"{f.get('effective')} instead", "create it, or export TMPDIR=/tmp")
+        detail = f"TMPDIR={path} does not exist: Python silently uses {f.get('effective')} instead"
+        return CheckResult("tmpdir", WARN, detail, "create it, or export TMPDIR=/tmp")
     if not f.get("ok"):
-        return CheckResult("tmpdir", FAIL, f"TMPDIR is {n} characters and multiprocessing cannot create its "
-                           f"AF_UNIX socket there ({f.get('error')}; limit {AF_UNIX_LIMIT} bytes): DataLoader "
-                           f"workers crash or deadlock", fix)
+        detail = (f"TMPDIR is {n} characters and multiprocessing cannot create its AF_UNIX socket there "
+                  f"({f.get('error')}; limit {AF_UNIX_LIMIT} bytes): DataLoader workers crash or deadlock")
+        return CheckResult("tmpdir", FAIL, detail, fix)
     if n > TMPDIR_WARN:
-        return CheckResult("tmpdir", WARN, f"TMPDIR is {n} characters: sockets fit today, but Python 3.11 "
-                           f"fails from about 76 (AF_UNIX limit {AF_UNIX_LIMIT} bytes)", fix)
+        detail = (f"TMPDIR is {n} characters: sockets fit today, but Python 3.11 fails from about 76 "
+                  f"(AF_UNIX limit {AF_UNIX_LIMIT} bytes)")
+        return CheckResult("tmpdir", WARN, detail, fix)
     return CheckResult("tmpdir", PASS, f"{path} ({n} characters): AF_UNIX sockets fit")
 
 
@@ -472,13 +483,14 @@ def judge_nofile(f: Mapping[str, Any]) -> CheckResult:
         if hard == inf or hard >= 65536:
             fix = "ulimit -n 65536 before starting training"
         else:
-            fix = (f"ulimit -n {hard} now; raise the hard limit ({hard}) in /etc/security/limits.conf or with "
-                   f"docker run --ulimit nofile=65536:65536")
-        return CheckResult("nofile", WARN, f"open-file limit {soft} (hard {shown_hard}): DataLoader workers pass "
-                           f"tensors as file descriptors and hit 'Too many open files'",
+            fix = (f"ulimit -n {hard} now; raise the hard limit ({hard}) in /etc/security/limits.conf or "
+                   f"with docker run --ulimit nofile=65536:65536")
+        detail = (f"open-file limit {soft} (hard {shown_hard}): DataLoader workers pass tensors as file "
+                  f"descriptors and hit 'Too many open files'")
+        return CheckResult("nofile", WARN, detail,
                            fix + "; or torch.multiprocessing.set_sharing_strategy('file_system')")
-    return CheckResult("nofile", PASS, f"open-file limit {'unlimited' if soft == inf else soft} "
-                       f"(hard {shown_hard})")
+    shown_soft = "unlimited" if soft == inf else str(soft)
+    return CheckResult("nofile", PASS, f"open-file limit {shown_soft} (hard {shown_hard})")
 
 
 def judge_disk(f: Mapping[str, Any]) -> CheckResult:
@@ -500,8 +512,10 @@ def judge_disk(f: Mapping[str, Any]) -> CheckResult:
         elif free < DISK_WARN and worst == PASS:
             worst = WARN
         parts.append(f"{p['label']} {p['path']}: {_gb(free)} free")
-    fix = None if worst == PASS else ("free space there, or point --db / RUNLENS_DB and the run's output at a "
-                                      "disk with room: a full disk stops checkpoints and the store mid-run")
+    fix = None
+    if worst != PASS:
+        fix = ("free space there, or point --db / RUNLENS_DB and the run's output at a disk with room: "
+               "a full disk stops checkpoints and the store mid-run")
     return CheckResult("disk", worst, "; ".join(parts) or "no paths", fix)
 
 
@@ -514,20 +528,22 @@ def judge_store(f: Mapping[str, Any]) -> CheckResult:
 
 def judge_pyspy(f: Mapping[str, Any]) -> CheckResult:
     if not f.get("pyspy"):
-        return CheckResult("pyspy", WARN, "py-spy is not installed: hang evidence comes from faulthandler only "
-                           "(Python frames of the main process, none of its DataLoader workers)",
-                           "pip install py-spy")
+        detail = ("py-spy is not installed: hang evidence comes from faulthandler only (Python frames of the "
+                  "main process, none of its DataLoader workers)")
+        return CheckResult("pyspy", WARN, detail, "pip install py-spy")
     version = f.get("version") or "py-spy"
     who = "root" if f.get("uid") == 0 else f"uid {f.get('uid')}"
     scope = f.get("ptrace_scope")
     if f.get("attached"):
-        return CheckResult("pyspy", PASS, f"{version} attached to a sibling process in {f.get('seconds', 0):.2f}s "
-                           f"({who}, ptrace_scope {'n/a' if scope is None else scope})")
+        detail = (f"{version} attached to a sibling process in {f.get('seconds', 0):.2f}s ({who}, "
+                  f"ptrace_scope {'n/a' if scope is None else scope})")
+        return CheckResult("pyspy", PASS, detail)
     why = [who, f"ptrace_scope={scope}" if scope is not None else "no Yama",
            "CAP_SYS_PTRACE" if f.get("cap_sys_ptrace") else "no CAP_SYS_PTRACE"]
     out = (f.get("output") or "").strip().splitlines()
-    return CheckResult("pyspy", WARN, f"{version} could not attach to a sibling process ({', '.join(why)}): "
-                       f"{out[-1][:200] if out else 'no output'}; stacks will come from faulthandler only",
+    detail = (f"{version} could not attach to a sibling process ({', '.join(why)}): "
+              f"{out[-1][:200] if out else 'no output'}; stacks will come from faulthandler only")
+    return CheckResult("pyspy", WARN, detail,
                        "docker run --cap-add SYS_PTRACE (Kubernetes: securityContext.capabilities.add: "
                        "[SYS_PTRACE]); or sudo sysctl kernel.yama.ptrace_scope=0; or run as root")
 
@@ -551,7 +567,7 @@ def judge_dataloader(f: Mapping[str, Any], timeout: float) -> CheckResult:
         return CheckResult("dataloader", SKIP, "torch is not installed")
     if f.get("ok"):
         return CheckResult("dataloader", PASS, f"{f['workers']} workers (start method {f['start_method']}) "
-                           f"returned their batches in {f['seconds']:.1f}s")
+                                               f"returned their batches in {f['seconds']:.1f}s")
     err = str(f.get("error") or "")
     if "Bus error" in err or "shared memory" in err or "shm" in err:
         fix = _SHM_FIX
@@ -562,14 +578,16 @@ def judge_dataloader(f: Mapping[str, Any], timeout: float) -> CheckResult:
     else:
         fix = ("reproduce with num_workers=0; export OMP_NUM_THREADS=1; try "
                "multiprocessing_context='spawn'; check the shm and tmpdir rows")
-    return CheckResult("dataloader", FAIL, f"a DataLoader with {f.get('workers', 2)} workers failed: {err}", fix)
+    detail = f"a DataLoader with {f.get('workers', 2)} workers failed: {err}"
+    return CheckResult("dataloader", FAIL, detail, fix)
 
 
 def judge_cuda(f: Mapping[str, Any]) -> CheckResult:
     nvml = f.get("nvml")
     if f.get("error"):
         return CheckResult("cuda", FAIL, f"CUDA initialisation failed: {f['error']}",
-                           "check nvidia-smi, the driver/CUDA versions (torch.version.cuda) and CUDA_VISIBLE_DEVICES")
+                           "check nvidia-smi, the driver and CUDA versions (torch.version.cuda) and "
+                           "CUDA_VISIBLE_DEVICES")
     if f.get("available"):
         secs = f.get("seconds") or 0.0
         detail = f"{f.get('count')} GPU(s), {f.get('device')}; CUDA init + a kernel in {secs:.1f}s"
@@ -583,21 +601,28 @@ def judge_cuda(f: Mapping[str, Any]) -> CheckResult:
                                "CUDA_CACHE_MAXSIZE so the JIT cache keeps them")
         return CheckResult("cuda", PASS, detail)
     if nvml and nvml.get("count"):
-        why = "a CPU-only torch build" if not f.get("cuda_build") else (
-            f"CUDA_VISIBLE_DEVICES={f.get('visible_devices')!r}" if f.get("visible_devices") is not None
-            else "a driver too old for this torch")
-        return CheckResult("cuda", WARN, f"NVML sees {nvml['count']} GPU(s) but torch cannot use them ({why})",
-                           "pip install a CUDA build of torch matching the driver, or fix CUDA_VISIBLE_DEVICES")
-    return CheckResult("cuda", SKIP, "no NVIDIA GPU or driver here (NVML: "
-                       f"{f.get('nvml_error', 'no devices')}); CUDA checks skipped")
+        if not f.get("cuda_build"):
+            why = "a CPU-only torch build"
+        elif f.get("visible_devices") is not None:
+            why = f"CUDA_VISIBLE_DEVICES={f.get('visible_devices')!r}"
+        else:
+            why = "a driver too old for this torch"
+        detail = f"NVML sees {nvml['count']} GPU(s) but torch cannot use them ({why})"
+        return CheckResult("cuda", WARN, detail,
+                           "install a CUDA build of torch matching the driver, or fix CUDA_VISIBLE_DEVICES")
+    detail = f"no NVIDIA GPU or driver here (NVML: {f.get('nvml_error', 'no devices')}); CUDA checks skipped"
+    return CheckResult("cuda", SKIP, detail)
 
 
 def judge_nccl(f: Mapping[str, Any]) -> CheckResult:
+    """resilience.md §10.2 rows 6 and 15: the stall timeout must fire before the NCCL watchdog tears the
+    process down (soft <= 0.5 x the process-group timeout), and hang detection must not be switched off."""
     env = f["env"]
     world = _int(env.get("WORLD_SIZE")) or 1
     soft = _float(env.get("RUNLENS_HANG_TIMEOUT"))
-    pg = _float(env.get("NCCL_TIMEOUT"))
+    pg = _float(env.get("NCCL_TIMEOUT"))   # a launcher convention (seconds); torch itself reads no env var
     pg_eff = pg or NCCL_DEFAULT_TIMEOUT
+    pg_txt = f"{pg_eff:.0f}s" + ("" if pg else ", the NCCL default")
     problems, fixes = [], []
     if env.get("TORCH_NCCL_ENABLE_MONITORING") == "0":
         problems.append("TORCH_NCCL_ENABLE_MONITORING=0: torch never tears down a rank stuck in a collective")
@@ -607,22 +632,21 @@ def judge_nccl(f: Mapping[str, Any]) -> CheckResult:
         fixes.append("init_process_group(timeout=timedelta(minutes=10..30))")
     if soft is not None and soft > 0.5 * pg_eff:
         problems.append(f"RUNLENS_HANG_TIMEOUT={soft:.0f}s is over half the process-group timeout "
-                        f"({pg_eff:.0f}s{'' if pg else ', the NCCL default'}): the NCCL watchdog can kill the run "
-                        f"before runlens takes its stacks")
+                        f"({pg_txt}): the NCCL watchdog can kill the run before runlens takes its stacks")
         fixes.append(f"export RUNLENS_HANG_TIMEOUT={int(0.5 * pg_eff)} or raise the process-group timeout to "
                      f"{int(2 * soft)}s")
     elif soft is None and world > 1 and 900 > 0.5 * pg_eff:
         problems.append(f"the self-calibrated stall timeout can grow to 15 min, past half the process-group "
-                        f"timeout ({pg_eff:.0f}s): slow steps could let the NCCL watchdog act first")
+                        f"timeout ({pg_txt}): slow steps could let the NCCL watchdog act first")
         fixes.append(f"export RUNLENS_HANG_TIMEOUT={int(0.5 * pg_eff)}")
     if problems:
         return CheckResult("nccl", WARN, "; ".join(problems), "; ".join(fixes))
     soft_txt = f"{soft:.0f}s" if soft is not None else "self-calibrating (300s until calibrated)"
     if world <= 1:
-        return CheckResult("nccl", PASS, f"single process (WORLD_SIZE unset): no process-group timeout; stall "
-                           f"timeout {soft_txt}")
-    return CheckResult("nccl", PASS, f"stall timeout {soft_txt} within half the process-group timeout "
-                       f"({pg_eff:.0f}s)")
+        return CheckResult("nccl", PASS, f"single process (WORLD_SIZE unset): no process-group timeout; "
+                                         f"stall timeout {soft_txt}")
+    detail = f"stall timeout {soft_txt} within half the process-group timeout ({pg_txt})"
+    return CheckResult("nccl", PASS, detail)
 
 
 # -- the doctor ------------------------------------------------------------------------------------------
@@ -669,7 +693,9 @@ def run_doctor(
         store_path = sqlite_path(url)
     except Exception:
         store_path = None
-    disk_paths = [f"cwd={cwd}"] + ([f"store folder={Path(cwd, store_path).parent.resolve()}"] if store_path else [])
+    disk_paths = [f"cwd={cwd}"]
+    if store_path is not None:
+        disk_paths.append(f"store folder={Path(cwd, store_path).parent.resolve()}")
 
     args: dict[str, dict[str, Any]] = {
         "shm": {"shm_path": shm_path}, "disk": {"paths": disk_paths}, "store": {"url": url},
@@ -706,7 +732,9 @@ _HUNG_FIX = {
 
 def _judge(name: str, facts: Mapping[str, Any], *, workers: int | None, timeout: float) -> CheckResult:
     if facts.get("timed_out"):
-        what = "a DataLoader with 2 workers did not return a batch" if name == "dataloader" else "did not finish"
+        what = "did not finish"
+        if name == "dataloader":
+            what = "a DataLoader with 2 workers did not return a batch"
         return CheckResult(name, FAIL, f"{what} within {timeout:.0f}s (killed)",
                            _HUNG_FIX.get(name, "run the check again; something on this machine is stuck"))
     if facts.get("crashed"):

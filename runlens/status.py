@@ -71,7 +71,8 @@ DEFAULT_STALE_AFTER = 30.0
 
 _STORED_TERMINAL = {"succeeded": SUCCEEDED, "failed": FAILED, "timed_out": TIMED_OUT,
                     "never_started": NEVER_STARTED}
-_FAILURE_EVENTS = ("cuda_oom", "host_oom_suspected", "exception", "signal", "end")
+# Most specific first; a stall's event tells a timed-out job's phase.
+_FAILURE_EVENTS = ("cuda_oom", "host_oom_suspected", "exception", "signal", "end", "hang_suspected")
 _PROGRESS_EVENTS = ("phase_start", "phase_end", "hang_suspected", "recovered")
 _NCCL_TIMEOUT = re.compile(r"Watchdog caught collective operation timeout|NCCL.*time(d)? ?out|"
                            r"ProcessGroupNCCL.*timeout", re.IGNORECASE)
@@ -110,7 +111,7 @@ def pid_alive(pid: int) -> bool:
     A process we may not inspect (AccessDenied) exists.
     """
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:
@@ -135,7 +136,7 @@ class _Budgets:
     flush_interval: float
 
     @classmethod
-    def of(cls, job: Mapping[str, Any]) -> "_Budgets":
+    def of(cls, job: Mapping[str, Any]) -> _Budgets:
         d = Settings()
         raw = job.get("settings")
         s: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
@@ -188,14 +189,14 @@ def relevant_event(job: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) 
     finished one: the most specific failure event (a CUDA OOM over the exception that carried it, over a
     signal, over a bare end), the latest of its kind.
     """
+    rows: list[dict[str, Any]] = [dict(e) for e in events]
     if job.get("status") == "running":
-        candidates = [e for e in events if e.get("event_type") in _PROGRESS_EVENTS]
-        return dict(max(candidates, key=lambda e: e.get("timestamp") or 0.0)) if candidates else None
-    candidates = [e for e in events if e.get("event_type") in _FAILURE_EVENTS]
-    if not candidates:
+        live = [e for e in rows if e.get("event_type") in _PROGRESS_EVENTS]
+        return max(live, key=lambda e: e.get("timestamp") or 0.0) if live else None
+    failures = [e for e in rows if e.get("event_type") in _FAILURE_EVENTS]
+    if not failures:
         return None
-    best = min(candidates, key=lambda e: (_FAILURE_EVENTS.index(e["event_type"]), -(e.get("timestamp") or 0.0)))
-    return dict(best)
+    return min(failures, key=lambda e: (_FAILURE_EVENTS.index(e["event_type"]), -(e.get("timestamp") or 0.0)))
 
 
 def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = None) -> tuple[str, str]:
@@ -213,11 +214,13 @@ def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = N
     text = " ".join(x for x in (stored, str(details.get("type") or ""), first) if x)
     sig = job.get("exit_signal") or details.get("signal") or details.get("signum")
     if isinstance(sig, str):
-        sig = int(sig) if sig.isdigit() else getattr(signal.Signals, sig, None) if sig.startswith("SIG") else None
+        sig = int(sig) if sig.isdigit() else getattr(signal.Signals, sig, None)
     if "exited without an end event" in stored:
         cause, reason = "no_end_event", stored
     elif etype == "cuda_oom" or _CUDA_OOM.search(text):
         cause, reason = "cuda_oom", "CUDA out of memory" + (f": {first}" if first else "")
+        if "out of memory" in first.lower():
+            reason = first
     elif etype == "host_oom_suspected" or _HOST_OOM.search(text):
         cause, reason = "host_oom", "killed by the host's OOM killer (out of RAM)"
     elif _NCCL_TIMEOUT.search(text):
@@ -269,14 +272,16 @@ def compute_status(
         state = _STORED_TERMINAL[status]
         since = ended or _num(job.get("heartbeat_at")) or started
         if state == SUCCEEDED:
-            return RunStatus(SUCCEEDED, job.get("status_reason") or "finished", since, {**base, "cause": "ok"})
+            return RunStatus(SUCCEEDED, job.get("status_reason") or "finished", since,
+                             {**base, "cause": "ok"})
         if state == FAILED:
             cause, reason = classify_failure(job, last_event)
             return RunStatus(FAILED, reason, since, {**base, "cause": cause})
         if state == TIMED_OUT:
-            phase = ((last_event or {}).get("details") or {}).get("phase")
-            reason = job.get("status_reason") or "killed after a stall" + (f" in phase {phase}" if phase else "")
-            return RunStatus(TIMED_OUT, str(reason), since, {**base, "cause": "stall", "phase": phase})
+            stall_phase = ((last_event or {}).get("details") or {}).get("phase")
+            reason = job.get("status_reason") or "killed after a stall" + (
+                f" in phase {stall_phase}" if stall_phase else "")
+            return RunStatus(TIMED_OUT, str(reason), since, {**base, "cause": "stall", "phase": stall_phase})
         return RunStatus(NEVER_STARTED, job.get("status_reason") or "never reached its first step", since,
                          {**base, "cause": "never_started"})
 
@@ -287,7 +292,7 @@ def compute_status(
     live_age = now - (alive_at if alive_at is not None else started)
     pid = job.get("pid")
     local = pid is not None and job.get("host") in (None, host)
-    pid_ok = pid_alive(int(pid)) if local else None
+    pid_ok = pid_alive(int(pid)) if local and pid is not None else None
 
     # Which budget the progress clock runs against: a phase opened by the loop, the startup grace before
     # the first step, or the step timeout.
@@ -339,14 +344,15 @@ def compute_status(
     nothing = "no first step" if phase == "init" else "no progress"
     if live_stale and progress_stale:
         since = max(progress_ref + budget, (alive_at or started) + stale_after)
-        return RunStatus(TIMED_OUT, f"{nothing}{where} for {_fmt(progress_age)} (budget {_fmt(budget)}) and no "
-                         f"heartbeat for {_fmt(live_age)}", since, {**details, "cause": "stall"})
+        return RunStatus(TIMED_OUT, f"{nothing}{where} for {_fmt(progress_age)} (budget {_fmt(budget)}) "
+                         f"and no heartbeat for {_fmt(live_age)}", since, {**details, "cause": "stall"})
     if ev_type == "hang_suspected" and ev_at is not None and ev_at >= progress_ref:
         # The in-process watchdog has the calibrated budget and the stacks: its verdict is the better reason.
         d = ev.get("details") or {}
         in_phase = f" in phase {d['phase']}" if d.get("phase") else where
-        return RunStatus(WARNING, f"stall suspected{in_phase} at step {d.get('last_step', job.get('last_step'))}"
-                         f" (no progress for {_fmt(progress_age)})", ev_at,
+        at_step = d.get("last_step", job.get("last_step"))
+        return RunStatus(WARNING, f"stall suspected{in_phase} at step {at_step} "
+                         f"(no progress for {_fmt(progress_age)})", ev_at,
                          {**details, "cause": "hang_suspected", "phase": d.get("phase") or phase})
     if progress_stale:
         return RunStatus(WARNING, f"{nothing}{where} for {_fmt(progress_age)} (budget {_fmt(budget)})",
@@ -356,8 +362,8 @@ def compute_status(
                          (alive_at or started) + stale_after, {**details, "cause": "heartbeat_stale"})
     if live_late:
         assert late_after is not None
-        return RunStatus(WARNING, f"heartbeat late: last one {_fmt(live_age)} ago", (alive_at or started) + late_after,
-                         {**details, "cause": "heartbeat_late"})
+        return RunStatus(WARNING, f"heartbeat late: last one {_fmt(live_age)} ago",
+                         (alive_at or started) + late_after, {**details, "cause": "heartbeat_late"})
     reason = "starting" if phase == "init" else "training"
     if phase and phase != "init":
         reason = f"in phase {phase}"
@@ -365,17 +371,17 @@ def compute_status(
                      {**details, "cause": "ok"})
 
 
-def job_status(store: "Store", job: Mapping[str, Any], *, now: float, stale_after: float = DEFAULT_STALE_AFTER,
+def job_status(store: Store, job: Mapping[str, Any], *, now: float, stale_after: float = DEFAULT_STALE_AFTER,
                host: str | None = None, pid_alive: Callable[[int], bool] = pid_alive) -> RunStatus:
     """``compute_status`` for a stored job, fetching the event it needs."""
-    events = store.rows("training_events", str(job["job_id"]), order_by="timestamp", descending=True, limit=50,
-                        columns=("event_type", "timestamp", "details"))
+    events = store.rows("training_events", str(job["job_id"]), order_by="timestamp", descending=True,
+                        limit=50, columns=("event_type", "timestamp", "details"))
     return compute_status(job, now=now, stale_after=stale_after, host=host, pid_alive=pid_alive,
                           last_event=relevant_event(job, events))
 
 
 def settle_dead_jobs(
-    store: "Store",
+    store: Store,
     *,
     now: float | None = None,
     jobs: Iterable[Mapping[str, Any]] | None = None,
@@ -403,8 +409,11 @@ def settle_dead_jobs(
         st = compute_status(fresh, now=now, host=host, pid_alive=pid_alive)
         if not st.details.get("settle"):
             continue
+        # It died between its last sign of life and now; with none at all, now is the only bound we have.
+        alive_at = max((t for t in (_num(fresh.get("heartbeat_at")), _num(fresh.get("progress_at"))) if t),
+                       default=None)
         store.update_job(str(job["job_id"]), status="failed", status_reason=st.reason,
-                         ended_at=st.since if st.since is not None else now)
+                         ended_at=alive_at if alive_at is not None else now)
         log.info("job %s: %s; marked failed", job["job_id"], st.reason)
         settled.append(str(job["job_id"]))
     return settled

@@ -1,7 +1,10 @@
 """``runlens watch``: poll the store, compute each run's state, and alert on every change of state.
 
 One alert per transition, including recovery; while a condition lasts it is not repeated (``Deduper``), and a
-notifier that is down costs a log line, never the watcher. Each transition is also printed as one line.
+notifier that is down costs a log line, never the watcher. Each transition is also printed as one line. One
+exception: a single late heartbeat (WARNING, cause ``heartbeat_late``) is printed but not sent, because a
+store busy for a few seconds causes it; it is sent when it turns stale (30 s), and a recovery is sent only
+after trouble was sent.
 
 What counts as a transition on the first look at a job (the watcher has no memory of earlier polls):
 a run that is already in trouble (WARNING, TIMED_OUT) alerts at once; a job this poll settled (its process
@@ -16,6 +19,7 @@ import json
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +43,7 @@ from runlens.store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 10.0
+_LATE = "WARNING/heartbeat_late"
 _DATALOADER_FRAMES = ("_try_get_data", "_get_data", "dataloader", "DataLoader", "_worker_loop")
 
 
@@ -54,7 +59,6 @@ def job_context(store: Store, job: Mapping[str, Any]) -> dict[str, Any]:
     steps = store.rows("step_metrics", job_id, order_by="step", descending=True, limit=20,
                        columns=("step", "loss", "batch_size"))
     if steps:
-        ctx.setdefault("last_step", steps[0]["step"])
         if ctx.get("last_step") is None:
             ctx["last_step"] = steps[0]["step"]
         ctx["last_loss"] = next((r["loss"] for r in steps if r["loss"] is not None), None)
@@ -76,18 +80,40 @@ def build_alert(store: Store, job: Mapping[str, Any], status: RunStatus, previou
         if any(frame in stacks for frame in _DATALOADER_FRAMES):
             key += " dataloader"
     started = ctx.get("started_at") or ctx.get("created_at")
-    end = ctx.get("ended_at") if status.state in TERMINAL_STATES and ctx.get("ended_at") else now
+    ended = ctx.get("ended_at")
+    end = float(ended) if status.state in TERMINAL_STATES and ended is not None else now
     recovered = status.state == RUNNING and previous_state not in (None, RUNNING)
     return Alert(
         job_id=str(job["job_id"]), name=ctx.get("name"), state=status.state, previous_state=previous_state,
         reason=status.reason, host=ctx.get("host"), pid=ctx.get("pid"),
         phase=status.details.get("phase"),
-        duration_seconds=None if started is None else max(0.0, float(end) - float(started)),
+        duration_seconds=None if started is None else max(0.0, end - float(started)),
         last_step=ctx.get("last_step"), last_loss=ctx.get("last_loss"),
         last_log_line=last_log_line(ctx.get("log_path")),
-        remedy=None if recovered or status.state == "SUCCEEDED" else remedy_for(key, ctx),
+        remedy=None if recovered or status.state in (RUNNING, "SUCCEEDED") else remedy_for(key, ctx),
         timestamp=now,
     )
+
+
+def describe_job(store: Store, job: Mapping[str, Any], *, now: float,
+                 stale_after: float = DEFAULT_STALE_AFTER) -> dict[str, Any]:
+    """Everything ``runlens status JOB`` shows: the state and why, liveness, progress, log line, remedy."""
+    job_id = str(job["job_id"])
+    events = store.rows("training_events", job_id, order_by="timestamp", descending=True, limit=50,
+                        columns=("event_type", "timestamp", "details"))
+    event = relevant_event(job, events)
+    status = compute_status(job, now=now, stale_after=stale_after, last_event=event)
+    alert = build_alert(store, job, status, None, now=now, event=event)
+    return {
+        "job_id": job_id, "name": job.get("name"), "state": status.state, "reason": status.reason,
+        "since": status.since, "cause": status.cause, "host": job.get("host"), "pid": job.get("pid"),
+        "pid_alive": status.details.get("pid_alive"), "phase": status.details.get("phase"),
+        "progress_budget": status.details.get("progress_budget"), "started_at": job.get("started_at"),
+        "ended_at": job.get("ended_at"), "duration_seconds": alert.duration_seconds,
+        "last_step": alert.last_step, "last_loss": alert.last_loss, "heartbeat_at": job.get("heartbeat_at"),
+        "progress_at": job.get("progress_at"), "log_path": job.get("log_path"),
+        "last_log_line": alert.last_log_line, "remedy": alert.remedy, "details": status.details,
+    }
 
 
 def _print_line(line: str) -> None:
@@ -127,6 +153,7 @@ class Watcher:
         self.started_at = clock()
         self.deduper = Deduper()
         self._states: dict[str, str] = {}
+        self._conds: dict[str, str] = {}
         self._alerted: dict[str, str] = {}
         self._missing: set[str] = set()
 
@@ -150,7 +177,8 @@ class Watcher:
         """Look at every watched job once; send and return the alerts for the transitions seen."""
         now = self.clock()
         jobs = self._load_jobs()
-        settled = set(settle_dead_jobs(self.store, now=now, jobs=jobs, host=self.host, pid_alive=self.pid_alive))
+        settled = set(settle_dead_jobs(self.store, now=now, jobs=jobs, host=self.host,
+                                       pid_alive=self.pid_alive))
         alerts: list[Alert] = []
         seen: set[str] = set()
         for job in jobs:
@@ -158,17 +186,19 @@ class Watcher:
             seen.add(job_id)
             if job_id in settled:
                 job = {**self.store.get_job(job_id), "last_sample_at": job.get("last_sample_at")}
-            events = self.store.rows("training_events", job_id, order_by="timestamp", descending=True, limit=50,
-                                     columns=("event_type", "timestamp", "details"))
+            events = self.store.rows("training_events", job_id, order_by="timestamp", descending=True,
+                                     limit=50, columns=("event_type", "timestamp", "details"))
             event = relevant_event(job, events)
             status = compute_status(job, now=now, stale_after=self.stale_after, host=self.host,
                                     pid_alive=self.pid_alive, last_event=event)
             alert = self._transition(job, status, now=now, event=event, settled=job_id in settled)
             if alert is not None:
                 alerts.append(alert)
+        self._deliver(alerts)
         if self.job_ids is None:
             for gone in set(self._states) - seen:   # fell out of the recent window
                 del self._states[gone]
+                self._conds.pop(gone, None)
                 self._alerted.pop(gone, None)
                 self.deduper.forget(gone)
         return alerts
@@ -176,40 +206,63 @@ class Watcher:
     def _transition(self, job: Mapping[str, Any], status: RunStatus, *, now: float,
                     event: Mapping[str, Any] | None, settled: bool) -> Alert | None:
         job_id, state, pid = str(job["job_id"]), status.state, job.get("pid")
-        first = job_id not in self._states
-        previous = self._states.get(job_id)
-        self._states[job_id] = state
+        # The condition is the state, except that one late heartbeat is its own milder condition: it is
+        # printed but not sent (a busy store delays a flush by seconds), and it alerts once it goes stale.
+        cond = _LATE if status.cause == "heartbeat_late" else state
+        first = job_id not in self._conds
+        previous, previous_cond = self._states.get(job_id), self._conds.get(job_id)
+        self._states[job_id], self._conds[job_id] = state, cond
         if first:
             fresh_end = state in TERMINAL_STATES and (status.since or 0.0) >= self.started_at
-            if not (state in (WARNING, TIMED_OUT) or settled or fresh_end):
-                if state != RUNNING:
-                    self.deduper.should_send(job_id, state, pid)   # known already: do not alert it later
+            in_trouble = state in (WARNING, TIMED_OUT) and cond != _LATE
+            if not (in_trouble or settled or fresh_end):
+                if state != RUNNING and cond != _LATE:
+                    self.deduper.should_send(job_id, cond, pid)   # known already: do not alert it later
                 if state in LIVE_STATES or self.job_ids is not None:
                     self._emit(f"{job_id}: {state}" + (f": {status.reason}" if status.reason else ""))
                 return None
-        elif previous == state:
+        elif previous_cond == cond:
             return None
 
         if state == RUNNING:
-            send = previous is not None        # recovery: always said, and it re-arms every condition
+            # Recovery is said when trouble was said, and it re-arms every condition of the job.
+            send = self._alerted.get(job_id, RUNNING) != RUNNING
             self.deduper.clear(job_id)
+        elif cond == _LATE:
+            send = False
         else:
-            send = self.deduper.should_send(job_id, state, pid)
+            send = self.deduper.should_send(job_id, cond, pid)
         # A sent alert names the state of the last alert sent, so the receiver's stream reads as a chain
-        # (TIMED_OUT -> RUNNING, not the unsent WARNING in between).
-        shown_previous = self._alerted.get(job_id, previous) if send else previous
+        # (TIMED_OUT -> RUNNING, not the unsent WARNING in between); an unsent late beat was still RUNNING.
+        shown_previous = previous
+        if send:
+            shown_previous = self._alerted.get(job_id) or (RUNNING if previous_cond == _LATE else previous)
         alert = build_alert(self.store, job, status, shown_previous, now=now, event=event)
         stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S")
-        self._emit(f"{stamp}  {alert.summary_line()}" + ("" if send else "  (already alerted)"))
+        note = "" if send else ("  (not sent: alerts once stale)" if cond == _LATE else
+                                "  (already alerted)" if state != RUNNING else "  (nothing was alerted)")
+        self._emit(f"{stamp}  {alert.summary_line()}{note}")
         if not send:
             return None
         self._alerted[job_id] = state
-        for notifier in self.notifiers:
+        return alert
+
+    def _deliver(self, alerts: Sequence[Alert]) -> None:
+        """Send every alert to every notifier at once, and wait: one dead endpoint costs one endpoint's
+        retries (about 20 s at worst), not that times the number of alerts."""
+        pairs = [(n, a) for a in alerts for n in self.notifiers]
+        if not pairs:
+            return
+
+        def send(pair: tuple[Notifier, Alert]) -> None:
+            notifier, alert = pair
             try:
                 notifier.send(alert)
             except Exception:  # a notifier must never stop the watcher, even a buggy one
                 log.exception("notifier %s failed", getattr(notifier, "shown_url", notifier))
-        return alert
+
+        with ThreadPoolExecutor(max_workers=min(8, len(pairs)), thread_name_prefix="runlens-alert") as pool:
+            list(pool.map(send, pairs))
 
     def _emit(self, line: str) -> None:
         try:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import runlens
 from runlens.cli import cli
@@ -16,15 +16,14 @@ from runlens.store import Store
 from runlens.store.migrate import HEAD_REVISION
 
 
-def _run(*args: str) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run([sys.executable, "-m", "runlens", *args], capture_output=True, text=True, timeout=60)
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runlens", *args], capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
-def _one_line_error(result: object, *needles: str) -> None:
-    exit_code = getattr(result, "exit_code", None)
-    if exit_code is None:
-        exit_code = getattr(result, "returncode")
-    stderr = getattr(result, "stderr")
+def _one_line_error(result: Result | subprocess.CompletedProcess[str], *needles: str) -> None:
+    exit_code = result.exit_code if isinstance(result, Result) else result.returncode
+    stderr = result.stderr
     assert exit_code == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("runlens: "), stderr

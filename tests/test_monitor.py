@@ -4,7 +4,6 @@ recorded is lost on exit, exception, SIGTERM or SIGKILL."""
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sqlite3
 import subprocess
@@ -35,10 +34,11 @@ def _event_types(store: Store, job_id: str) -> list[str]:
     return [e["event_type"] for e in _events(store, job_id)]
 
 
-def _run_script(tmp_path: Path, env: dict[str, str], body: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run_script(tmp_path: Path, env: dict[str, str], body: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(body))
-    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
 # -- in-process: what a loop records ------------------------------------------------------------------
@@ -159,7 +159,8 @@ def test_cuda_oom_is_recorded_and_reraised(db_url: str, store: Store) -> None:
     assert events["end"]["details"]["status"] == "failed"
 
 
-def test_user_cost_timers_and_budget_warning(db_url: str, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_cost_timers_and_budget_warning(db_url: str, store: Store,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     """mon.cost() totals are stored per operation; passing the budget warns once on stderr and as an event."""
     with runlens.Monitor(name="budget", db=db_url, monitoring_budget=0.05) as mon:
         mon._ledger.min_wall_seconds = 0.0  # the default waits 30 s before judging
@@ -294,7 +295,8 @@ def test_attach_mode_writes_into_the_wrappers_job(db_url: str, store: Store,
     job_id = store.create_job(name="wrapped", job_id="wrapped-1", started_at=time.time())
     monkeypatch.setenv("RUNLENS_JOB_ID", job_id)
     monkeypatch.setenv("RUNLENS_DB", db_url)
-    with runlens.Monitor(name="inner", config={"lr": 0.1, "api_key": "k"}, db="sqlite:////nonexistent/x.db") as mon:
+    config = {"lr": 0.1, "api_key": "k"}
+    with runlens.Monitor(name="inner", config=config, db="sqlite:////nonexistent/x.db") as mon:
         assert mon.job_id == job_id and mon.attached
         for step in range(20):
             mon.step(step, loss=1.0)
@@ -370,6 +372,30 @@ def test_a_locked_store_never_reaches_the_loop(db_url: str, store: Store, busy_t
         assert "cannot write" not in err
 
 
+def test_overflow_while_locked_is_recorded_and_writing_resumes(db_url: str, store: Store,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past buffer_max_rows the oldest rows go, never silently: a buffer_overflow event says how many, and the
+    Monitor's own events (with more columns than that one) are written in the same batch."""
+    monkeypatch.setattr("runlens.store.engine.SQLITE_BUSY_TIMEOUT_MS", 100)
+    locked = threading.Event()
+    with runlens.Monitor(name="overflow", db=db_url, flush_interval=0.05, buffer_max_rows=100) as mon:
+        holder = threading.Thread(target=_hold_exclusive_lock, args=(db_url.removeprefix("sqlite:///"), 1.5, locked))
+        holder.start()
+        locked.wait(5)
+        for step in range(300):
+            mon.step(step, loss=1.0)
+            time.sleep(0.002)
+        mon.event("during_lock")
+        holder.join()
+        for step in range(300, 310):
+            mon.step(step, loss=1.0)
+    events = {e["event_type"]: e for e in _events(store, mon.job_id)}
+    dropped = events["buffer_overflow"]["details"]["steps_dropped"]
+    assert dropped > 0 and {"during_lock", "end"} <= set(events)
+    assert store.count("step_metrics", mon.job_id) == 310 - dropped
+    assert store.get_job(mon.job_id)["status"] == "succeeded"
+
+
 # -- real processes: exit, exception, signals, SIGKILL, concurrency ------------------------------------------
 
 def test_exception_is_recorded_and_reraised_like_without_runlens(tmp_path: Path, db_url: str,
@@ -430,6 +456,56 @@ def test_signal_is_recorded_and_the_process_dies_as_without_runlens(tmp_path: Pa
         assert job["exit_signal"] == signal.SIGTERM
     # flush_interval=30: every step got to the store only because the handler flushed it
     assert store.count("step_metrics", job["job_id"]) >= 201
+
+
+def test_sigterm_chains_to_the_programs_own_handler(tmp_path: Path, db_url: str,
+                                                    child_env: dict[str, str]) -> None:
+    """A program's own SIGTERM handler (checkpoint and exit 3) still runs, after runlens flushed."""
+    body = f"""
+        import signal, sys, time, runlens
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
+        with runlens.Monitor(name="chained", db={db_url!r}, flush_interval=30) as mon:
+            for step in range(100000):
+                mon.step(step, loss=1.0)
+                if step == 50:
+                    print("ready", flush=True)
+                time.sleep(0.001)
+    """
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(body))
+    codes = []
+    for env in ({**child_env, "RUNLENS_DISABLE": "1"}, child_env):
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        codes.append(proc.returncode)
+    assert codes == [3, 3]
+    store = open_store(db_url, create=False)
+    (job,) = store.list_jobs()
+    assert job["status"] == "failed" and job["status_reason"] == "SIGTERM" and job["exit_code"] == 3
+    events = {e["event_type"]: e for e in _events(store, job["job_id"])}
+    assert events["signal"]["details"]["action"] == "handler"
+    assert store.count("step_metrics", job["job_id"]) >= 51
+
+
+def test_monitor_off_the_main_thread_records_without_signal_handlers(db_url: str, store: Store) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        with runlens.Monitor(name="threaded", db=db_url) as mon:
+            result["handler"] = signal.getsignal(signal.SIGTERM)
+            for step in range(5):
+                mon.step(step, loss=1.0)
+        result["job_id"] = mon.job_id
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert result["handler"] is before
+    assert store.count("step_metrics", result["job_id"]) == 5
+    assert store.get_job(result["job_id"])["status"] == "succeeded"
 
 
 def test_monitor_left_open_is_closed_at_exit(tmp_path: Path, db_url: str, child_env: dict[str, str]) -> None:
@@ -505,10 +581,11 @@ _CONCURRENT_WRITER = """
 import sys, time
 import runlens
 import runlens.collect.monitor, runlens.collect.sampler, runlens.store.writer  # import before the race
-db, name, go = sys.argv[1], sys.argv[2], float(sys.argv[3])
-early = go - time.time()
-assert early > 0, f"late by {-early:.2f}s: the processes did not start writing together"
-time.sleep(early)
+from pathlib import Path
+db, name, barrier = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+(barrier / f"ready-{name}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.001)
 with runlens.Monitor(name=name, db=db, sample_interval=60) as mon:
     for step in range(10_000):
         mon.step(step, loss=1.0 / (step + 1), lr=1e-4, grad_norm=1.0, batch_size=8)
@@ -519,17 +596,18 @@ print(mon.job_id, stats.failures, stats.steps_written, stats.steps_dropped)
 
 @pytest.mark.slow
 def test_eight_processes_write_ten_thousand_steps_each_into_one_file(tmp_path: Path, db_url: str,
-                                                                     child_env: dict[str, str]) -> None:
+                                                                     child_env: dict[str, str],
+                                                                     start_together: Any) -> None:
     script = tmp_path / "writer.py"
     script.write_text(_CONCURRENT_WRITER)
-    go = time.time() + 4.0  # all 8 import first, then open and write at the same moment
-    procs = [subprocess.Popen([sys.executable, str(script), db_url, f"proc{i}", str(go)], env=child_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    barrier = tmp_path / "barrier"  # all 8 import first, then open and write at the same moment
+    procs = start_together([[sys.executable, str(script), db_url, f"proc{i}", str(barrier)] for i in range(8)],
+                           barrier, child_env)
     results = [p.communicate(timeout=120) for p in procs]
     for proc, (out, err) in zip(procs, results):
         assert proc.returncode == 0, err
         assert "locked" not in err.lower() and "cannot write" not in err, err
-        job_id, failures, written, dropped = out.split()
+        _job_id, failures, written, dropped = out.split()
         assert (failures, written, dropped) == ("0", "10000", "0")
     store = open_store(db_url, create=False)
     jobs = store.list_jobs()

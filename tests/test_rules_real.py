@@ -84,7 +84,9 @@ def workload_workers(db: str, out: str) -> None:
                 opt.step()
                 mon.step(step, loss=loss.detach(), batch_size=16)
                 step += 1
-                time.sleep(0.01)
+                # ~50 ms a step: the workers keep up, so the run is not input-bound (a batch still costs
+                # ~1-2 ms of inter-process transfer in next()).
+                time.sleep(0.05)
                 if step % 20 == 0:
                     pss, n = _children_pss_gb()
                     if pss > peak_pss:
@@ -223,22 +225,21 @@ def workload_healthy(db: str, out: str) -> None:
     ds = TensorDataset(x, y)
     # Whole batches by fancy indexing: loading costs microseconds, as with data already in memory.
     loader = DataLoader(ds, sampler=BatchSampler(RandomSampler(ds), batch_size=64, drop_last=True), batch_size=None)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    config = {"learning_rate": 0.05, "batch_size": 64, "num_workers": 0, "max_grad_norm": 1.0}
+    model = torch.nn.Sequential(torch.nn.Linear(32, 512), torch.nn.ReLU(), torch.nn.Linear(512, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    config = {"learning_rate": 0.01, "batch_size": 64, "num_workers": 0, "max_grad_norm": 1.0}
     with runlens.Monitor(name="healthy", config=config, db=db, sample_interval=SAMPLE_INTERVAL) as mon:
         step = 0
         for _epoch in range(10):
             for xb, yb in mon.loader(loader):
-                for _ in range(3):
+                for _ in range(12):   # ~20 ms of compute a step, a realistic step next to a DataLoader's
                     loss = torch.nn.functional.mse_loss(model(xb), yb)
                     opt.zero_grad()
                     loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                mon.step(step, loss=loss.detach(), lr=0.05, grad_norm=gn, batch_size=64)
+                mon.step(step, loss=loss.detach(), lr=0.01, grad_norm=gn, batch_size=64)
                 step += 1
-                time.sleep(0.004)
             if step >= 250:
                 break
         job_id = mon.job_id

@@ -4,7 +4,6 @@ ones without touching them, concurrent first opens do not race, and the batch wr
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -53,8 +52,8 @@ def test_every_table_round_trips(store: Store) -> None:
     event = {"timestamp": 102.0, "event_type": "checkpoint_saved", "details": {"path": "/ckpt", "n": [1, 2]},
              "host": "h", "rank": 1, "step": 5}
     step = {"step": 5, "timestamp": 102.5, "loss": 0.75, "batch_size": 8, "gradient_norm": 1.5,
-            "learning_rate": 1e-4, "step_time_seconds": 0.2, "data_time_seconds": 0.01, "rank": 1, "tokens": 4096.0,
-            "extras": {"acc": 0.5}}
+            "learning_rate": 1e-4, "step_time_seconds": 0.2, "data_time_seconds": 0.01, "rank": 1,
+            "tokens": 4096.0, "extras": {"acc": 0.5}}
     cost = {"timestamp": 103.0, "operation": "step", "calls": 10, "total_seconds": 1e-5,
             "on_training_thread": True, "host": "h", "rank": 1}
     report = {"created_at": 104.0, "summary": {"health_score": "B"}, "recommendations": [{"title": "t"}],
@@ -105,8 +104,10 @@ def test_an_older_schema_is_migrated_on_open_with_its_data(db_url: str) -> None:
     engine = create_store_engine(db_url)
     with engine.begin() as conn:
         upgrade(conn, "0001")
-        conn.execute(text("INSERT INTO jobs (job_id, name, status, created_at) VALUES ('old-1', 'old', 'succeeded', 1.0)"))
-        conn.execute(text("INSERT INTO step_metrics (job_id, step, timestamp, loss) VALUES ('old-1', 3, 2.0, 0.5)"))
+        conn.execute(text("INSERT INTO jobs (job_id, name, status, created_at) "
+                          "VALUES ('old-1', 'old', 'succeeded', 1.0)"))
+        conn.execute(text("INSERT INTO step_metrics (job_id, step, timestamp, loss) "
+                          "VALUES ('old-1', 3, 2.0, 0.5)"))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
     engine.dispose()
@@ -138,24 +139,26 @@ def test_a_newer_schema_is_refused_and_the_file_left_untouched(db_url: str) -> N
 
 _OPENER = """
 import sys, time
+from pathlib import Path
 from runlens.store import open_store
-url, go = sys.argv[1], float(sys.argv[2])
-early = go - time.time()
-time.sleep(max(0.0, early))
+url, barrier = sys.argv[1], Path(sys.argv[2])
+(barrier / f"ready-{sys.argv[3]}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.001)
 store = open_store(url)
 store.create_job(name="opener")
-print("ok" if early > 0 else f"late by {-early:.2f}s")
+print("ok")
 """
 
 
 @pytest.mark.slow
-def test_eight_processes_opening_a_fresh_database_at_once(tmp_path: Path, db_url: str,
-                                                         child_env: dict[str, str]) -> None:
+def test_eight_processes_opening_a_fresh_database_at_once(tmp_path: Path, db_url: str, child_env: dict[str, str],
+                                                         start_together: Any) -> None:
     script = tmp_path / "opener.py"
     script.write_text(_OPENER)
-    go = time.time() + 3.0  # every process has imported runlens by then; the opens race for real
-    procs = [subprocess.Popen([sys.executable, str(script), db_url, str(go)], env=child_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    barrier = tmp_path / "barrier"
+    procs = start_together([[sys.executable, str(script), db_url, str(barrier), str(i)] for i in range(8)],
+                           barrier, child_env)
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and out.strip() == "ok", err
@@ -233,3 +236,21 @@ def test_writer_on_cycle_hook_runs_on_the_writer_thread(store: Store) -> None:
     time.sleep(0.2)
     writer.close()
     assert seen and set(seen) == {"runlens-writer"}
+
+
+def test_writer_stores_events_that_differ_in_keys_or_hold_non_json(store: Store) -> None:
+    """One odd event (fewer keys, a Path in its details) must not make the whole batch unwritable."""
+    job_id = store.create_job(name="odd")
+    writer = BatchWriter(store, job_id, flush_interval=10.0).start()
+    writer.put_event({"timestamp": 1.0, "event_type": "full", "details": {}, "host": "h", "rank": 0, "step": 3})
+    writer.put_event({"timestamp": 2.0, "event_type": "bare"})
+    writer.put_event({"timestamp": 3.0, "event_type": "odd", "details": {"path": Path("/x")}})
+    writer.put_costs([{"timestamp": 4.0, "operation": "a", "calls": 1, "total_seconds": 0.1, "host": "h"},
+                      {"timestamp": 4.0, "operation": "b", "total_seconds": 0.2}])
+    writer.close()
+    assert writer.stats.failures == 0
+    events = {e["event_type"]: e for e in store.rows("training_events", job_id)}
+    assert events["full"]["step"] == 3 and events["bare"]["host"] is None
+    assert events["odd"]["details"] == {"unserializable": "{'path': PosixPath('/x')}"}
+    costs = {c["operation"]: c for c in store.rows("monitoring_costs", job_id)}
+    assert costs["b"]["calls"] == 0 and costs["b"]["on_training_thread"] is True  # column defaults, not NULL

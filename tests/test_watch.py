@@ -15,7 +15,15 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner
 
-from runlens.alerts import Alert, Deduper, SlackNotifier, WebhookNotifier, clean_log_line, remedy_for, slack_payload
+from runlens.alerts import (
+    Alert,
+    Deduper,
+    SlackNotifier,
+    WebhookNotifier,
+    clean_log_line,
+    remedy_for,
+    slack_payload,
+)
 from runlens.cli import cli
 from runlens.status import FAILED, RUNNING, TIMED_OUT, WARNING
 from runlens.store import Store, open_store
@@ -38,7 +46,7 @@ class HookServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = 5
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with outer.lock:
                     outer.requests.append({"path": self.path, "body": json.loads(body),
@@ -177,6 +185,33 @@ def test_one_alert_per_transition_recovery_and_dedupe(store: Store, hook: HookSe
     assert all(r["content_type"] == "application/json" for r in hook.requests)
     # Every transition was printed as one line, deduplicated ones marked.
     assert sum(1 for ln in lines if " -> " in ln) == 7
+
+
+def test_one_late_heartbeat_is_printed_not_sent(store: Store, hook: HookServer) -> None:
+    """One missed beat (a busy store) shows as WARNING but sends nothing; stale (30 s) sends; so does recovery.
+    A late beat that comes back sends no recovery either: nothing was said."""
+    t0 = time.time()
+    job_id = store.create_job(name="train", pid=os.getpid(), started_at=t0)
+    step(store, job_id, 1, t0)
+    clock, lines = Clock(t0 + 1), []
+    w = Watcher(store, [job_id], notifiers=[WebhookNotifier(hook.url("/hook"), backoff=0.01)], clock=clock,
+                out=lines.append)
+    assert w.poll_once() == []
+    clock.t = t0 + 13
+    assert w.poll_once() == []
+    assert "WARNING" in lines[-1] and "heartbeat late" in lines[-1] and "not sent" in lines[-1]
+    step(store, job_id, 2, t0 + 14)
+    clock.t = t0 + 15
+    assert w.poll_once() == []                                   # back to RUNNING, nothing to take back
+    clock.t = t0 + 27
+    assert w.poll_once() == []                                   # late again
+    clock.t = t0 + 50
+    assert [(a.previous_state, a.state, a.reason) for a in w.poll_once()] == [
+        (RUNNING, WARNING, "no heartbeat for 36s (stale after 30s)")]
+    step(store, job_id, 3, t0 + 51)
+    clock.t = t0 + 52
+    assert [(a.previous_state, a.state) for a in w.poll_once()] == [(WARNING, RUNNING)]
+    assert len(hook.requests) == 2
 
 
 def test_first_look_alerts_runs_already_in_trouble(store: Store, hook: HookServer) -> None:

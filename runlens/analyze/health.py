@@ -158,11 +158,11 @@ def goodput(data: JobData) -> Goodput:
     productive -= from_productive
     other -= from_other
     productive, parts, other = _fit(wall, max(0.0, productive), parts, other)
-    lost = {**{k: round(v, 6) for k, v in parts.items()}, "other": round(other, 6)}
+    lost = {**parts, "other": other}
     return {
-        "ratio": round(productive / wall, 6),
-        "productive_seconds": round(productive, 6),
-        "wall_seconds": round(wall, 6),
+        "ratio": productive / wall,
+        "productive_seconds": productive,
+        "wall_seconds": wall,
         "lost_seconds": {k: lost[k] for k in LOST_PARTS},
         # Additions to the contract's Goodput (fields are added, never changed).
         "stall_steps": n_stalls,  # type: ignore[typeddict-unknown-key]

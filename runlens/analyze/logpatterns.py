@@ -123,7 +123,7 @@ CATEGORIES: tuple[Category, ...] = (
         r"unable to open shared memory object", r"out of shared memory",
         r"/dev/shm\b.*No space left on device|No space left on device.*/dev/shm"), downgradable=False),
     Category("dataloader_worker_died", "error", _rx(
-        r"DataLoader worker \(pid[^)]*\) (?:is killed by signal|exited unexpectedly)",
+        r"DataLoader worker \(pid(?:\(s\))?[^)]*\) (?:is killed by signal|exited unexpectedly)",
         r"DataLoader worker .{0,40}killed by signal"), downgradable=False),
     Category("host_oom_kill", "error", _rx(
         r"^Killed\s*$", r"^\S+: line \d+:\s+\d+ Killed\b", r"^\[\d+\][+-]?\s+Killed\s", r"^已杀死\s*$",
@@ -145,7 +145,7 @@ CATEGORIES: tuple[Category, ...] = (
     Category("fp16_overflow", "warning", _rx(
         r"Gradient overflow\.?\s+Skipping step", r"reducing (?:the )?loss scale to", r"\bloss scaler? .{0,60}reduc",
         r"OVERFLOW! Rank \d+ Skipping step", r"loss scale already at minimum", r"Minimum loss scale reached"),
-        downgradable=False),
+        strong=True, downgradable=False),
     Category("nan_loss", "error", _rx(
         r"\bloss (?:is|was|became|has become|becomes) (?:nan|inf|non-finite)\b", r"\b(?:nan|inf) loss\b",
         r"\bDetected (?:NaN|inf)\b", r"\bnon-finite loss\b", r"NaN or Inf found in input tensor",
@@ -254,6 +254,9 @@ _LOGFMT = re.compile(r"\blevel(?:name)?\"?\s*[=:]\s*\"?(critical|fatal|error|war
 _GLOG = re.compile(r"^\[?([IWEF])(?:\d{3,4} \d\d:\d\d:\d\d(?:\.\d+)?(?: +\d+)?)? *[\w./<>-]+:\d+\]")
 _WORD_MARKER = re.compile(r"^(Warning|Warn|Error|Fatal error)\s*:\s", re.I)
 _PROSE = re.compile(r"\b[a-z]{2,} [a-z]{2,}\b")
+_WORDY = re.compile(r"[A-Za-z]{3}")
+_MARKER_WINDOW = 220          # how far into a line a level marker may be (launchers add long prefixes)
+_MARKER_PREFIX = 160
 _LEVELS = {"critical": "error", "fatal": "error", "error": "error", "warning": "warning", "warn": "warning",
            "info": "info", "debug": "info", "trace": "info", "notice": "info",
            "e": "error", "f": "error", "w": "warning", "i": "info", "fatal error": "error"}
@@ -263,24 +266,37 @@ def level_marker(line: str) -> str | None:
     """The level a line declares: "error", "warning", "info" or None.
 
     A marker counts only where loggers put it: near the start, after header-like material (timestamps,
-    brackets, a logger name). Prose before it ("finished with ERROR ...") or a command line ("--log-level
-    ERROR", "NCCL_DEBUG=WARN") disqualifies it.
+    brackets, a logger name, a launcher's tag). Prose before it ("finished with ERROR ...") or a command line
+    ("--log-level ERROR", "NCCL_DEBUG=WARN") disqualifies it.
     """
+    found = _marker(line)
+    return found[0] if found else None
+
+
+def marker_says_something(line: str) -> bool:
+    """Whether a level-marked line has a message after its marker (torchrun prints bare "W0501 ... run.py:779]"
+    and "*****" banner lines at WARNING level; they are not warnings about anything)."""
+    found = _marker(line)
+    rest = line[found[1]:] if found else line
+    return _WORDY.search(rest) is not None
+
+
+def _marker(line: str) -> tuple[str, int] | None:
     m = _GLOG.match(line)
     if m:
-        return _LEVELS[m.group(1).lower()]
+        return _LEVELS[m.group(1).lower()], m.end()
     m = _WORD_MARKER.match(line)
     if m:
-        return _LEVELS[m.group(1).lower()]
-    head = line[:160]
+        return _LEVELS[m.group(1).lower()], m.end()
+    head = line[:_MARKER_WINDOW]
     m = _MARKER.search(head)
     if m:
         prefix = head[:m.start()]
-        if len(prefix) <= 100 and "--" not in prefix and not _PROSE.search(prefix):
-            return _LEVELS[m.group(1).lower()]
+        if len(prefix) <= _MARKER_PREFIX and "--" not in prefix and not _PROSE.search(prefix):
+            return _LEVELS[m.group(1).lower()], m.end()
     m = _LOGFMT.search(head)
     if m:
-        return _LEVELS[m.group(1).lower().replace("warning", "warn")]
+        return _LEVELS[m.group(1).lower().replace("warning", "warn")], m.end()
     return None
 
 
@@ -407,7 +423,7 @@ _NCCL = {"seq_num": re.compile(r"SeqNum=(\d+)"), "timeout_ms": re.compile(r"Time
          "ran_for_ms": re.compile(r"ran for (\d+) milliseconds"), "reported_rank": re.compile(r"\[Rank (\d+)\]")}
 _OP_TYPE = re.compile(r"OpType=(\w+)")
 _PIDS = re.compile(r"\bpid(?:\(s\))? ([\d, ]*\d)", re.I)
-_SIGNAL = re.compile(r"killed by signal: ([A-Za-z][\w ]*?)\.?(?:\s|$)")
+_SIGNAL = re.compile(r"killed by signal: ([A-Za-z][\w ]*?)(?:\.|\s*\(|$)")
 _EXIT = re.compile(r"\bexit ?(?:code|status)\s*:?\s*(-?\d+)|\bexitcode\s*:\s*(-?\d+)", re.I)
 _KILLED_PROC = re.compile(r"Killed process (\d+) \(([^)]+)\)")
 _SCALE = re.compile(r"(?:reducing (?:the )?loss scale to|reducing to|loss scale(?: to)?:?)\s*([\d.]+(?:e[+-]?\d+)?)",

@@ -233,8 +233,9 @@ class MemorySeries:
 
 
 def unified(data: JobData) -> bool:
-    u = data.samples["unified_memory"] if "unified_memory" in data.samples.columns else pd.Series([], dtype=object)
-    return bool(u.fillna(False).astype(bool).any())
+    if data.samples is None or "unified_memory" not in data.samples.columns:
+        return False
+    return bool((pd.to_numeric(data.samples["unified_memory"], errors="coerce") > 0).any())
 
 
 def ram_series(data: JobData) -> MemorySeries | None:

@@ -22,11 +22,13 @@ def _age(now: float, t: Any) -> str:
 
 
 def _duration(job: dict[str, Any], now: float) -> str:
+    """Run time so far, or start to end for a finished job."""
     start = job.get("started_at") or job.get("created_at")
     if start is None:
         return "-"
-    end = job.get("ended_at") if job.get("status") != "running" and job.get("ended_at") else now
-    return format_duration(float(end) - float(start))
+    ended = job.get("ended_at")
+    end = float(ended) if job.get("status") != "running" and ended is not None else now
+    return format_duration(end - float(start))
 
 
 @cli.command("status")
@@ -39,87 +41,79 @@ def _duration(job: dict[str, Any], now: float) -> str:
 @handle_errors
 def status_command(job_id: str | None, db: str | None, as_json: bool, stale_minutes: float | None,
                    limit: int) -> None:
-    """The state of one job (RUNNING, WARNING, TIMED_OUT, SUCCEEDED, FAILED, NEVER_STARTED), or of recent jobs.
+    """The state of one job (RUNNING, WARNING, TIMED_OUT, SUCCEEDED, FAILED, NEVER_STARTED) or of recent jobs.
 
     A running job whose process on this machine has died without an end record is marked failed here.
     """
-    from runlens.alerts import last_log_line, remedy_for
     from runlens.status import job_status, settle_dead_jobs
-    from runlens.watch import job_context, stale_seconds
+    from runlens.watch import describe_job, stale_seconds
 
     store = open_store(db, create=False)
     now = time.time()
     stale = stale_seconds(stale_minutes)
     if job_id:
-        job = store.get_job(job_id)
-        settle_dead_jobs(store, now=now, jobs=[job])
-        job = store.get_job(job_id)
-        st = job_status(store, job, now=now, stale_after=stale)
-        ctx = job_context(store, job)
-        remedy = None if st.state in ("RUNNING", "SUCCEEDED") else remedy_for(
-            " ".join(x for x in (st.cause, st.reason) if x), ctx)
-        line = last_log_line(job.get("log_path"))
+        settle_dead_jobs(store, now=now, jobs=[store.get_job(job_id)])
+        info = describe_job(store, store.get_job(job_id), now=now, stale_after=stale)
         if as_json:
-            click.echo(json.dumps({"job_id": job_id, "name": job.get("name"), **st.to_dict(),
-                                   "host": job.get("host"), "pid": job.get("pid"), "last_step": ctx.get("last_step"),
-                                   "last_loss": ctx.get("last_loss"), "heartbeat_at": job.get("heartbeat_at"),
-                                   "progress_at": job.get("progress_at"), "started_at": job.get("started_at"),
-                                   "ended_at": job.get("ended_at"), "remedy": remedy, "last_log_line": line},
-                                  default=str, indent=2))
-            return
-        d = st.details
-        rows = [
-            ("job", job_id), ("name", job.get("name") or "-"),
-            ("state", st.state), ("reason", st.reason or "-"),
-            ("since", datetime.fromtimestamp(st.since).strftime("%Y-%m-%d %H:%M:%S") if st.since else "-"),
-            ("host / pid", f"{job.get('host') or '-'} / {job.get('pid') or '-'}"
-                           + ("" if d.get("pid_alive") is None else
-                              (" (alive)" if d["pid_alive"] else " (gone)"))),
-            ("duration", _duration(job, now)),
-            ("last step", "-" if ctx.get("last_step") is None else str(ctx["last_step"])
-                          + (f" (loss {ctx['last_loss']:.4g})" if ctx.get("last_loss") is not None else "")),
-            ("last heartbeat", _age(now, job.get("heartbeat_at"))),
-            ("last progress", _age(now, job.get("progress_at"))),
-        ]
-        if st.state in ("RUNNING", "WARNING"):
-            rows.append(("progress budget", format_duration(d.get("progress_budget"))
-                         + (f" (phase {d['phase']})" if d.get("phase") else "")))
-        if job.get("log_path"):
-            rows.append(("log", str(job["log_path"])))
-        if line:
-            rows.append(("last log line", line))
-        if remedy:
-            rows.append(("fix", remedy))
-        width = max(len(k) for k, _ in rows)
-        for key, value in rows:
-            click.echo(f"{key.ljust(width)}  {value}")
+            click.echo(json.dumps(info, default=str, indent=2))
+        else:
+            click.echo(_job_text(info, now))
         return
 
     jobs = store.list_jobs(limit=limit)
-    settled = settle_dead_jobs(store, now=now, jobs=jobs)
-    if settled:
+    if settle_dead_jobs(store, now=now, jobs=jobs):
         jobs = store.list_jobs(limit=limit)
-    out = []
-    for job in jobs:
-        st = job_status(store, job, now=now, stale_after=stale)
-        out.append((job, st))
+    out = [(job, job_status(store, job, now=now, stale_after=stale)) for job in jobs]
     if as_json:
         click.echo(json.dumps([{"job_id": j["job_id"], "name": j.get("name"), **st.to_dict(),
-                                "last_step": j.get("last_step") if j.get("last_step") is not None else j.get("max_step"),
-                                "heartbeat_at": j.get("heartbeat_at") or j.get("last_sample_at")}
+                                "last_step": _last_step(j), "heartbeat_at": _heartbeat(j)}
                                for j, st in out], default=str, indent=2))
         return
     if not out:
         click.echo(f"no jobs in {store.shown_url}")
         return
-    rows = []
+    table = []
     for j, st in out:
-        step = j.get("last_step") if j.get("last_step") is not None else j.get("max_step")
-        beat = j.get("heartbeat_at") or j.get("last_sample_at")
         reason = st.reason or ""
-        rows.append([j["job_id"], j.get("name") or "", st.state, reason[:60] + ("…" if len(reason) > 60 else ""),
-                     "-" if step is None else str(step), _age(now, beat), _duration(j, now)])
-    click.echo(render_table(["JOB ID", "NAME", "STATE", "REASON", "LAST STEP", "HEARTBEAT", "DURATION"], rows))
+        step = _last_step(j)
+        table.append([j["job_id"], j.get("name") or "", st.state,
+                      reason[:60] + ("…" if len(reason) > 60 else ""), "-" if step is None else str(step),
+                      _age(now, _heartbeat(j)), _duration(j, now)])
+    headers = ["JOB ID", "NAME", "STATE", "REASON", "LAST STEP", "HEARTBEAT", "DURATION"]
+    click.echo(render_table(headers, table))
+
+
+def _last_step(job: dict[str, Any]) -> Any:
+    return job.get("last_step") if job.get("last_step") is not None else job.get("max_step")
+
+
+def _heartbeat(job: dict[str, Any]) -> Any:
+    return job.get("heartbeat_at") or job.get("last_sample_at")
+
+
+def _job_text(info: dict[str, Any], now: float) -> str:
+    """``key  value`` lines for one job, the fix last."""
+    alive = {True: " (alive)", False: " (gone)"}.get(info["pid_alive"], "")
+    step = "-" if info["last_step"] is None else str(info["last_step"])
+    if info["last_loss"] is not None:
+        step += f" (loss {info['last_loss']:.4g})"
+    since = datetime.fromtimestamp(info["since"]).strftime("%Y-%m-%d %H:%M:%S") if info["since"] else "-"
+    rows: list[tuple[str, str]] = [
+        ("job", info["job_id"]), ("name", info["name"] or "-"), ("state", info["state"]),
+        ("reason", info["reason"] or "-"), ("since", since),
+        ("host / pid", f"{info['host'] or '-'} / {info['pid'] or '-'}{alive}"),
+        ("duration", format_duration(info["duration_seconds"])), ("last step", step),
+        ("last heartbeat", _age(now, info["heartbeat_at"])),
+        ("last progress", _age(now, info["progress_at"])),
+    ]
+    if info["state"] in ("RUNNING", "WARNING") and info["progress_budget"] is not None:
+        phase = f" (phase {info['phase']})" if info["phase"] else ""
+        rows.append(("progress budget", format_duration(info["progress_budget"]) + phase))
+    for key, label in (("log_path", "log"), ("last_log_line", "last log line"), ("remedy", "fix")):
+        if info[key]:
+            rows.append((label, str(info[key])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
 @cli.command("watch")
@@ -158,8 +152,9 @@ def watch_command(job_ids: tuple[str, ...], db: str | None, interval: float, sta
                       notifiers=notifiers)
     if not once:
         targets = ", ".join(n.shown_url for n in notifiers) or "stdout only"
-        click.echo(f"watching {', '.join(job_ids) or 'recent jobs'} in {store.shown_url} every {interval:g}s; "
-                   f"alerts to {targets}; Ctrl-C to stop", err=True)
+        what = ", ".join(job_ids) or "recent jobs"
+        click.echo(f"watching {what} in {store.shown_url} every {interval:g}s; alerts to {targets}; "
+                   f"Ctrl-C to stop", err=True)
     watcher.run(once=once)
 
 
@@ -182,8 +177,8 @@ def format_doctor_table(results: list[Any]) -> str:
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True, metavar="S",
               help="Seconds each check may take before it is killed and reported FAIL.")
 @click.option("--check", "checks", multiple=True, metavar="NAME",
-              help="Run only this check (repeatable): threads, shm, tmpdir, nofile, disk, store, pyspy, torch, "
-                   "dataloader, cuda, nccl.")
+              help="Run only this check (repeatable): threads, shm, tmpdir, nofile, disk, store, pyspy, "
+                   "torch, dataloader, cuda, nccl.")
 @handle_errors
 def doctor_command(db: str | None, as_json: bool, workers: int | None, timeout: float,
                    checks: tuple[str, ...]) -> None:

@@ -152,10 +152,15 @@ def resolve_settings(config: Mapping[str, Any] | None, overrides: Mapping[str, A
     settings = settings_from_monitoring_section(section, Settings())
     settings = settings_from_env(settings, environ)
     if overrides:
-        known = {f.name for f in dataclasses.fields(Settings)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown runlens setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_setting_names(overrides)
         settings = settings.replace(**overrides)
     return settings
+
+
+def check_setting_names(overrides: Mapping[str, Any]) -> None:
+    """Raise TypeError for a name that is not a Settings field (a typo in ``Monitor(samle_interval=...)``)."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown runlens setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 

@@ -40,7 +40,8 @@ class OperationCost:
 
 
 class CostTimer:
-    """``with mon.cost("name"):`` — times the block and adds it to the ledger (a class, not a generator: cheaper)."""
+    """``with mon.cost("name"):`` — times the block and adds it to the ledger (a class: cheaper than a
+    generator-based context manager)."""
 
     __slots__ = ("_ledger", "_operation", "_t0")
 

@@ -56,7 +56,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Callable, Deque, Iterable, Iterator, Mapping, TypeVar
 
-from runlens.collect.config import ConfigSource, load_config, resolve_settings, to_jsonable
+from runlens.collect.config import ConfigSource, check_setting_names, load_config, resolve_settings, to_jsonable
 from runlens.collect.cost import CostLedger, runlens_thread_cpu
 from runlens.dialects import detect_dialect
 from runlens.redact import redact
@@ -87,6 +87,10 @@ _NONFINITE_TEXT = {math.inf: "inf", -math.inf: "-inf"}
 
 _STATE_NEW, _STATE_RUNNING, _STATE_CLOSING, _STATE_CLOSED, _STATE_DISABLED = (
     "new", "running", "closing", "closed", "disabled")
+
+
+def _no_op() -> None:
+    return None
 
 
 def _env_disabled() -> bool:
@@ -316,6 +320,7 @@ class Monitor:
         self._loader_waiting_since: float | None = None
         # Hot-path state.
         self._put_step: Callable[[Any], None] | None = None
+        self._nudge_writer: Callable[[], None] = _no_op
         self._last_step_at = 0.0
         self._data_wait: float | None = None
         self._batch_size: Any = None
@@ -348,6 +353,7 @@ class Monitor:
         self._world_size = _env_int("WORLD_SIZE")
         self._started_wall = 0.0
         self._owns_lifecycle = True
+        check_setting_names(settings_overrides)  # a typo fails even while runlens is switched off
         if _env_disabled() or settings_overrides.get("disabled"):
             self.settings = Settings(disabled=True)
             self._state = _STATE_DISABLED
@@ -401,7 +407,10 @@ class Monitor:
             "world_size": self._world_size, "settings": self._settings_snapshot(),
             "python": sys.executable,
         })
-        self._put_step = self._writer.put_step
+        # step() appends straight to the writer's deque (atomic under the GIL, no function call) and nudges
+        # the writer on its 1-in-64 timed calls; see BatchWriter.nudge.
+        self._nudge_writer = self._writer.nudge
+        self._put_step = self._writer.steps.append
         self._ledger.add("start", _perf() - t0)
         return self
 
@@ -423,9 +432,11 @@ class Monitor:
         self._started_wall = _time()
         config_fields = {"config": self.config, "config_dialect": detect_dialect(self.config),
                          "config_path": self.config_path}
-        fields = {"status": "running", "started_at": self._started_wall, "argv": list(sys.argv),
-                  "settings": self._settings_snapshot(), "environment": environment,
-                  "world_size": self._world_size, **config_fields}
+        fields: dict[str, Any] = {
+            "status": "running", "started_at": self._started_wall, "argv": list(sys.argv),
+            "settings": self._settings_snapshot(), "environment": environment, "world_size": self._world_size,
+            **config_fields,
+        }
         if attach_id is None:
             self.job_id = store.create_job(name=self.name, **fields)
         else:
@@ -639,8 +650,8 @@ class Monitor:
             dies = previous in (signal.SIG_DFL, None)
             ignored = previous == signal.SIG_IGN
             try:
-                self._record_event("signal", {"signal": name, "signum": int(signum),
-                                              "action": "default" if dies else "ignored" if ignored else "handler"})
+                action = "default" if dies else "ignored" if ignored else "handler"
+                self._record_event("signal", {"signal": name, "signum": int(signum), "action": action})
                 if not ignored:
                     self._signal_reason = name
                 if dies:
@@ -698,6 +709,7 @@ class Monitor:
         if n & _TIMING_MASK == 1:
             self._step_timed += _perf() - now
             self._step_timed_n += 1
+            self._nudge_writer()
 
     def _batch_size_seen(self, step: Any, batch_size: int) -> None:
         previous = self._batch_size
@@ -731,10 +743,14 @@ class Monitor:
         return self._ledger.timer(str(name))
 
     def loader(self, iterable: Iterable[T]) -> Iterable[T]:
-        """Wrap a DataLoader (or any iterable) to measure how long each step waited for its batch."""
+        """Wrap a DataLoader (or any iterable) to measure how long each step waited for its batch.
+
+        Wrap the training loader only: the wait is added to the next ``step()``'s ``data_time_seconds``, so an
+        eval loader's wait would land on the next training step.
+        """
         if self._state == _STATE_DISABLED:
             return iterable
-        return TimedLoader(self, iterable)  # type: ignore[return-value]
+        return TimedLoader(self, iterable)
 
     def add_data_wait(self, seconds: float) -> None:
         """Add ``seconds`` to the next step's ``data_time_seconds``: for a loop that times its own input wait
@@ -761,7 +777,8 @@ class Monitor:
             return
         now = _perf()
         key = self._last_sample_key
-        if key is not None and not self._pending_events and now - self._last_event_request < EVENT_SAMPLE_MIN_INTERVAL:
+        recent = now - self._last_event_request < EVENT_SAMPLE_MIN_INTERVAL
+        if key is not None and recent and not self._pending_events:
             writer.put_event(row, key)  # a sample taken moments ago
             return
         self._pending_events.append((now, row))

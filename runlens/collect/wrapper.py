@@ -244,8 +244,10 @@ class LogTee:
         try:
             while sel.get_map():
                 events = sel.select(timeout=0.1)
-                if not events and self._stop.is_set():
-                    break
+                if not events:
+                    if self._stop.is_set():
+                        break
+                    continue
                 t = self.clock()
                 for key, _ in events:
                     fd = int(key.fd)

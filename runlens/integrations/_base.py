@@ -1,10 +1,10 @@
-"""What the framework adapters share: opening a Monitor for a framework's run, holding a phase open across two
-hooks, and telling the Monitor how long a step waited for its batch.
+"""What the framework adapters share: opening a Monitor for a framework's run, and holding a phase open across
+two hooks.
 
 Framework callbacks are pairs of hooks (``on_validation_start`` ... ``on_validation_end``), not ``with`` blocks,
-so the adapters need a phase they can open in one hook and close in another; and the framework owns the
-DataLoader, so the data wait is the gap between the hook that ends one step and the hook that starts the next,
-not a ``mon.loader()`` wrapper. Nothing here imports a framework.
+so the adapters need a phase they can open in one hook and close in another. (The framework also owns the
+DataLoader, so the adapters time the data wait as the gap between the hook that ends one step and the hook that
+starts the next, and hand it to ``Monitor.add_data_wait``.) Nothing here imports a framework.
 """
 
 from __future__ import annotations
@@ -18,6 +18,20 @@ from runlens.dialects import detect_dialect
 log = logging.getLogger(__name__)
 
 _perf = time.perf_counter
+
+
+def preload() -> None:
+    """Import the Monitor and the store now, when the callback is constructed.
+
+    The first ``Monitor.start()`` of a process pays about a second of imports (SQLAlchemy, Alembic, psutil).
+    A callback starts its Monitor inside ``trainer.train()``/``fit()``, where that second would land in the
+    framework's own runtime figures; constructing the callback happens before, with the rest of the set-up.
+    """
+    import runlens.collect.environment  # noqa: F401
+    import runlens.collect.monitor  # noqa: F401
+    import runlens.collect.sampler  # noqa: F401
+    import runlens.store  # noqa: F401
+    import runlens.store.writer  # noqa: F401
 
 
 def open_monitor(name: str | None, config: Mapping[str, Any] | None, dialect: str, db: str | None,
@@ -37,17 +51,6 @@ def open_monitor(name: str | None, config: Mapping[str, Any] | None, dialect: st
         monitoring["dialect"] = dialect
         snapshot["monitoring"] = monitoring
     return Monitor(name=name, config=snapshot, db=db, **dict(settings)).start()
-
-
-def add_data_wait(monitor: Any, seconds: float) -> None:
-    """Add ``seconds`` to the data wait of the monitor's next step (its ``data_time_seconds``).
-
-    ``Monitor.loader()`` does this for loops that own their DataLoader; a framework's loop does not let us wrap
-    its loader, so the adapters time the gap themselves and hand it over here.
-    """
-    add = getattr(monitor, "add_data_wait", None)
-    if add is not None:
-        add(seconds)
 
 
 class PhaseSlot:

@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
     ) from exc
 
 from runlens.dialects import HUGGINGFACE
-from runlens.integrations._base import PhaseSlot, add_data_wait, open_monitor
+from runlens.integrations._base import PhaseSlot, open_monitor, preload
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
@@ -138,6 +138,7 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
 
     def __init__(self, name: str | None = None, *, db: str | None = None, monitor: Any = None,
                  all_ranks: bool = False, **settings: Any) -> None:
+        preload()
         self.name = name
         self.db = db
         self.all_ranks = all_ranks
@@ -224,7 +225,7 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
             self._phase.close()  # type: ignore[union-attr]  # a planned phase whose end hook never came
         if self._idle_since is not None:
             # Between the last hook of the previous step and this one the loop fetched this step's batches.
-            add_data_wait(self.monitor, now - self._idle_since)
+            self.monitor.add_data_wait(now - self._idle_since)
             self._idle_since = None
         self._substep_loss = None
 

@@ -89,9 +89,9 @@ class Store:
     # -- writing -------------------------------------------------------------------------------------
 
     def insert_many(self, conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """One executemany of ``rows`` into ``table`` on an open transaction."""
+        """One executemany of ``rows`` into ``table`` on an open transaction (rows may differ in their keys)."""
         if rows:
-            conn.execute(insert(TABLES[table]), list(rows))
+            conn.execute(insert(TABLES[table]), _uniform_rows(TABLES[table], rows))
 
     def insert_steps(self, conn: Connection, job_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """The hot write path: step rows as tuples straight to the driver's executemany.
@@ -132,7 +132,7 @@ class Store:
         if not rows:
             return []
         t = TABLES[table]
-        result = conn.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), list(rows))
+        result = conn.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), _uniform_rows(t, rows))
         return [int(r[0]) for r in result]
 
     def create_job(self, *, name: str, job_id: str | None = None, **fields: Any) -> str:
@@ -218,6 +218,21 @@ class Store:
                          "analysis_reports", "metrics_samples"):
                 conn.execute(delete(TABLES[name]).where(TABLES[name].c.job_id == job_id))
             conn.execute(delete(TABLES["jobs"]).where(TABLES["jobs"].c.job_id == job_id))
+
+
+def _uniform_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Give every row the same keys: SQLAlchemy's executemany compiles the first row's keys and rejects a later
+    row that lacks one ("A value is required for bind parameter"), which would make a whole batch unwritable.
+    A missing key gets its column's scalar default, else None."""
+    keys: set[str] = set().union(*rows)
+    if all(len(r) == len(keys) for r in rows):
+        return [dict(r) for r in rows]
+    fill: dict[str, Any] = {}
+    for key in keys:
+        column = table.c.get(key)
+        default = column.default if column is not None else None
+        fill[key] = default.arg if default is not None and getattr(default, "is_scalar", False) else None
+    return [{**fill, **r} for r in rows]
 
 
 def _reason(exc: SQLAlchemyError) -> str:

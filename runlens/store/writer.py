@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import sys
 import threading
@@ -58,6 +59,18 @@ class _Event:
 
 def _identity(row: Any) -> dict[str, Any]:
     return dict(row)
+
+
+def _json_safe(details: Any) -> Any:
+    """Event details as stored: one event with a Path or a tensor in its details must not make every later
+    batch fail (the batch is retried as a whole), so what JSON cannot encode is stored as its repr."""
+    if details is None:
+        return None
+    try:
+        json.dumps(details)
+    except (TypeError, ValueError):
+        return {"unserializable": repr(details)[:2000]}
+    return details
 
 
 class BatchWriter:
@@ -122,7 +135,13 @@ class BatchWriter:
 
     def put_step(self, raw: Any) -> None:
         self.steps.append(raw)
-        if len(self.steps) >= self.flush_rows:
+        if len(self.steps) >= self.flush_rows and not self._wake.is_set():
+            self._wake.set()  # Event.set takes a lock: only once per batch, not on every call past the mark
+
+    def nudge(self) -> None:
+        """Wake the writer early if ``flush_rows`` steps are waiting. For callers that append to ``steps``
+        directly (the Monitor's hot path) and check now and then instead of on every row."""
+        if len(self.steps) >= self.flush_rows and not self._wake.is_set():
             self._wake.set()
 
     def put_sample(self, row: dict[str, Any], gpus: Iterable[dict[str, Any]] = ()) -> int:
@@ -164,7 +183,8 @@ class BatchWriter:
             raise self.stats.first_error
 
     def buffered_rows(self) -> int:
-        return len(self.steps) + len(self._pending_steps) + len(self._samples) + len(self._events) + len(self._costs)
+        return (len(self.steps) + len(self._pending_steps) + len(self._samples) + len(self._events)
+                + len(self._costs))
 
     # -- the writer thread ---------------------------------------------------------------------------
 
@@ -269,7 +289,7 @@ class BatchWriter:
             if samples:
                 ids = store.insert_returning_ids(conn, "metrics_samples",
                                                  [{**s.row, "job_id": job_id} for s in samples])
-                gpu_rows = []
+                gpu_rows: list[dict[str, Any]] = []
                 for s, sid in zip(samples, ids):
                     self._sample_ids[s.key] = sid
                     gpu_rows.extend({**g, "sample_id": sid, "job_id": job_id,
@@ -278,7 +298,7 @@ class BatchWriter:
                 while len(self._sample_ids) > 10_000:
                     self._sample_ids.popitem(last=False)
                 job.setdefault("heartbeat_at", max(s.row["timestamp"] for s in samples))
-            event_rows = [{**e.row, "job_id": job_id,
+            event_rows = [{**e.row, "job_id": job_id, "details": _json_safe(e.row.get("details")),
                            "memory_snapshot_id": self._sample_ids.get(e.snapshot_key) if e.snapshot_key else None}
                           for e in events]
             if self._drop_event_due():

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="tiny")
     p.add_argument("--pidfile", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seconds", type=float, default=None, help="run for this long instead of --steps")
+    p.add_argument("--warmup", type=int, default=0, help="steps left out of the reported throughput")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step = 0
     started = time.perf_counter()
+    timed_from, timed_step = started, 0
     source = mon.loader(batches()) if mon is not None and hasattr(mon, "loader") else batches()
     for x, y in source:
         loss = nn.functional.mse_loss(model(x), y)
@@ -88,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.sleep:
             time.sleep(args.sleep)
         step += 1
-        if step >= args.steps:
+        if step == args.warmup:
+            timed_from, timed_step = time.perf_counter(), step
+        if args.seconds is not None:
+            if time.perf_counter() - timed_from >= args.seconds and step > args.warmup:
+                break
+        elif step >= args.steps:
             break
-    elapsed = time.perf_counter() - started
-    print(f"done {step} steps in {elapsed:.3f} s ({step / elapsed:.1f} steps/s)", flush=True)
+    elapsed = time.perf_counter() - timed_from
+    timed = step - timed_step
+    print(f"done {timed} steps in {elapsed:.3f} s ({timed / elapsed:.2f} steps/s)", flush=True)
     if mon is not None:
         mon.__exit__(None, None, None)
     return args.exit_code

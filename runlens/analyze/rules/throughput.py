@@ -24,9 +24,12 @@ GPU_UTIL_LOW = 50.0      # TB plugin: "GPU {ids} has low utilization" below 50 %
 HEADROOM_RATIO = 0.6     # §5.3 P2: max(mem_ratio) < 0.6 leaves room for a larger batch
 DEGRADED = 1 / 0.7       # NVRx straggler threshold 0.7 -> 1.43× the best pace (§3.4)
 DEGRADED_WINDOWS = 3
+DEGRADED_MIN_LOST = 30.0   # seconds: below this (or 5 % of step time) a slow stretch is not worth a warning
+DEGRADED_MIN_SHARE = 0.05
 STALL_MADS = 5.0         # §3.4 outlier steps: > median + 5·MAD ...
 STALL_MIN_RATIO = 2.0    # ... and at least 2× the median, so a very regular run's jitter is not a stall
-STALL_SHARE = 0.01       # ≥ 1 % of steps
+STALL_SHARE = 0.01       # ≥ 1 % of steps, and costing ≥ 1 % of step time
+STALL_MIN_SECONDS = 1.0
 OVERHEAD_INFO, OVERHEAD_WARN = 0.15, 0.40   # §3.4 "Overhead share ... > 15 %"
 THETA = 0.85
 MIN_COST_WALL = 30.0     # runlens.collect.cost.CostLedger.min_wall_seconds
@@ -198,6 +201,8 @@ def degradation(data: JobData) -> list[Finding]:
     if slow.sum() < DEGRADED_WINDOWS:
         return []
     lost = float(sum(np.clip(st[i * w:(i + 1) * w] - best, 0, None).sum() for i in np.nonzero(slow)[0]))
+    if lost < max(DEGRADED_MIN_LOST, DEGRADED_MIN_SHARE * float(st.sum())):
+        return []   # a slower stretch of a short run: real, but not worth a warning
     first = int(np.nonzero(slow)[0][0])
     k = float(med.max() / best)
     onset_step = int(sn[first * w])
@@ -233,6 +238,8 @@ def stalls(data: JobData) -> list[Finding]:
     if count < max(2, math.ceil(STALL_SHARE * n)):
         return []
     excess = float((st[slow] - med).sum())
+    if excess < max(STALL_MIN_SECONDS, STALL_SHARE * float(st.sum())):
+        return []
     worst = np.argsort(-st[slow])[:10]
     listed = [{"step": int(sn[slow][i]), "seconds": float(st[slow][i]), "timestamp": float(ts[slow][i])}
               for i in worst]

@@ -1,0 +1,888 @@
+"""Find the errors and warnings in a training run's log.txt: when, where, what kind, with tracebacks kept whole.
+
+``runlens collect`` tees the child's stdout and stderr into ``log.txt``; ``parse_log`` reads it back after the
+run (or while it still runs) and returns ``LogFinding`` objects. The categories, their precedence and the
+figures each carries live in ``runlens.analyze.logpatterns``; this module does the reading:
+
+- **Streaming.** The file is read in 1 MiB binary chunks and split on ``\\n``; memory stays bounded whatever the
+  size (lines are cut to 64 KiB keeping head and tail, a traceback's text to ~8 KiB, findings to
+  ``max_findings`` with identical ones folded into the first by ``count``).
+- **Cheap first.** A byte regex over each lowercased chunk (``logpatterns.PREFILTER``) picks the few lines that
+  could matter; the rest of the log (progress bars, metrics) is never decoded. Lines are read one by one only
+  while a traceback or crash report is open.
+- **Clean lines.** ANSI escapes are stripped, a ``\\r``-rewritten line keeps only its last segment (what a
+  terminal shows), text glued after a tqdm bar is split off it, torchrun's ``[rank3]:``/``[default3]:``
+  prefixes are removed and recorded, and lines that are mostly non-printable (binary junk) are skipped.
+- **Multi-line findings.** A Python traceback (chained ones included, rich/loguru boxed ones too), a
+  ``Fatal Python error`` dump and a C++ ``terminate called ...`` report each become one finding, tracked per
+  rank so that interleaved ranks' tracebacks are not glued together. A per-line prefix (a timestamp, a
+  ``[pid 123]`` tag) printed before ``Traceback`` is recognised on the lines that follow it.
+- **No crying wolf.** An error needs an anchor: a traceback, an exception name at the start of a line, an
+  explicit level marker or a known category phrase. "eval_error_rate: 0.02", "0 errors", progress bars and
+  warnings never become errors; a network retry is a warning, and a network error followed by a success
+  message is downgraded to one.
+
+Timestamps come from the line itself (ISO 8601, Python logging, glog, HF/accelerate, rich, ctime, epoch
+seconds; naive times are local), else from the arrival-time sidecar, else None.
+
+The arrival-time sidecar (``<log path>.times``, written by ``ArrivalWriter`` while ``runlens collect`` tees)::
+
+    # runlens arrival times v1: <line number>\\t<unix seconds>; ...
+    1\\t1714567890.123
+    57\\t1714567890.180
+
+One entry per line whose arrival time moved at least 0.05 s since the last entry written; a line without an
+entry arrived at the time of the nearest earlier entry. Malformed lines (a run killed mid-write) are ignored.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import stat
+from array import array
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+from runlens.analyze import logpatterns as lp
+from runlens.errors import LogUnreadable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ArrivalIndex", "ArrivalWriter", "LogFinding", "parse_lines", "parse_log", "sidecar_path"]
+
+CHUNK = 1 << 20
+MAX_LINE = 64 * 1024            # longer lines keep their first and last 32 KiB
+TEXT_LIMIT = 8 * 1024           # a finding's text keeps its first and last 4 KiB
+MESSAGE_LIMIT = 500
+MAX_BLOCK_LINES = 3000          # a traceback longer than this is closed (recursion dumps are ~1000 lines)
+STALE_BLOCK_LINES = 200         # a block that got no line for this many lines is closed (its rank died)
+HEADER_GAP = 2                  # an error line this close before a traceback is its header (logger.exception)
+SAVE_CONTEXT_LINES = 30         # a traceback this close after "Saving checkpoint" is a failed save
+
+
+# -- the finding ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LogFinding:
+    """One error or warning found in the log (a traceback counts as one)."""
+
+    level: str                      # "error" | "warning"
+    category: str                   # see runlens.analyze.logpatterns; plus "python_exception", "error",
+                                    # "python_warning", "warning"
+    message: str                    # the most informative single line, <= 500 chars
+    text: str                       # the whole finding (traceback included), bounded to ~8 KiB
+    line_number: int                # 1-based line where the finding starts
+    timestamp: float | None         # UNIX seconds
+    timestamp_source: str | None    # "line" | "arrival" | None
+    rank: int | None                # from a torchrun "[rank3]:" / "[default3]:" prefix
+    count: int = 1                  # identical findings (same level, category, normalised message) folded in
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (details copied)."""
+        return asdict(self)
+
+
+# -- the arrival-time sidecar --------------------------------------------------------------------------------
+
+_SIDECAR_HEADER = ("# runlens arrival times v1: <line number>\\t<unix seconds>; a line without an entry "
+                   "arrived with the nearest earlier entry\n")
+
+
+def sidecar_path(log_path: str | os.PathLike[str]) -> Path:
+    """Where the arrival times of ``log_path`` are kept: the log's path plus ``.times``."""
+    return Path(os.fspath(log_path) + ".times")
+
+
+class ArrivalWriter:
+    """Writes the arrival-time sidecar of a log while ``runlens collect`` tees it.
+
+    ``line()`` is called for every line written to the log; an entry is written only when the time moved at
+    least ``MIN_STEP`` seconds since the last entry, so a burst of 10,000 lines costs one entry. The file is
+    flushed about once a second of log time, so a killed run keeps nearly all of it. Writing never raises
+    after the file is open: a full disk costs the arrival times, not the run. Not thread-safe: one writer per
+    tee thread.
+    """
+
+    MIN_STEP = 0.05
+    FLUSH_EVERY = 1.0
+
+    def __init__(self, log_path: str | os.PathLike[str]) -> None:
+        self.path = sidecar_path(log_path)
+        self._file: IO[str] | None = open(self.path, "w", encoding="ascii", buffering=64 * 1024)
+        self._last_t: float | None = None
+        self._last_line = 0
+        self._last_flush: float | None = None
+        self._write(_SIDECAR_HEADER)
+
+    def line(self, line_number: int, t: float) -> None:
+        """Record that 1-based ``line_number`` arrived at UNIX time ``t``."""
+        if self._file is None or line_number <= self._last_line:
+            return
+        if self._last_t is not None and abs(t - self._last_t) < self.MIN_STEP:
+            return
+        self._last_t, self._last_line = t, line_number
+        self._write(f"{line_number}\t{t:.3f}\n")
+        if self._last_flush is None or t - self._last_flush >= self.FLUSH_EVERY:
+            self._last_flush = t
+            self._flush()
+
+    def close(self) -> None:
+        """Flush and close; further calls do nothing."""
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:
+                logger.warning("could not finish the arrival-time sidecar %s: %s", self.path, exc)
+
+    def __enter__(self) -> ArrivalWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, s: str) -> None:
+        try:
+            assert self._file is not None
+            self._file.write(s)
+        except OSError as exc:
+            logger.warning("stopped writing the arrival-time sidecar %s: %s", self.path, exc)
+            self._abandon()
+
+    def _flush(self) -> None:
+        try:
+            assert self._file is not None
+            self._file.flush()
+        except OSError as exc:
+            logger.warning("stopped writing the arrival-time sidecar %s: %s", self.path, exc)
+            self._abandon()
+
+    def _abandon(self) -> None:
+        f, self._file = self._file, None
+        try:
+            if f is not None:
+                f.close()
+        except OSError:
+            pass
+
+
+class ArrivalIndex:
+    """The arrival times ``runlens collect`` kept for each line of a log (see the module docstring)."""
+
+    def __init__(self, lines: Iterable[int] = (), times: Iterable[float] = ()) -> None:
+        self._lines = array("q", lines)
+        self._times = array("d", times)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ArrivalIndex | None:
+        """Read a sidecar file (``sidecar_path(log)``); None when it is missing or unreadable. Malformed lines
+        are skipped, so a sidecar torn by a killed run still gives the times it has."""
+        pairs: list[tuple[int, float]] = []
+        try:
+            with open(path, "rb") as f:
+                for raw in f:
+                    if raw.startswith(b"#"):
+                        continue
+                    parts = raw.split(b"\t")
+                    if len(parts) != 2:
+                        continue
+                    try:
+                        pairs.append((int(parts[0]), float(parts[1])))
+                    except ValueError:
+                        continue
+        except OSError:
+            return None
+        if any(pairs[i][0] >= pairs[i + 1][0] for i in range(len(pairs) - 1)):
+            pairs = sorted(dict(pairs).items())
+        return cls((p[0] for p in pairs), (p[1] for p in pairs))
+
+    def time_of(self, line_number: int) -> float | None:
+        """The arrival time of a 1-based line: its own entry or the nearest earlier one (None before any)."""
+        i = bisect.bisect_right(self._lines, line_number) - 1
+        return self._times[i] if i >= 0 else None
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+
+# -- one clean line ------------------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
+_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_RANK = re.compile(r"^\[(?:rank|default)(\d+)\]:\s?|^\[\d+,(\d+)\]<std(?:out|err)>:\s?")
+_STREAM = re.compile(r"^(?:stdout|stderr): ")
+# tqdm's "[elapsed<remaining, rate, postfix]" (or "[elapsed, rate]" without a total)
+_TQDM = re.compile(r"\[\d+(?::\d\d){1,2}(?:<(?:\d+(?::\d\d){1,2}|\?))?,[^\]\n]*/[^\]\n]*\]")
+_PCT_BAR = re.compile(r"\d{1,3}%\|")
+_KERAS = re.compile(r"^\s*\d+/\d+ \[[=>.]*\]")
+
+
+def _clean(raw: bytes) -> tuple[str, int | None] | None:
+    """A raw log line -> (text, rank), or None for a progress bar or binary junk."""
+    raw = raw.rstrip(b"\r")
+    cr = raw.rfind(b"\r")
+    while cr >= 0:                                    # what a terminal shows: the last non-empty segment
+        seg = raw[cr + 1:]
+        if seg.strip():
+            raw = seg
+            break
+        raw = raw[:cr]
+        cr = raw.rfind(b"\r")
+    if len(raw) > MAX_LINE:
+        raw = raw[:MAX_LINE // 2] + b" [...] " + raw[-MAX_LINE // 2:]
+    text = raw.decode("utf-8", "replace")
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    if not text.isprintable():
+        bad = len(_BAD_CHARS.findall(text))
+        if bad * 3 > len(text):
+            return None                               # mostly non-printable: binary junk
+        text = _CTRL.sub("", text)
+    rank, text = _strip_rank(text, None)
+    last = None
+    for last in _TQDM.finditer(text):
+        pass
+    if last is not None:
+        text = text[last.end():]                      # text glued after a progress bar
+        if not text.strip():
+            return None
+        rank, text = _strip_rank(text, rank)
+    elif _PCT_BAR.search(text) or _KERAS.match(text):
+        return None
+    return text.rstrip(), rank
+
+
+def _strip_rank(text: str, rank: int | None) -> tuple[int | None, str]:
+    m = _RANK.match(text)
+    if m:
+        rank = int(m.group(1) or m.group(2))
+        text = text[m.end():]
+    m = _STREAM.match(text)
+    if m:
+        text = text[m.end():]
+    return rank, text
+
+
+# -- bounded text --------------------------------------------------------------------------------------------
+
+
+class _Text:
+    """A finding's text: the first and the last ~4 KiB of its lines, and how many were left out between."""
+
+    def __init__(self) -> None:
+        self.head: list[str] = []
+        self.head_size = 0
+        self.tail: deque[str] = deque()
+        self.tail_size = 0
+        self.omitted = 0
+
+    def add(self, line: str) -> None:
+        if len(line) > TEXT_LIMIT // 2:
+            line = line[:TEXT_LIMIT // 4] + " [...] " + line[-TEXT_LIMIT // 4:]
+        if self.head_size + len(line) <= TEXT_LIMIT // 2 and not self.tail:
+            self.head.append(line)
+            self.head_size += len(line) + 1
+            return
+        self.tail.append(line)
+        self.tail_size += len(line) + 1
+        while self.tail_size > TEXT_LIMIT // 2 and len(self.tail) > 1:
+            self.tail_size -= len(self.tail.popleft()) + 1
+            self.omitted += 1
+
+    def render(self) -> str:
+        mid = [f"[... {self.omitted} lines omitted ...]"] if self.omitted else []
+        return "\n".join(self.head + mid + list(self.tail)).rstrip()
+
+
+# -- multi-line blocks ---------------------------------------------------------------------------------------
+
+_TB_START = "Traceback (most recent call last)"
+_CHAIN = re.compile(r"^(?:During handling of the above exception, another exception occurred"
+                    r"|The above exception was the direct cause of the following exception)")
+_EXC_CONT = re.compile(
+    r"^(?:CUDA kernel errors|For debugging consider|Compile with .?TORCH_USE_CUDA_DSA|Device-side assertions? "
+    r"|Exception raised from|frame #\d+|You can suppress this exception|Set TORCH_LOGS|To enable traceback see"
+    r"|Please try to raise|It is possible that|HINT\b|This might be caused|If reserved but unallocated"
+    r"|See documentation for Memory Management|Search for .cuda|\[?[=\-]{5,}\]?$|\S+ FAILED$|Failures:"
+    r"|Root Cause|\[\d+\]:$|<NO_OTHER_FAILURES>|nccl\w*Error\b|Last error:)")
+_NATIVE_START = re.compile(r"Fatal Python error: |terminate called (?:after throwing|without an active)")
+_NATIVE_CONT = re.compile(
+    r"^(?:Python runtime state|Thread 0x|Current thread 0x|Stack \(most recent call first\)|<no Python frame>"
+    r"|Extension modules|Garbage-collecting|\s*what\(\)|Exception raised from|frame #\d+|CUDA kernel errors"
+    r"|For debugging consider|Compile with|File \"|Fatal Python error|terminate called"
+    r"|(?:Segmentation fault|Aborted|Bus error|Illegal instruction)(?: \(core dumped\))?$)")
+_FRAME_FIRST = set(" \t│╭╰┃┏┗|")
+_BOX_ONLY = re.compile(r"^[\s─━═╭╮┏┓│┃]*$")
+
+TAKE, DONE, REJECT, SKIP = "take", "done", "reject", "skip"
+
+
+class _Block:
+    """An open multi-line finding of one stream (a rank, and the line prefix it started with)."""
+
+    kind = "block"
+
+    def __init__(self, rank: int | None, prefix: re.Pattern[str] | None, first: str, number: int) -> None:
+        self.rank = rank
+        self.prefix = prefix
+        self.first = first                  # the first line as printed (prefix and timestamp included)
+        self.start = number
+        self.last = number
+        self.text = _Text()
+        self.lines = 0
+        self.header: LogFinding | None = None
+
+    def add(self, s: str) -> None:
+        self.text.add(s)
+        self.lines += 1
+
+    def feed(self, s: str, number: int) -> str:
+        raise NotImplementedError
+
+
+class _Traceback(_Block):
+    """A Python traceback, chained exceptions and the exception's multi-line message included."""
+
+    kind = "traceback"
+
+    def __init__(self, rank: int | None, prefix: re.Pattern[str] | None, first: str, number: int) -> None:
+        super().__init__(rank, prefix, first, number)
+        self.state = "frames"
+        self.blanks = 0
+        self.noise = 0
+        self.after_file = False
+        self.exc: list[str] = []            # exception lines, oldest first
+        self.trailers: list[str] = []       # lines after an exception line that belong to its message
+        self.last_frame = ""
+        self.save_frames = False
+
+    def feed(self, s: str, number: int) -> str:
+        if self.lines >= MAX_BLOCK_LINES:
+            return REJECT
+        blank = not s.strip()
+        if self.state == "frames":
+            if blank:
+                self.blanks += 1
+                if self.blanks > 3:
+                    return REJECT
+                self.add(s)
+                return TAKE
+            self.blanks = 0
+            if _TB_START in s:
+                return REJECT                   # another process's traceback, not a chained one
+            stripped = s.lstrip()
+            if s[0] in _FRAME_FIRST or stripped.startswith(('File "', '> File "')):
+                self.add(s)
+                if stripped.startswith(('File "', '> File "')):
+                    self.last_frame = stripped
+                    self.after_file = True
+                    if lp.SAVE_FRAME.search(stripped):
+                        self.save_frames = True
+                else:
+                    self.after_file = False
+                return TAKE
+            if self.after_file and not lp.EXC_LINE.match(s):
+                self.after_file = False         # the source line of a frame printed without indentation
+                self.add(s)
+                return TAKE
+            if lp.EXC_LINE.match(s):
+                self.add(s)
+                self.exc.append(s.strip())
+                self.state = "exception"
+                return TAKE
+            self.noise += 1                     # another stream's line in the middle of ours
+            return REJECT if self.noise > 3 else SKIP
+        if self.state == "exception":
+            if blank:
+                self.state, self.blanks = "gap", 1
+                return TAKE
+            if _CHAIN.match(s):
+                self.add(s)
+                self.state = "chain"
+                return TAKE
+            if _TB_START in s:
+                return REJECT
+            if s[0] in " \t" or _EXC_CONT.match(s):
+                self.add(s)
+                self.trailers.append(s.strip())
+                return TAKE
+            return REJECT
+        if self.state == "gap":
+            if blank:
+                self.blanks += 1
+                return TAKE if self.blanks <= 2 else REJECT
+            if _CHAIN.match(s):
+                self.add("")
+                self.add(s)
+                self.state = "chain"
+                return TAKE
+            return REJECT
+        # "chain": waiting for the next traceback of a chained exception
+        if blank:
+            return TAKE
+        if _TB_START in s:
+            self.add("")
+            self.add(s)
+            self.state, self.after_file = "frames", False
+            return TAKE
+        return REJECT
+
+
+class _Native(_Block):
+    """A native crash report: ``Fatal Python error: ...`` with its thread dumps, or a C++ ``terminate called
+    after throwing ...`` with ``what():`` and its frames."""
+
+    kind = "native"
+
+    def __init__(self, rank: int | None, prefix: re.Pattern[str] | None, first: str, number: int) -> None:
+        super().__init__(rank, prefix, first, number)
+        self.blanks = 0
+        self.info: list[str] = []           # non-frame lines: what() and the like, for the category
+
+    def feed(self, s: str, number: int) -> str:
+        if self.lines >= MAX_BLOCK_LINES:
+            return REJECT
+        if not s.strip():
+            self.blanks += 1
+            if self.blanks > 2:
+                return REJECT
+            self.add(s)
+            return TAKE
+        self.blanks = 0
+        if s[0] in " \t" or _NATIVE_CONT.match(s):
+            self.add(s)
+            stripped = s.strip()
+            if not stripped.startswith(("File ", "frame #")):
+                self.info.append(stripped)
+            return TAKE
+        return REJECT
+
+
+class _PyWarning(_Block):
+    """A Python warning and the source line ``warnings`` prints under it."""
+
+    kind = "warning"
+
+    def feed(self, s: str, number: int) -> str:
+        if s[:1] in (" ", "\t") and s.strip():
+            self.add(s)
+            return DONE
+        return REJECT
+
+
+def _prefix_pattern(prefix: str) -> re.Pattern[str] | None:
+    """The per-line prefix a traceback started with, as a pattern that also matches the next lines' prefixes
+    (their timestamps and counters differ: every digit run may vary)."""
+    if not prefix or _BOX_ONLY.match(prefix) and prefix.strip():
+        return None
+    if not prefix.strip():       # an indented traceback: strip up to that much indentation, not more
+        return re.compile(f"[ \t]{{0,{len(prefix)}}}")
+    parts = re.split(r"(\d+)", prefix)
+    return re.compile("".join(r"\d+" if p.isdigit() else re.escape(p) for p in parts))
+
+
+# -- the parser ----------------------------------------------------------------------------------------------
+
+_NORM = re.compile(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?")
+_SPACES = re.compile(r"\s+")
+
+
+def _norm(message: str) -> str:
+    return _SPACES.sub(" ", _NORM.sub("#", message.lower())).strip()[:300]
+
+
+def _short(s: str) -> str:
+    s = s.strip()
+    return s if len(s) <= MESSAGE_LIMIT else s[:MESSAGE_LIMIT - 1] + "…"
+
+
+class _Parser:
+    """The line-level state: open blocks, findings folded by key, and the context later lines need."""
+
+    def __init__(self, arrival: ArrivalIndex | None, max_findings: int, ref: datetime) -> None:
+        self.arrival = arrival
+        self.max_findings = max(1, max_findings)
+        self.ref = ref
+        self.findings: list[LogFinding] = []
+        self.keys: dict[tuple[str, str, str], LogFinding] = {}
+        self.blocks: list[_Block] = []
+        self.pending: dict[int | None, LogFinding] = {}     # error lines that may head a traceback
+        self.from_traceback: set[int] = set()               # id() of findings built from a traceback
+        self.last_save = -(10 ** 9)
+        self.last_success = -1
+        self.dropped = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.blocks)
+
+    # lines --------------------------------------------------------------------------------------------------
+
+    def line(self, raw: bytes, number: int, candidate: bool) -> None:
+        """One log line (1-based ``number``); ``candidate``: the prefilter matched it."""
+        if self.pending:
+            self._flush_pending(number)
+        if self.blocks:
+            self._close_stale(number)
+        if not candidate and not self.blocks:
+            return
+        cleaned = _clean(raw)
+        if cleaned is None:
+            return
+        text, rank = cleaned
+        if self.blocks:
+            routed = self._route(text, rank)
+            if routed is not None:
+                block, body = routed
+                verdict = block.feed(body, number)
+                if verdict in (TAKE, DONE):
+                    block.last = number
+                    if verdict == DONE:
+                        self._close(block)
+                    return
+                if verdict == REJECT:
+                    self._close(block)
+        if candidate:
+            self._single(text, rank, number)
+
+    def _route(self, text: str, rank: int | None) -> tuple[_Block, str] | None:
+        fallback = None
+        for block in reversed(self.blocks):
+            if block.rank != rank:
+                continue
+            if block.prefix is None:
+                fallback = fallback or (block, text)
+                continue
+            m = block.prefix.match(text)
+            if m:
+                return block, text[m.end():]
+            if block.lines == 1:
+                # "ERROR:root:Traceback ..." with the frames printed bare: the prefix was the header's only
+                block.prefix = None
+                fallback = fallback or (block, text)
+        return fallback
+
+    def _single(self, text: str, rank: int | None, number: int) -> None:
+        """A candidate line outside any block: maybe a block's start, maybe a finding, maybe context."""
+        i = text.find(_TB_START)
+        if i >= 0:
+            self._open(_Traceback, text, i, rank, number)
+            return
+        m = _NATIVE_START.search(text)
+        if m:
+            self._open(_Native, text, m.start(), rank, number)
+            return
+        stripped = text.strip()
+        if not stripped:
+            return
+        if lp.SAVE_CONTEXT.search(stripped):
+            self.last_save = number
+        if lp.SUCCESS.search(stripped):
+            self.last_success = number
+        marker = lp.level_marker(stripped)
+        if lp.PY_WARNING.search(stripped) and not lp.EXC_START.match(stripped):
+            block = _PyWarning(rank, None, text, number)
+            block.add(text)
+            self.blocks.append(block)
+            return
+        hit = lp.categorize(stripped)
+        if hit is not None:
+            cat, _ = hit
+            if marker == "info" and not cat.strong:
+                return
+            level = lp.category_level(cat, stripped, marker, in_traceback=False)
+            self._finding(level, cat.id, stripped, text, number, rank, lp.details_for(cat.id, stripped, stripped),
+                          header_ok=level == "error")
+        elif lp.EXC_START.match(stripped):
+            self._finding("error", "python_exception", stripped, text, number, rank, {}, header_ok=True)
+        elif marker in ("error", "warning") and lp.marker_says_something(stripped):
+            self._finding(marker, marker, stripped, text, number, rank, {}, header_ok=marker == "error")
+
+    def _open(self, cls: type[_Block], text: str, at: int, rank: int | None, number: int) -> None:
+        prefix = _prefix_pattern(text[:at])
+        block = cls(rank, prefix, text, number)
+        block.add(text[at:] if prefix is not None else text)
+        header = self.pending.pop(rank, None)
+        if header is not None:
+            if number - header.line_number <= HEADER_GAP:
+                block.header = header
+            else:
+                self._emit(header)
+        self.blocks.append(block)
+
+    def _close_stale(self, number: int) -> None:
+        for block in [b for b in self.blocks if number - b.last > STALE_BLOCK_LINES]:
+            self._close(block)
+
+    def _flush_pending(self, number: int) -> None:
+        for rank, f in list(self.pending.items()):
+            if number - f.line_number > HEADER_GAP:
+                del self.pending[rank]
+                self._emit(f)
+
+    # findings -----------------------------------------------------------------------------------------------
+
+    def _finding(self, level: str, category: str, message: str, text: str, number: int, rank: int | None,
+                 details: dict[str, Any], header_ok: bool) -> None:
+        t, source = self._time(text, message, number)
+        f = LogFinding(level, category, _short(message), text.strip(), number, t, source, rank, 1, details)
+        if header_ok:
+            old = self.pending.pop(rank, None)
+            if old is not None:
+                self._emit(old)
+            self.pending[rank] = f
+        else:
+            self._emit(f)
+
+    def _time(self, first: str, other: str, number: int) -> tuple[float | None, str | None]:
+        t = lp.line_time(first, self.ref)
+        if t is None and other and other is not first:
+            t = lp.line_time(other, self.ref)
+        if t is not None:
+            return t, "line"
+        if self.arrival is not None:
+            t = self.arrival.time_of(number)
+            if t is not None:
+                return t, "arrival"
+        return None, None
+
+    def _close(self, block: _Block) -> None:
+        self.blocks.remove(block)
+        if isinstance(block, _Traceback):
+            self._close_traceback(block)
+        elif isinstance(block, _Native):
+            self._close_native(block)
+        else:
+            message = block.first.strip()
+            t, source = self._time(block.first, "", block.start)
+            self._emit(LogFinding("warning", "python_warning", _short(message), block.text.render(), block.start,
+                                  t, source, block.rank, 1, {}))
+
+    def _close_traceback(self, block: _Traceback) -> None:
+        header = block.header
+        final = block.exc[-1] if block.exc else None
+        candidates = block.exc[::-1] + block.trailers + ([header.message] if header else [])
+        best = lp.best_category(candidates)
+        details: dict[str, Any] = {}
+        if best is not None:
+            cat, _, source_line = best
+            category = cat.id
+            level = lp.category_level(cat, source_line, None, in_traceback=True)
+            if source_line in block.trailers and final and len(final.split(":", 1)[-1].strip()) < 20:
+                message = f"{final} {source_line}"     # e.g. "ChildFailedError:" + its root-cause line
+            else:
+                message = source_line
+        else:
+            level = "error"
+            category = "python_exception"
+            message = final or (header.message if header else "") or block.last_frame or block.first.strip()
+            if final and lp.CONFIG_EXC.match(final) and lp.CONFIG_FRAME.search(block.last_frame):
+                category = "config_error"
+                details["source"] = "python"
+            elif block.save_frames or 0 <= block.start - self.last_save <= SAVE_CONTEXT_LINES:
+                category = "checkpoint_save_failed"
+        text = block.text.render()
+        if header is not None:
+            text = header.text + "\n" + text
+        details = {**lp.details_for(category, text, message), **details}
+        if category == "disk_full" and (block.save_frames or 0 <= block.start - self.last_save <= SAVE_CONTEXT_LINES):
+            details["during_checkpoint_save"] = True
+        if final:
+            details.setdefault("exception", final.split(":", 1)[0][:200])
+        start = header.line_number if header else block.start
+        first = header.text if header else block.first
+        t, source = self._time(first, message, start)
+        f = LogFinding(level, category, _short(message), text, start, t, source, block.rank, 1, details)
+        self.from_traceback.add(id(f))
+        self._emit(f)
+
+    def _close_native(self, block: _Native) -> None:
+        lines = [block.first.strip()] + block.info
+        best = lp.best_category(lines)
+        if best is not None:
+            cat, _, source_line = best
+            category, message = cat.id, source_line
+        else:
+            category, message = "segfault", block.first.strip()
+        text = block.text.render()
+        details = lp.details_for(category, text, message)
+        if category == "segfault" and "signal" not in details and "terminate called" in text:
+            details["signal"] = "SIGABRT"
+        t, source = self._time(block.first, message, block.start)
+        f = LogFinding("error", category, _short(message), text, block.start, t, source, block.rank, 1, details)
+        self.from_traceback.add(id(f))
+        self._emit(f)
+
+    def _emit(self, f: LogFinding) -> None:
+        """Fold ``f`` into an identical earlier finding, or keep it (evicting a warning, then a middle error,
+        when ``max_findings`` are kept already: the errors near the end of a log are the ones that explain it)."""
+        key = (f.level, f.category, _norm(f.message))
+        old = self.keys.get(key)
+        if old is not None:
+            self._fold(old, f)
+            return
+        if len(self.findings) >= self.max_findings:
+            if f.level != "error":
+                self.dropped += 1
+                return
+            victim = next((x for x in reversed(self.findings) if x.level != "error"), None)
+            if victim is None:
+                victim = self.findings[len(self.findings) // 2]
+            self.findings.remove(victim)
+            self.keys.pop((victim.level, victim.category, _norm(victim.message)), None)
+            self.dropped += 1
+        self.keys[key] = f
+        self.findings.append(f)
+
+    @staticmethod
+    def _fold(old: LogFinding, new: LogFinding) -> None:
+        old.count += new.count
+        ranks = set(old.details.get("ranks") or ([old.rank] if old.rank is not None else []))
+        ranks.update(new.details.get("ranks") or ([new.rank] if new.rank is not None else []))
+        last = max(old.details.get("last_line_number", old.line_number), new.line_number)
+        if new.line_number < old.line_number:    # blocks close late: keep the earliest occurrence's fields
+            keep = {k: v for k, v in old.details.items() if k in ("ranks", "last_line_number")}
+            old.message, old.text, old.line_number = new.message, new.text, new.line_number
+            old.timestamp, old.timestamp_source, old.rank = new.timestamp, new.timestamp_source, new.rank
+            old.details = {**new.details, **keep}
+        if len(ranks) > 1:
+            old.details["ranks"] = sorted(ranks)[:64]
+        old.details["last_line_number"] = last
+
+    def finish(self) -> list[LogFinding]:
+        for block in list(self.blocks):
+            self._close(block)
+        for f in list(self.pending.values()):
+            self._emit(f)
+        self.pending.clear()
+        for f in self.findings:
+            if (f.category == "network_timeout" and f.level == "error" and id(f) not in self.from_traceback
+                    and self.last_success > f.details.get("last_line_number", f.line_number)):
+                f.level = "warning"                  # it recovered: a later line reports success
+                f.details["recovered"] = True
+        if self.dropped:
+            logger.info("log parse kept %d findings and dropped %d beyond max_findings", len(self.findings),
+                        self.dropped)
+        return sorted(self.findings, key=lambda f: f.line_number)
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+
+
+def _scan_block(block: bytes, number: int, parser: _Parser) -> int:
+    """Feed the lines of ``block`` (complete lines, ending with ``\\n``) that matter; return the new line count."""
+    lowered = b"\n" + block.lower()            # lowered[k + 1] is block[k]; lowered[s] precedes the line at s
+    search = lp.PREFILTER.search
+    pos, n = 0, len(block)
+    while pos < n:
+        if parser.busy:
+            end = block.find(b"\n", pos)
+            number += 1
+            parser.line(block[pos:end], number, search(lowered, pos, end + 1) is not None)
+            pos = end + 1
+            continue
+        m = search(lowered, pos)
+        if m is None:
+            return number + block.count(b"\n", pos)
+        inside = m.end() - 2                   # the block index of the match's last byte, inside its line
+        start = block.rfind(b"\n", pos, inside) + 1 or pos
+        end = block.find(b"\n", inside)
+        number += block.count(b"\n", pos, start) + 1
+        parser.line(block[start:end], number, True)
+        pos = end + 1
+    return number
+
+
+def _cap(carry: bytes) -> bytes:
+    """An unfinished line longer than a few MAX_LINEs keeps its head and tail (progress bars without
+    newlines can be hundreds of megabytes)."""
+    if len(carry) > 4 * MAX_LINE:
+        return carry[:MAX_LINE] + b" [...] " + carry[-MAX_LINE:]
+    return carry
+
+
+def _scan(chunks: Iterable[bytes], parser: _Parser) -> list[LogFinding]:
+    carry = b""
+    number = 0
+    for data in chunks:
+        if carry:
+            data = carry + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = _cap(data)
+            continue
+        carry = _cap(data[cut + 1:])
+        number = _scan_block(data[:cut + 1], number, parser)
+    if carry:
+        _scan_block(carry + b"\n", number, parser)
+    return parser.finish()
+
+
+def parse_log(path: str | os.PathLike[str], *, arrival_index: ArrivalIndex | None = None,
+              max_findings: int = 2000) -> list[LogFinding]:
+    """The findings of the log file at ``path``, in line order.
+
+    Args:
+        path: a log.txt as ``runlens collect`` wrote it (any text log works).
+        arrival_index: arrival times of its lines; when None, the sidecar next to the log is used if present.
+        max_findings: distinct findings kept (identical ones fold into one with a count).
+
+    Raises:
+        LogUnreadable: the file is missing, a directory, or cannot be read. Binary or non-UTF-8 content does
+        not raise: what can be read is returned.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise LogUnreadable(str(p), "no such file") from None
+    except OSError as exc:
+        raise LogUnreadable(str(p), exc.strerror or str(exc)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LogUnreadable(str(p), "is a directory")
+    if arrival_index is None:
+        side = sidecar_path(p)
+        arrival_index = ArrivalIndex.load(side) if side.is_file() else None
+    try:
+        f = open(p, "rb")
+    except OSError as exc:
+        raise LogUnreadable(str(p), exc.strerror or str(exc)) from None
+    parser = _Parser(arrival_index, max_findings, datetime.fromtimestamp(st.st_mtime))
+    with f:
+        try:
+            return _scan(iter(lambda: f.read(CHUNK), b""), parser)
+        except OSError as exc:
+            raise LogUnreadable(str(p), exc.strerror or str(exc)) from None
+
+
+def _encoded(lines: Iterable[str]) -> Iterator[bytes]:
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        b = line.encode("utf-8", "replace")
+        if not b.endswith(b"\n"):
+            b += b"\n"
+        batch.append(b)
+        size += len(b)
+        if size >= CHUNK:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
+def parse_lines(lines: Iterable[str], *, arrival_index: ArrivalIndex | None = None,
+                max_findings: int = 2000) -> list[LogFinding]:
+    """``parse_log`` for lines in memory (one string per line, with or without the newline). Dates without a
+    year take the current one."""
+    parser = _Parser(arrival_index, max_findings, datetime.now())
+    return _scan(_encoded(lines), parser)
