@@ -112,7 +112,7 @@ def bench_step(calls: int, rounds: int, workdir: Path) -> dict[str, Any]:
     finally:
         mon.close()
     out: dict[str, Any] = {"timer_overhead_ns": overhead, "timed_calls_per_variant": per_round * rounds,
-                           "block_calls_per_variant": per_round * rounds}
+                           "block_calls_per_variant": len(results["mon.step"]["per_block"]) * BLOCK}
     for name, r in results.items():
         values = sorted(r["per_call"])
         out[name] = {
@@ -213,7 +213,8 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version, "platform": platform.platform()}
+            "sqlite": sqlite3.sqlite_version, "platform": platform.platform(),
+            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,11 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     args = parser.parse_args(argv)
 
+    machine = _machine()  # before the runs: the load average is other work, not ours
     with tempfile.TemporaryDirectory(prefix="runlens-bench-") as tmp:
         workdir = Path(tmp)
         step = bench_step(args.calls, args.rounds, workdir)
         writer = bench_writer(args.rows, args.rounds, workdir)
-    result = {"machine": _machine(), "when": time.time(), "args": vars(args), "step": step, "writer": writer}
+    result = {"machine": machine, "when": time.time(), "args": vars(args), "step": step, "writer": writer}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"bench_collect-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_path.write_text(json.dumps(result, indent=2))
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     m = result["machine"]
-    print(f"machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}")
+    print(f"machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}, SQLite {m['sqlite']}, "
+          f"load average at start {m['load_average_1m']:.1f} (other work on the machine widens the spread)")
     print(f"\n1. training-thread cost per call, µs ({step['timed_calls_per_variant']:,} calls timed one by one "
           f"per variant, timer overhead {step['timer_overhead_ns']:.0f} ns subtracted; block mean: "
           f"{step['block_calls_per_variant']:,} more calls in blocks of {BLOCK:,})")

@@ -37,14 +37,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "scripts" / "train_tiny.py"
-DONE = re.compile(rb"done (\d+) steps in ([\d.]+) s \(([\d.]+) steps/s\)")
+DONE = re.compile(rb"done (\d+) steps in ([\d.]+) s \(([\d.]+) steps/s, training-thread CPU ([\d.]+) s\)")
 ARMS = ("bare", "monitor", "collect")
 
 
 def run_arm(arm: str, seconds: float, warmup: int, workdir: Path) -> dict[str, Any]:
     db = workdir / f"{arm}-{time.monotonic_ns()}.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLENS_")}
-    env.update(RUNLENS_SAMPLE_INTERVAL="1", PYTHONUNBUFFERED="1")
+    # One intra-op thread: on a small, shared machine torch's OpenMP threads spin-wait at every barrier and any
+    # other runnable thread (another job's, or runlens's) costs them whole time slices; the numbers would
+    # measure the scheduler, not runlens. DataLoader workers use one thread anyway.
+    env.update(RUNLENS_SAMPLE_INTERVAL="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
     loop = [sys.executable, str(TINY), "--seconds", str(seconds), "--warmup", str(warmup), "--workers", "2",
             "--name", f"overhead-{arm}"]
     if arm == "bare":
@@ -61,8 +64,10 @@ def run_arm(arm: str, seconds: float, warmup: int, workdir: Path) -> dict[str, A
     match = DONE.search(proc.stdout)
     if proc.returncode != 0 or match is None:
         raise RuntimeError(f"{arm} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}")
-    out: dict[str, Any] = {"arm": arm, "steps": int(match.group(1)), "seconds": float(match.group(2)),
-                           "steps_per_s": float(match.group(3)), "wall_s": wall}
+    steps = int(match.group(1))
+    out: dict[str, Any] = {"arm": arm, "steps": steps, "seconds": float(match.group(2)),
+                           "steps_per_s": float(match.group(3)), "wall_s": wall,
+                           "thread_cpu_ms_per_step": float(match.group(4)) * 1000 / max(1, steps)}
     if arm != "bare":
         out.update(_recorded(db))
     return out
@@ -105,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {round_no} {arm:8s} {r['steps_per_s']:8.2f} steps/s", flush=True)
 
     medians = {a: statistics.median(r["steps_per_s"] for r in runs if r["arm"] == a) for a in arms}
+    cpu_per_step = {a: statistics.median(r["thread_cpu_ms_per_step"] for r in runs if r["arm"] == a) for a in arms}
+    bare_rates = [r["steps_per_s"] for r in runs if r["arm"] == arms[0]]
     result: dict[str, Any] = {"pairs": args.pairs, "seconds": args.seconds, "warmup": args.warmup,
-                              "median_steps_per_s": medians, "runs": runs,
+                              "median_steps_per_s": medians, "median_thread_cpu_ms_per_step": cpu_per_step,
+                              "spread_of_first_arm": (max(bare_rates) - min(bare_rates)) / statistics.median(bare_rates),
+                              "runs": runs,
                               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                           "platform": platform.platform()}}
     if "bare" in medians:
@@ -118,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 if r["round"] == round_no and r["arm"] != "bare":
                     per_round.setdefault(r["arm"], []).append(1 - r["steps_per_s"] / bare)
         result["cost_per_round"] = per_round
+        result["median_cost_per_round"] = {a: statistics.median(v) for a, v in per_round.items()}
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"bench_overhead-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(result, indent=2))
@@ -127,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median steps/s over {args.pairs} interleaved rounds of {args.seconds:g} s:")
     for a in arms:
         cost = result.get("cost_vs_bare", {}).get(a)
-        extra = f"   cost {cost:+.2%} (per round: " + ", ".join(
-            f"{c:+.2%}" for c in result["cost_per_round"][a]) + ")" if cost is not None else ""
-        print(f"  {a:8s} {medians[a]:8.2f}{extra}")
+        extra = (f"   cost {cost:+.2%} of medians; per round " + ", ".join(
+            f"{c:+.2%}" for c in result["cost_per_round"][a])
+            + f" (median {result['median_cost_per_round'][a]:+.2%})") if cost is not None else ""
+        print(f"  {a:8s} {medians[a]:8.2f}  ({cpu_per_step[a]:.3f} ms training-thread CPU/step){extra}")
+    print(f"  spread of the {arms[0]} runs (max-min)/median: {result['spread_of_first_arm']:.1%}")
     for r in runs:
         if r["arm"] != "bare" and r["round"] == args.pairs - 1:
             print(f"  {r['arm']}: stored {r['stored_steps']} steps, {r['samples']} samples "

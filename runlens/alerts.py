@@ -108,7 +108,14 @@ def _host_oom_remedy(job: Mapping[str, Any]) -> str:
 
 # Matched in order against "<cause> <reason>"; the first hit gives the remedy. Causes come from
 # runlens.status (cuda_oom, host_oom, nccl_timeout, ...), reasons from the collectors' own words.
+def _stall_remedy(job: Mapping[str, Any]) -> str:
+    pid = job.get("pid") or "PID"
+    return (f"see where it is stuck: `py-spy dump --pid {pid}`, or the stacks runlens took "
+            f"(`runlens analyze {job.get('job_id', 'JOB')}`)")
+
+
 _REMEDIES: list[tuple[re.Pattern[str], Callable[[Mapping[str, Any]], str]]] = [
+    (re.compile(r"killed_by_runlens|killed by runlens", re.IGNORECASE), _stall_remedy),
     (re.compile(r"cuda_oom|CUDA out of memory|OutOfMemoryError", re.IGNORECASE), _oom_remedy),
     (re.compile(r"host_oom|oom_or_external_kill|OOM killer|SIGKILL", re.IGNORECASE), _host_oom_remedy),
     (re.compile(r"nccl_timeout|NCCL|collective", re.IGNORECASE), lambda job: (
@@ -123,9 +130,7 @@ _REMEDIES: list[tuple[re.Pattern[str], Callable[[Mapping[str, Any]], str]]] = [
     (re.compile(r"no_end_event|exited without an end event", re.IGNORECASE), lambda job: (
         "the process died without a word (SIGKILL, host OOM, or the machine went away): check "
         "`dmesg | grep -i -e oom -e killed` and the end of the log")),
-    (re.compile(r"hang_suspected|stall|no_progress|no progress|no first step", re.IGNORECASE), lambda job: (
-        f"see where it is stuck: `py-spy dump --pid {job.get('pid') or 'PID'}`, or the stacks runlens took "
-        f"(`runlens analyze {job.get('job_id', 'JOB')}`)")),
+    (re.compile(r"hang_suspected|stall|no_progress|no progress|no first step", re.IGNORECASE), _stall_remedy),
     (re.compile(r"heartbeat_stale|heartbeat_late|no heartbeat|heartbeat late", re.IGNORECASE), lambda job: (
         f"the process stopped reporting: is it frozen or swapping? "
         f"`py-spy dump --pid {job.get('pid') or 'PID'}`, `top -p {job.get('pid') or 'PID'}`")),

@@ -182,6 +182,13 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _phase_name(event: Mapping[str, Any]) -> str | None:
+    """The phase an event names: the Monitor writes ``name``, the hang watchdog ``phase``."""
+    d = event.get("details") or {}
+    name = d.get("phase") or d.get("name")
+    return str(name) if name else None
+
+
 def relevant_event(job: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Pick the one event ``compute_status`` needs from a job's recent events (any order).
 
@@ -191,8 +198,25 @@ def relevant_event(job: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) 
     """
     rows: list[dict[str, Any]] = [dict(e) for e in events]
     if job.get("status") == "running":
-        live = [e for e in rows if e.get("event_type") in _PROGRESS_EVENTS]
-        return max(live, key=lambda e: e.get("timestamp") or 0.0) if live else None
+        live = sorted((e for e in rows if e.get("event_type") in _PROGRESS_EVENTS),
+                      key=lambda e: e.get("timestamp") or 0.0)
+        if not live:
+            return None
+        latest = live[-1]
+        if latest["event_type"] == "phase_end":
+            # Phases nest (a "sample" inside "eval"): leaving the inner one puts the run back in the outer
+            # one, whose budget applies from now.
+            open_phases: list[str] = []
+            for e in live:
+                name = _phase_name(e)
+                if e["event_type"] == "phase_start" and name:
+                    open_phases.append(name)
+                elif e["event_type"] == "phase_end" and name in open_phases:
+                    del open_phases[len(open_phases) - 1 - open_phases[::-1].index(name):]
+            if open_phases:
+                return {"event_type": "phase_start", "timestamp": latest.get("timestamp"),
+                        "details": {"name": open_phases[-1], "resumed": True}}
+        return latest
     failures = [e for e in rows if e.get("event_type") in _FAILURE_EVENTS]
     if not failures:
         return None
@@ -202,8 +226,10 @@ def relevant_event(job: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) 
 def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = None) -> tuple[str, str]:
     """``(cause, reason)`` for a failed job, following resilience.md §10.2 row 16.
 
-    The reason is the stored ``status_reason`` when the collector wrote one, else a sentence derived from
-    the failure event and the exit status; the cause is always derived, so remedies work whichever wording
+    The reason is derived from the failure event when there is one (the Monitor stores terse reasons such
+    as ``cuda_oom`` or ``exception: KeyError``, while its event has the message), else the stored
+    ``status_reason`` (the wrapper's words: "exited with code 3", "killed by runlens with SIGKILL (...)"),
+    else one derived from the exit status. The cause is always derived, so remedies work whichever wording
     the collector chose.
     """
     stored = str(job.get("status_reason") or "")
@@ -216,7 +242,9 @@ def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = N
     if isinstance(sig, str):
         sig = int(sig) if sig.isdigit() else getattr(signal.Signals, sig, None)
     if "exited without an end event" in stored:
-        cause, reason = "no_end_event", stored
+        return "no_end_event", stored
+    if "killed by runlens" in stored:
+        return "killed_by_runlens", stored
     elif etype == "cuda_oom" or _CUDA_OOM.search(text):
         cause, reason = "cuda_oom", "CUDA out of memory" + (f": {first}" if first else "")
         if "out of memory" in first.lower():
@@ -238,7 +266,8 @@ def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = N
         cause, reason = "exit_code", f"exited with code {job['exit_code']}"
     else:
         cause, reason = "unknown", "failed"
-    return cause, (stored or reason)
+    from_event = etype is not None and etype not in ("end", "hang_suspected")
+    return cause, (reason if from_event or not stored else stored)
 
 
 def compute_status(
@@ -278,7 +307,7 @@ def compute_status(
             cause, reason = classify_failure(job, last_event)
             return RunStatus(FAILED, reason, since, {**base, "cause": cause})
         if state == TIMED_OUT:
-            stall_phase = ((last_event or {}).get("details") or {}).get("phase")
+            stall_phase = _phase_name(last_event) if last_event else None
             reason = job.get("status_reason") or "killed after a stall" + (
                 f" in phase {stall_phase}" if stall_phase else "")
             return RunStatus(TIMED_OUT, str(reason), since, {**base, "cause": "stall", "phase": stall_phase})
@@ -303,7 +332,7 @@ def compute_status(
     if ev_type in ("phase_start", "phase_end") and ev_at is not None and ev_at >= progress_ref:
         progress_ref = ev_at   # a phase change is progress (row 1)
         if ev_type == "phase_start":
-            phase = str((ev.get("details") or {}).get("phase") or "") or None
+            phase = _phase_name(ev) or None
     if phase is not None:
         budget = budgets.phase_budgets.get(phase, budgets.step_timeout)
     elif progress is None and job.get("last_step") is None:
@@ -349,11 +378,12 @@ def compute_status(
     if ev_type == "hang_suspected" and ev_at is not None and ev_at >= progress_ref:
         # The in-process watchdog has the calibrated budget and the stacks: its verdict is the better reason.
         d = ev.get("details") or {}
-        in_phase = f" in phase {d['phase']}" if d.get("phase") else where
+        stalled_in = _phase_name(ev)
+        in_phase = f" in phase {stalled_in}" if stalled_in else where
         at_step = d.get("last_step", job.get("last_step"))
         return RunStatus(WARNING, f"stall suspected{in_phase} at step {at_step} "
                          f"(no progress for {_fmt(progress_age)})", ev_at,
-                         {**details, "cause": "hang_suspected", "phase": d.get("phase") or phase})
+                         {**details, "cause": "hang_suspected", "phase": stalled_in or phase})
     if progress_stale:
         return RunStatus(WARNING, f"{nothing}{where} for {_fmt(progress_age)} (budget {_fmt(budget)})",
                          progress_ref + budget, {**details, "cause": "no_progress"})

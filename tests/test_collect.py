@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from runlens.cli import cli
 from runlens.collect.wrapper import (
-    OOM_REASON, ChildSupervisor, LogTee, _LineAssembler, child_environment, end_status, redact_argv,
+    OOM_REASON, ChildSupervisor, LogTee, _LineAssembler, absolute_db_url, child_environment, end_status,
+    redact_argv,
 )
 from runlens.redact import REDACTED
 from runlens.store import Store, open_store
@@ -482,3 +483,41 @@ def test_tick_hooks_run_on_every_sample_and_can_kill_the_group(tmp_path: Path, d
     job = store.list_jobs()[0]
     assert job["status_reason"] == "killed by runlens with SIGKILL (test hook)"
     assert "host_oom_suspected" not in events(store, job["job_id"])
+
+
+def test_relative_sqlite_url_is_made_absolute_for_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that changes directory (``cd sub && python train.py``) must still reach the wrapper's database."""
+    monkeypatch.chdir(tmp_path)
+    assert absolute_db_url("sqlite:///runs.db") == f"sqlite:///{tmp_path / 'runs.db'}"
+    assert absolute_db_url("sqlite:///runs.db?timeout=5") == f"sqlite:///{tmp_path / 'runs.db'}?timeout=5"
+    assert absolute_db_url("sqlite:////abs/runs.db") == "sqlite:////abs/runs.db"
+    assert absolute_db_url("postgresql://u:p@h/db") == "postgresql://u:p@h/db"
+    assert absolute_db_url("sqlite:///:memory:") == "sqlite:///:memory:"
+
+
+def test_tee_stops_when_a_grandchild_keeps_the_pipe_open(tmp_path: Path) -> None:
+    """The child is gone but something still holds (and writes to) its stdout: finish() returns anyway."""
+    r, w = os.pipe()
+    with open(tmp_path / "log.txt", "ab") as log_file:
+        tee = LogTee([(r, None)], log_file, None).start()
+        stop = False
+
+        def chatter() -> None:
+            while not stop:
+                try:
+                    os.write(w, b"still here\n")
+                except OSError:
+                    return
+                time.sleep(0.01)
+
+        import threading
+
+        t = threading.Thread(target=chatter, daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        tee.finish(grace=0.3)
+        assert time.monotonic() - t0 < 3.0
+        stop = True
+        t.join(2)
+        os.close(w)
+    assert (tmp_path / "log.txt").read_bytes().startswith(b"still here\n")

@@ -364,7 +364,9 @@ def test_a_locked_store_never_reaches_the_loop(db_url: str, store: Store, busy_t
         holder.join()
     assert store.count("step_metrics", mon.job_id) == step
     assert store.get_job(mon.job_id)["status"] == "succeeded"
-    assert slowest < 0.05, f"a step() call took {slowest * 1e3:.1f} ms while the store was locked"
+    # The lock lasts 3 s; a step() that waited for the store would take that long. 0.25 s leaves room for a
+    # loaded CI machine descheduling the thread.
+    assert slowest < 0.25, f"a step() call took {slowest * 1e3:.1f} ms while the store was locked"
     err = capsys.readouterr().err
     if busy_timeout_ms < 1000:
         assert err.count("cannot write to the store") == 1 and "database is locked" in err
@@ -556,7 +558,7 @@ def test_sigkill_leaves_a_readable_store_with_everything_older_than_a_flush(tmp_
         step, at = line.split()
         markers.append((int(step), float(at)))
         started = started or time.monotonic()
-        if time.monotonic() - started > 2.5:
+        if time.monotonic() - started > 3.5:
             break
     kill_time = time.time()
     proc.kill()
@@ -568,7 +570,7 @@ def test_sigkill_leaves_a_readable_store_with_everything_older_than_a_flush(tmp_
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     steps = {row[0] for row in conn.execute("SELECT step FROM step_metrics")}
     conn.close()
-    margin = 1.0  # scheduling on a loaded 2-core machine
+    margin = 1.5  # scheduling slack on a loaded 2-core machine
     old_enough = [s for s, at in markers if at < kill_time - flush_interval - margin]
     assert old_enough, "the child logged for long enough"
     assert set(range(max(old_enough) + 1)) <= steps

@@ -3,7 +3,6 @@ and stays quiet on a healthy run (no crying wolf). Config-path resolution for ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from runlens.analyze import configpaths
 from runlens.analyze.configedit import parse_path
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
+from runlens.analyze.logparse import LogFinding
 from runlens.analyze.registry import all_rules, run_rules
 from runlens.analyze.rules import logs, memory, throughput, training
 from runlens.settings import Settings
@@ -32,19 +32,12 @@ PL = {"trainer": {"max_epochs": 3, "accumulate_grad_batches": 2, "precision": "b
       "model": {"lr": 0.01}, "data": {"batch_size": 32, "num_workers": 6}}
 
 
-@dataclass
-class LogLine:
-    """A stand-in for runlens.analyze.logparse.LogFinding with the attributes the rules read."""
-
-    category: str
-    message: str = ""
-    level: str = "error"
-    text: str = ""
-    line_number: int = 1
-    timestamp: float | None = None
-    rank: int | None = None
-    count: int = 1
-    details: dict[str, Any] = field(default_factory=dict)
+def LogLine(category: str, message: str = "", *, level: str = "error", text: str = "", line_number: int = 1,
+            timestamp: float | None = None, rank: int | None = None, count: int = 1,
+            details: dict[str, Any] | None = None) -> LogFinding:
+    """A parsed log finding as runlens.analyze.logparse makes it."""
+    return LogFinding(level, category, message, text or message, line_number, timestamp,
+                      "line" if timestamp is not None else None, rank, count, details or {})
 
 
 def steps_frame(n: int, *, dt: float = 0.1, start: float = T0 + 5, loss: Any = None, **cols: Any) -> pd.DataFrame:
@@ -722,3 +715,36 @@ def test_nan_in_log_only_is_a_log_finding() -> None:
             config={"learning_rate": 0.02})
     f = one(_run_logs(d), "logs.nan_loss")
     assert f.severity == "critical" and (f.config_path, f.recommended_value) == ("learning_rate", 0.01)
+
+
+def test_real_parser_output_drives_the_log_rules() -> None:
+    """Lines as real runs print them, through runlens.analyze.logparse, into one finding per category."""
+    from runlens.analyze.logparse import parse_lines
+
+    lines = [
+        "2026-11-22 10:00:01 INFO starting",
+        "[rank1]:[E ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation timeout: "
+        "WorkNCCL(SeqNum=1532, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600314 "
+        "milliseconds before timing out.",
+        "Traceback (most recent call last):",
+        '  File "loader.py", line 9, in <module>',
+        "    open(p)",
+        "OSError: [Errno 24] Too many open files: '/data/x.png'",
+        "Traceback (most recent call last):",
+        '  File "train.py", line 3, in <module>',
+        "    main()",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of "
+        "23.64 GiB of which 101.06 MiB is free. Of the allocated memory 20.1 GiB is allocated by PyTorch, and "
+        "2.9 GiB is reserved by PyTorch but unallocated.",
+    ]
+    found = parse_lines(lines)
+    cats = {f.category for f in found}
+    assert {"nccl_timeout", "too_many_open_files", "cuda_oom"} <= cats, cats
+    d = job(steps=steps_frame(10), logs_=found, config=HF, dialect="huggingface", status="failed", exit_code=1)
+    findings, notes = run_rules(d)
+    assert notes == []
+    ids = {f.id for f in findings}
+    assert {"logs.nccl_timeout", "logs.too_many_open_files", "memory.oom", "memory.fragmentation"} <= ids
+    assert "logs.cuda_oom" not in ids
+    assert one(findings, "memory.fragmentation").impact_value == pytest.approx(2.9)
+    assert one(findings, "memory.oom").evidence["tried_to_allocate_gb"] == pytest.approx(0.5)

@@ -59,6 +59,8 @@ def _hold_memory(worker_id: int) -> None:
 
 def workload_workers(db: str, out: str) -> None:
     """(a) three DataLoader workers that each hold ~250 MB: the worker-memory lever."""
+    import threading
+
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -72,11 +74,19 @@ def workload_workers(db: str, out: str) -> None:
     loader = DataLoader(ds, batch_size=16, num_workers=3, worker_init_fn=_hold_memory, persistent_workers=True)
     model = torch.nn.Linear(32, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    peak_pss, workers = 0.0, 0
+    peak = [0.0, 0]
+    stop = threading.Event()
+
+    def measure() -> None:   # off the training thread, so measuring does not slow the steps
+        while not stop.wait(0.3):
+            pss, n = _children_pss_gb()
+            if pss > peak[0]:
+                peak[:] = [pss, n]
+
     with runlens.Monitor(name="workers", config=config, db=db, sample_interval=SAMPLE_INTERVAL) as mon:
+        threading.Thread(target=measure, daemon=True).start()
         step = 0
-        t_end = time.time() + 4.0
-        while time.time() < t_end:
+        while step < 50:
             for x, y in mon.loader(loader):
                 loss = torch.nn.functional.mse_loss(model(x), y)
                 opt.zero_grad()
@@ -84,17 +94,14 @@ def workload_workers(db: str, out: str) -> None:
                 opt.step()
                 mon.step(step, loss=loss.detach(), batch_size=16)
                 step += 1
-                # ~50 ms a step: the workers keep up, so the run is not input-bound (a batch still costs
-                # ~1-2 ms of inter-process transfer in next()).
-                time.sleep(0.05)
-                if step % 20 == 0:
-                    pss, n = _children_pss_gb()
-                    if pss > peak_pss:
-                        peak_pss, workers = pss, n
-                if time.time() > t_end:
+                # ~80 ms a step: the workers keep up, so the run is mostly not input-bound (a batch still
+                # costs ~1-2 ms of inter-process transfer in next(), more when the machine is busy).
+                time.sleep(0.08)
+                if step >= 50:
                     break
+        stop.set()
         job_id = mon.job_id
-    _write(out, {"job_id": job_id, "worker_pss_gb": peak_pss, "workers": workers})
+    _write(out, {"job_id": job_id, "worker_pss_gb": peak[0], "workers": peak[1]})
 
 
 class _SlowDataset:
@@ -324,8 +331,12 @@ def test_workers_holding_memory(tmp_path: Path, child_env: dict[str, str]) -> No
     # No memory pressure on this machine, so this is advice, not an alarm.
     assert f.severity == "info" and f.memory_lever
     assert f.config_path == "config.process[0].datasets[0].num_workers"
-    assert (f.current_value, f.current_value_source, f.recommended_value) == (3, "config", 0)
-    assert within(f.impact_value, m["worker_pss_gb"]), (f.impact, m)
+    # 0 workers; or 1 when the steps measurably waited for data (≥ 5 %, a busy machine): fewer workers would
+    # then slow the run, so the rule keeps one and the saving is the PSS of the two it removes.
+    rec = 1 if f.evidence["data_wait_share"] >= 0.05 else 0
+    assert (f.current_value, f.current_value_source, f.recommended_value) == (3, "config", rec)
+    measured = m["worker_pss_gb"] * (3 - rec) / 3
+    assert within(f.impact_value, measured), (f.impact, m)
     assert f.impact.startswith("Saves ~") and "GB/worker" in f.impact
     assert f.evidence["worker_count"] == 3
     # The same measured run under the other dialects' configs names their own keys.
@@ -337,9 +348,11 @@ def test_workers_holding_memory(tmp_path: Path, child_env: dict[str, str]) -> No
             ("lightning", {"trainer": {"max_epochs": 1}, "data": {"num_workers": 3}}, "data.num_workers")):
         data.config, data.dialect = config, dialect
         g = one(memory.workers(data), "memory.workers")
-        assert (g.config_path, g.current_value, g.recommended_value) == (path, 3, 0)
-        assert within(g.impact_value, m["worker_pss_gb"])
-    print(f"\nworkers: measured PSS {m['worker_pss_gb']:.3f} GB; finding: {f.impact} (value {f.impact_value:.3f})")
+        assert (g.config_path, g.current_value, g.recommended_value) == (path, 3, rec)
+        assert within(g.impact_value, measured)
+    print(f"\nworkers: measured PSS {m['worker_pss_gb']:.3f} GB of 3 workers, data wait "
+          f"{f.evidence['data_wait_share']:.1%}; finding: {f.title}: {f.impact} (value {f.impact_value:.3f} "
+          f"vs measured {measured:.3f})")
 
 
 def test_slow_dataset_is_input_bound(tmp_path: Path, child_env: dict[str, str]) -> None:

@@ -220,6 +220,20 @@ def test_main_process_found_below_a_shell_launcher() -> None:
     assert is_launcher("bash", ["bash", "run.sh"]) and not is_launcher("python3", ["python3", "train.py"])
 
 
+@pytest.mark.parametrize("name, cmdline, expected", [
+    ("bash", ["bash", "run.sh"], True),
+    ("uv", ["uv", "run", "train.py"], True),
+    ("torchrun", ["/venv/bin/python", "/venv/bin/torchrun", "--nproc-per-node", "1", "train.py"], True),
+    ("python", ["python", "-m", "torch.distributed.run", "train.py"], True),
+    ("accelerate", ["/venv/bin/python", "/venv/bin/accelerate", "launch", "train.py"], True),
+    ("python", ["python", "train.py", "--config", "accelerate.yaml"], False),
+    ("python", ["python", "train_deepspeed.py"], False),
+    ("pt_data_worker", ["python", "train.py"], False),
+])
+def test_launchers_are_recognised_by_program_not_by_substring(name: str, cmdline: list[str], expected: bool) -> None:
+    assert is_launcher(name, cmdline) is expected
+
+
 @linux_only
 def test_pss_budget_reuses_measurements_with_rss_change(shared_buffer: bytearray) -> None:
     """Between full PSS passes the figure is last PSS + RSS change; a pass happens again once the budget allows."""

@@ -52,7 +52,7 @@ def dead(pid: int) -> bool:
 
 
 def phase_start(name: str, at: float) -> dict[str, Any]:
-    return {"event_type": "phase_start", "timestamp": at, "details": {"phase": name}}
+    return {"event_type": "phase_start", "timestamp": at, "details": {"name": name}}   # as Monitor.phase writes
 
 
 # (id, job row, now offset, pid probe, last event, expected state, expected cause)
@@ -158,6 +158,17 @@ def test_warning_reason_names_the_ages_and_budget() -> None:
     (job(status="failed"), {"event_type": "exception", "details": {"type": "KeyError", "message": "'label'"}},
      "exception", "KeyError: 'label'"),
     (job(status="failed", exit_code=3), None, "exit_code", "code 3"),
+    (job(status="failed", status_reason="exception: KeyError"),    # the Monitor's terse reason
+     {"event_type": "exception", "details": {"type": "KeyError", "message": "'label'"}}, "exception",
+     "KeyError: 'label'"),
+    (job(status="failed", status_reason="cuda_oom"), {"event_type": "cuda_oom", "details": {
+        "message": "CUDA out of memory. Tried to allocate 2.00 GiB"}}, "cuda_oom", "Tried to allocate 2.00 GiB"),
+    (job(status="failed", status_reason="SIGTERM", exit_signal=15),
+     {"event_type": "signal", "details": {"signal": "SIGTERM", "signum": 15}}, "signal", "killed by SIGTERM"),
+    (job(status="failed", status_reason="killed by SIGKILL (likely the host OOM killer)", exit_signal=9),
+     {"event_type": "host_oom_suspected", "details": {}}, "host_oom", "OOM killer"),
+    (job(status="failed", status_reason="killed by runlens with SIGKILL (stalled)", exit_signal=9), None,
+     "killed_by_runlens", "killed by runlens"),
     (job(status="failed", status_reason="process 12 exited without an end event"), None, "no_end_event",
      "exited without an end event"),
 ])
@@ -180,6 +191,19 @@ def test_relevant_event_prefers_the_specific_failure() -> None:
     assert relevant_event(job(status="failed"), events)["event_type"] == "cuda_oom"
     assert relevant_event(job(), events)["event_type"] == "phase_start"
     assert relevant_event(job(), []) is None
+
+
+def test_leaving_a_nested_phase_returns_to_the_outer_budget() -> None:
+    """eval > sample: after sample ends the run is back in eval, with eval's budget from that moment."""
+    events = [phase_start("eval", T0 + 10), phase_start("sample", T0 + 20),
+              {"event_type": "phase_end", "timestamp": T0 + 30, "details": {"name": "sample"}}]
+    ev = relevant_event(job(), events)
+    assert ev is not None and ev["details"]["name"] == "eval" and ev["timestamp"] == T0 + 30
+    row = job(heartbeat_at=T0 + 1000, progress_at=T0 + 5, last_step=1)
+    st = compute_status(row, now=T0 + 1001, host=HERE, pid_alive=alive, last_event=ev)
+    assert st.state == RUNNING and st.details["phase"] == "eval"
+    events.append({"event_type": "phase_end", "timestamp": T0 + 40, "details": {"name": "eval"}})
+    assert relevant_event(job(), events)["event_type"] == "phase_end"
 
 
 def test_zombie_is_dead() -> None:

@@ -359,6 +359,7 @@ def test_remedies() -> None:
     assert "py-spy dump --pid 7" in (remedy_for("no_progress no progress for 6m", {"pid": 7, "job_id": "j"}) or "")
     assert remedy_for("ok training", {}) is None
     assert remedy_for(None, {}) is None
+    assert "py-spy" in (remedy_for("killed_by_runlens killed by runlens with SIGKILL (stall)", {}) or "")
 
 
 def test_log_line_cleanup() -> None:

@@ -225,16 +225,10 @@ def _parse_here(path: Path, explicit: bool, notes: list[str]) -> list[Any]:
 
 
 def _parse(path: Path) -> list[Any]:
-    from runlens.analyze.logparse import ArrivalIndex, parse_log, sidecar_path
+    from runlens.analyze.logparse import parse_log
 
-    arrival = None
-    sidecar = Path(sidecar_path(path))
-    if sidecar.is_file():
-        try:
-            arrival = ArrivalIndex.load(sidecar)
-        except Exception as exc:  # a torn sidecar (the run was killed mid-write) only costs the arrival times
-            log.info("ignoring the arrival sidecar %s: %s", sidecar, exc)
-    return list(parse_log(path, arrival_index=arrival))
+    # parse_log reads the arrival-time sidecar beside the log itself (a torn one still gives what it has).
+    return list(parse_log(path))
 
 
 def _failed(path: Path, explicit: bool, notes: list[str], reason: str) -> list[Any]:

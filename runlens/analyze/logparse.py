@@ -778,25 +778,52 @@ class _Parser:
 # -- reading -------------------------------------------------------------------------------------------------
 
 
+def _collapse_cr(block: bytes) -> bytes:
+    """Each line rewritten with ``\\r`` reduced to its last segment, before anything scans it: in a log of
+    progress bars that drops ~95% of the bytes (what the terminal no longer shows cannot be a finding)."""
+    lines = block.split(b"\n")
+    for i, line in enumerate(lines):
+        if b"\r" in line:
+            line = line.rstrip(b"\r")
+            lines[i] = line[line.rfind(b"\r") + 1:]
+    return b"\n".join(lines)
+
+
+def _candidates(block: bytes) -> list[int]:
+    """The start offsets of the lines of ``block`` that contain a trigger word, ascending."""
+    lowered = b"\n" + block.lower()            # lowered[k + 1] is block[k]; lowered[s] precedes the line at s
+    starts: list[int] = []
+    last_end = -1
+    for m in lp.PREFILTER.finditer(lowered):
+        inside = m.end() - 2                   # the block index of the match's last byte: inside its line
+        if inside <= last_end:
+            continue                           # another trigger in a line already taken
+        starts.append(block.rfind(b"\n", 0, inside) + 1)
+        last_end = block.find(b"\n", inside)
+    return starts
+
+
 def _scan_block(block: bytes, number: int, parser: _Parser) -> int:
     """Feed the lines of ``block`` (complete lines, ending with ``\\n``) that matter; return the new line count."""
-    lowered = b"\n" + block.lower()            # lowered[k + 1] is block[k]; lowered[s] precedes the line at s
-    search = lp.PREFILTER.search
+    if b"\r" in block:
+        block = _collapse_cr(block)
+    cands = _candidates(block)
+    ci, nc = 0, len(cands)
     pos, n = 0, len(block)
     while pos < n:
-        if parser.busy:
+        while ci < nc and cands[ci] < pos:
+            ci += 1
+        if parser.busy:                        # inside a traceback: every line, in order
             end = block.find(b"\n", pos)
             number += 1
-            parser.line(block[pos:end], number, search(lowered, pos, end + 1) is not None)
+            parser.line(block[pos:end], number, ci < nc and cands[ci] == pos)
             pos = end + 1
             continue
-        m = search(lowered, pos)
-        if m is None:
+        if ci == nc:
             return number + block.count(b"\n", pos)
-        inside = m.end() - 2                   # the block index of the match's last byte, inside its line
-        start = block.rfind(b"\n", pos, inside) + 1 or pos
-        end = block.find(b"\n", inside)
+        start = cands[ci]
         number += block.count(b"\n", pos, start) + 1
+        end = block.find(b"\n", start)
         parser.line(block[start:end], number, True)
         pos = end + 1
     return number

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -69,10 +69,32 @@ def details_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return d if isinstance(d, dict) else {}
 
 
+T = TypeVar("T")
+
+
+def memo(data: JobData, name: str, fn: Callable[[], T]) -> T:
+    """Compute ``fn()`` once per job for every rule that needs it (a 1M-step run is analysed in seconds only if
+    the main-rank steps, phases and memory series are derived once, not once per rule).
+
+    The key includes the identity of the frames and config, so assigning a new frame recomputes; frames are
+    treated as immutable once analysed (mutating a column in place is not seen).
+    """
+    cache: dict[tuple[Any, ...], Any] = data.__dict__.setdefault("_runlens_memo", {})
+    key = (name, id(data.steps), id(data.samples), id(data.events), id(data.gpus), id(data.costs),
+           id(data.config), data.dialect, len(data.log_findings), id(data.settings))
+    if key not in cache:
+        cache[key] = fn()
+    return cache[key]  # type: ignore[no-any-return]
+
+
 # -- time ------------------------------------------------------------------------------------------------
 
 def time_bounds(data: JobData) -> tuple[float | None, float | None]:
     """(start, end) of the run: the job row's times, else the first/last thing recorded."""
+    return memo(data, "time_bounds", lambda: _time_bounds(data))
+
+
+def _time_bounds(data: JobData) -> tuple[float | None, float | None]:
     job = data.job
     stamps: list[float] = []
     for frame in (data.steps, data.samples, data.events):
@@ -96,6 +118,10 @@ def wall_seconds(data: JobData) -> float | None:
 def main_rank_steps(data: JobData) -> pd.DataFrame:
     """Steps of one rank (the lowest, or the rows without one), ordered by step: multi-rank jobs write each
     step once per rank, and curves must not interleave them."""
+    return memo(data, "main_rank_steps", lambda: _main_rank_steps(data))
+
+
+def _main_rank_steps(data: JobData) -> pd.DataFrame:
     steps = data.steps
     if steps is None or steps.empty:
         return pd.DataFrame(columns=["step", "timestamp"])
@@ -108,18 +134,35 @@ def main_rank_steps(data: JobData) -> pd.DataFrame:
     return steps
 
 
+def _step_clock(data: JobData) -> tuple[np.ndarray, np.ndarray]:
+    """(timestamps, steps) of the main rank, sorted by timestamp, for lookups by time."""
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        steps = main_rank_steps(data)
+        ts, sn = col(steps, "timestamp"), col(steps, "step")
+        ok = np.isfinite(ts) & np.isfinite(sn)
+        ts, sn = ts[ok], sn[ok]
+        order = np.argsort(ts, kind="stable")
+        return ts[order], sn[order]
+    return memo(data, "step_clock", build)
+
+
+def steps_at(data: JobData, times: np.ndarray) -> np.ndarray:
+    """For each time, the last step recorded at or before it (NaN before the first step)."""
+    ts, sn = _step_clock(data)
+    times = np.asarray(times, dtype=float)
+    if ts.size == 0:
+        return np.full(times.shape, np.nan)
+    idx = np.searchsorted(ts, times + 1e-6, side="right") - 1
+    out = np.where(idx >= 0, sn[np.clip(idx, 0, None)], np.nan)
+    return out
+
+
 def step_at(data: JobData, t: float | None) -> int | None:
     """The last step recorded at or before ``t``."""
-    if t is None:
+    if t is None or _isnan(t):
         return None
-    steps = main_rank_steps(data)
-    ts = col(steps, "timestamp")
-    if ts.size == 0:
-        return None
-    idx = np.nonzero(ts <= t + 1e-6)[0]
-    if idx.size == 0:
-        return None
-    return int(num(steps["step"].iloc[[idx[-1]]])[0])
+    v = steps_at(data, np.array([t]))[0]
+    return None if np.isnan(v) else int(v)
 
 
 def sample_at(data: JobData, t: float | None, snapshot_id: Any = None) -> dict[str, Any] | None:
@@ -165,6 +208,37 @@ def _phase_name(details: Mapping[str, Any]) -> str:
 
 def phases(data: JobData) -> list[Phase]:
     """Phase intervals from phase_start/phase_end events (a phase still open at the end runs to the run's end)."""
+    return memo(data, "phases", lambda: _phases(data))
+
+
+def merged_intervals(intervals: Iterable[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The union of intervals as sorted, disjoint (starts, ends)."""
+    starts: list[float] = []
+    ends: list[float] = []
+    for a, b in sorted(intervals):
+        if starts and a <= ends[-1]:
+            ends[-1] = max(ends[-1], b)
+        else:
+            starts.append(a)
+            ends.append(b)
+    return np.array(starts, dtype=float), np.array(ends, dtype=float)
+
+
+def overhead_intervals(data: JobData) -> tuple[np.ndarray, np.ndarray]:
+    """Merged eval/sampling/save phase intervals."""
+    return memo(data, "overhead_intervals",
+                lambda: merged_intervals((p.start, p.end) for p in phases(data) if p.name in OVERHEAD_PHASES))
+
+
+def overlaps(a: np.ndarray, b: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """For each [a, b], whether it overlaps one of the sorted disjoint intervals (starts, ends)."""
+    if starts.size == 0:
+        return np.zeros(np.shape(a), dtype=bool)
+    idx = np.searchsorted(starts, b, side="right") - 1
+    return (idx >= 0) & (ends[np.clip(idx, 0, None)] >= a)
+
+
+def _phases(data: JobData) -> list[Phase]:
     ev = data.events_of("phase_start", "phase_end")
     if ev is None or ev.empty:
         return []
@@ -239,6 +313,11 @@ def unified(data: JobData) -> bool:
 
 
 def ram_series(data: JobData) -> MemorySeries | None:
+    """System RAM used (total - available) over time; the total is a container's limit when lower."""
+    return memo(data, "ram_series", lambda: _ram_series(data))
+
+
+def _ram_series(data: JobData) -> MemorySeries | None:
     s = data.samples
     if s is None or s.empty:
         return None
@@ -258,6 +337,10 @@ def ram_series(data: JobData) -> MemorySeries | None:
 
 def gpu_series(data: JobData) -> MemorySeries | None:
     """The fullest discrete GPU over time (per-device rows when recorded); None on unified memory or no GPU."""
+    return memo(data, "gpu_series", lambda: _gpu_series(data))
+
+
+def _gpu_series(data: JobData) -> MemorySeries | None:
     if unified(data):
         return None
     g = data.gpus
@@ -461,6 +544,10 @@ def batch_memory_fit(data: JobData, series: MemorySeries | None = None) -> Batch
     series = series or memory_domain(data)
     if series is None or not series.total:
         return None
+    return memo(data, f"batch_fit:{series.kind}:{id(series)}", lambda: _batch_memory_fit(data, series))
+
+
+def _batch_memory_fit(data: JobData, series: MemorySeries) -> BatchFit | None:
     steps = main_rank_steps(data)
     bs = col(steps, "batch_size")
     ts = col(steps, "timestamp")
@@ -469,7 +556,8 @@ def batch_memory_fit(data: JobData, series: MemorySeries | None = None) -> Batch
     st = col(steps, "step_time_seconds")
     start = np.where(np.isfinite(st), ts - st, ts)
     points: dict[int, float] = {}
-    for b in sorted({int(x) for x in finite(bs) if x > 0}):
+    fb = finite(bs)
+    for b in (int(x) for x in np.unique(fb[fb > 0])):
         sel = np.isfinite(bs) & (bs == b)
         lo, hi = np.nanmin(start[sel]), np.nanmax(ts[sel])
         inside = (series.timestamps >= lo) & (series.timestamps <= hi) & np.isfinite(series.used)
@@ -493,6 +581,16 @@ def batch_memory_fit(data: JobData, series: MemorySeries | None = None) -> Batch
 def _static_memory(data: JobData, series: MemorySeries) -> float | None:
     """Memory after the model and optimizer are loaded, before activations: an explicit event's snapshot,
     else the end of a load/setup phase, else the last sample before the first step."""
+    cand = memo(data, "static_time", lambda: _static_time(data))
+    if cand is None:
+        return None
+    ok = (series.timestamps < cand) & np.isfinite(series.used)
+    if not ok.any():
+        return None
+    return float(series.used[np.nonzero(ok)[0][-1]])
+
+
+def _static_time(data: JobData) -> float | None:
     steps = main_rank_steps(data)
     first_step = finite(col(steps, "timestamp"))
     t0 = None
@@ -503,22 +601,14 @@ def _static_memory(data: JobData, series: MemorySeries) -> float | None:
         back = st[0] if st.size and np.isfinite(st[0]) else (np.nanmedian(st) if np.isfinite(st).any() else 0.0)
         t0 = float(first_step.min()) - float(back)
     cand: float | None = None
-    ev = data.events
+    ev = data.events_of(*_STATIC_EVENTS, "phase_end")
     if ev is not None and not ev.empty:
         for row in ev.to_dict("records"):
             d = details_of(row)
-            if row["event_type"] in _STATIC_EVENTS or (row["event_type"] == "phase_end"
-                                                       and _phase_name(d) in _STATIC_PHASES):
+            if row["event_type"] in _STATIC_EVENTS or _phase_name(d) in _STATIC_PHASES:
                 if t0 is None or row["timestamp"] <= t0 + 1e-6:
                     cand = float(row["timestamp"])
-    if cand is None:
-        if t0 is None:
-            return None
-        cand = t0
-    ok = (series.timestamps < cand) & np.isfinite(series.used)
-    if not ok.any():
-        return None
-    return float(series.used[np.nonzero(ok)[0][-1]])
+    return cand if cand is not None else t0
 
 
 def model_info(data: JobData) -> dict[str, Any]:
@@ -551,8 +641,38 @@ def bytes_per_param(dtype: Any) -> float | None:
     return float(table[d]) if d in table else None
 
 
-def rolling_median(a: np.ndarray, window: int) -> np.ndarray:
-    return pd.Series(a).rolling(window, min_periods=max(1, window // 2)).median().to_numpy()
+EXACT_BASELINE_MAX = 20_000   # points; longer series use the block approximation below
+
+
+def trailing_baseline(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(median, robust σ = IQR / 1.349) of the ``window`` values before each point; NaN while fewer than half
+    a window precede it.
+
+    Exact (pandas rolling) up to EXACT_BASELINE_MAX points. Beyond that, rolling medians and quantiles cost
+    ~0.5 s per million points each, so the window is cut into 5 blocks: each block's median and IQR are taken
+    once (numpy, vectorised) and a point's baseline is the median of the 5 blocks before its own block. The
+    window then lags by up to one block (window / 5 points), which does not matter for spikes that must persist.
+    """
+    n = x.size
+    if n <= EXACT_BASELINE_MAX or window < 10:
+        past = pd.Series(x).shift(1).rolling(window, min_periods=max(5, window // 2))
+        return past.median().to_numpy(), ((past.quantile(0.75) - past.quantile(0.25)) / 1.349).to_numpy()
+    b = window // 5
+    nb = n // b
+    blocks = x[: nb * b].reshape(nb, b)
+    med = np.median(blocks, axis=1)
+    q75, q25 = np.percentile(blocks, [75, 25], axis=1)
+    iqr = (q75 - q25) / 1.349
+    k = 5
+    base_b = np.full(nb + 1, np.nan)
+    sig_b = np.full(nb + 1, np.nan)
+    if nb >= k:
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        base_b[k:] = np.median(sliding_window_view(med, k), axis=1)
+        sig_b[k:] = np.median(sliding_window_view(iqr, k), axis=1)
+    idx = np.minimum(np.arange(n) // b, nb)
+    return base_b[idx], sig_b[idx]
 
 
 def robust_mad(a: np.ndarray) -> float:
@@ -562,17 +682,11 @@ def robust_mad(a: np.ndarray) -> float:
     return float(np.median(np.abs(f - np.median(f))))
 
 
-def runs_of(mask: Iterable[bool]) -> list[tuple[int, int]]:
-    """[start, end) index ranges where ``mask`` is true."""
-    out: list[tuple[int, int]] = []
-    start = None
-    i = -1
-    for i, m in enumerate(mask):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            out.append((start, i))
-            start = None
-    if start is not None:
-        out.append((start, i + 1))
-    return out
+def runs_of(mask: Iterable[bool] | np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index ranges where ``mask`` is true (vectorised: masks are a million steps long)."""
+    arr = np.asarray(mask if isinstance(mask, np.ndarray) else list(mask), dtype=bool)
+    if arr.size == 0:
+        return []
+    edges = np.diff(np.r_[0, arr.astype(np.int8), 0])
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return list(zip(starts.tolist(), ends.tolist()))

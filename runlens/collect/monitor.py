@@ -700,7 +700,8 @@ class Monitor:
         waited = self._data_wait
         if waited is not None:
             self._data_wait = 0.0
-        if batch_size is not None and batch_size is not self._batch_size and type(batch_size) is int:
+        # Only plain ints are compared: `!=` on a tensor would build another tensor and force a device sync.
+        if type(batch_size) is int and batch_size != self._batch_size:
             self._batch_size_seen(step, batch_size)
         put((step, now, loss, lr, grad_norm, batch_size, tokens, now - last if last else None, waited,
              extras or None))

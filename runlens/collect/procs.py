@@ -63,8 +63,10 @@ LAUNCHER_NAMES = frozenset({
     "numactl", "stdbuf", "chrt", "setsid", "tini", "dumb-init", "uv", "conda", "mamba", "micromamba", "pixi",
     "poetry", "pipenv", "hatch", "rye", "make", "just", "xargs", "srun",
 })
-# Python launchers, recognised from the command line.
-LAUNCHER_MARKERS = ("torchrun", "torch.distributed.run", "torch.distributed.launch", "accelerate", "deepspeed")
+# Python launchers, recognised from the command line: a program of this name, or ``python -m`` this module.
+LAUNCHER_PROGRAMS = frozenset({"torchrun", "accelerate", "deepspeed"})
+LAUNCHER_MODULES = frozenset({"torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch",
+                              "deepspeed.launcher.runner"})
 # Helper processes that are never DataLoader workers, nor is anything below them.
 HELPER_MARKERS = ("multiprocessing.resource_tracker", "multiprocessing.semaphore_tracker",
                   "torch._inductor.compile_worker", "torch_shm_manager")
@@ -140,11 +142,14 @@ def is_launcher(name: str, cmdline: list[str]) -> bool:
     """A process whose only job is to start the real one (a shell, ``env``, ``uv run``, ``torchrun``, ...)."""
     if name in LAUNCHER_NAMES:
         return True
-    exe = os.path.basename(cmdline[0]) if cmdline else ""
-    if exe in LAUNCHER_NAMES:
-        return True
-    head = " ".join(cmdline[:4])
-    return any(m in head for m in LAUNCHER_MARKERS)
+    head = cmdline[:3]
+    for i, token in enumerate(head):
+        base = os.path.basename(token)
+        if (i == 0 and base in LAUNCHER_NAMES) or base in LAUNCHER_PROGRAMS:
+            return True
+        if token == "-m" and i + 1 < len(cmdline) and cmdline[i + 1] in LAUNCHER_MODULES:
+            return True
+    return False
 
 
 class ProcessTree:
@@ -235,6 +240,9 @@ class ProcessTree:
             kids = [k for k in tree.get(pid, []) if k in ident and not is_helper(ident[k][1], ident[k][0])]
             if len(kids) != 1:
                 break
+            name, cmdline = ident[kids[0]]
+            if name == WORKER_NAME or cmdline == info[1] or any(m in " ".join(cmdline) for m in SPAWN_MARKERS):
+                break   # a fork of the launcher itself (its worker), not the program it started
             pid = kids[0]
         return pid
 

@@ -242,11 +242,15 @@ class LogTee:
         for fd in self._asm:
             sel.register(fd, selectors.EVENT_READ)
         try:
+            stop_by: float | None = None
             while sel.get_map():
                 events = sel.select(timeout=0.1)
-                if not events:
-                    if self._stop.is_set():
+                if self._stop.is_set():
+                    # Told to stop (a grandchild holds the pipes open): drain what is there, for a second at most.
+                    stop_by = stop_by or time.monotonic() + 1.0
+                    if not events or time.monotonic() > stop_by:
                         break
+                if not events:
                     continue
                 t = self.clock()
                 for key, _ in events:
@@ -437,6 +441,18 @@ def child_environment(job_id: str, db_url: str, environ: Mapping[str, str] | Non
     return env
 
 
+def absolute_db_url(url: str) -> str:
+    """A relative SQLite URL made absolute, so a child that changes directory still finds the same file."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/"):
+        return url
+    rest = url[len(prefix):]
+    path, sep, query = rest.partition("?")
+    if not path or path.startswith(":memory:") or path.startswith("file:"):
+        return url
+    return prefix + str(Path(path).resolve()) + sep + query
+
+
 def _open_log(path: Path) -> BinaryIO:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -500,11 +516,17 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
 
     writer = BatchWriter(store, job_id, flush_interval=settings.flush_interval,
                          flush_rows=settings.flush_rows, max_rows=settings.buffer_max_rows).start()
-    supervisor = ChildSupervisor(cmd, child_environment(job_id, store.url))
+    supervisor = ChildSupervisor(cmd, child_environment(job_id, absolute_db_url(store.url)))
     for hook in tick_hooks:
         supervisor.add_tick_hook(hook)
     try:
         return _supervise(supervisor, writer, settings, argv, log_path, log_file)
+    except BaseException as exc:
+        if supervisor.proc is None and not isinstance(exc, CommandNotStarted):   # e.g. Ctrl-C before the spawn
+            writer.update_job(status="never_started", ended_at=time.time(),
+                              status_reason=f"runlens collect stopped before starting the command "
+                                            f"({type(exc).__name__})")
+        raise
     finally:
         try:
             writer.close()

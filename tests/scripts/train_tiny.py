@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step = 0
     started = time.perf_counter()
-    timed_from, timed_step = started, 0
+    timed_from, timed_step, timed_cpu = started, 0, time.thread_time()
     source = mon.loader(batches()) if mon is not None and hasattr(mon, "loader") else batches()
     for x, y in source:
         loss = nn.functional.mse_loss(model(x), y)
@@ -92,15 +92,17 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.sleep)
         step += 1
         if step == args.warmup:
-            timed_from, timed_step = time.perf_counter(), step
+            timed_from, timed_step, timed_cpu = time.perf_counter(), step, time.thread_time()
         if args.seconds is not None:
             if time.perf_counter() - timed_from >= args.seconds and step > args.warmup:
                 break
         elif step >= args.steps:
             break
     elapsed = time.perf_counter() - timed_from
+    cpu = time.thread_time() - timed_cpu
     timed = step - timed_step
-    print(f"done {timed} steps in {elapsed:.3f} s ({timed / elapsed:.2f} steps/s)", flush=True)
+    print(f"done {timed} steps in {elapsed:.3f} s ({timed / elapsed:.2f} steps/s, training-thread CPU {cpu:.3f} s)",
+          flush=True)
     if mon is not None:
         mon.__exit__(None, None, None)
     return args.exit_code

@@ -101,16 +101,16 @@ FIXES: dict[str, Fix] = {
                     path="env:PYTHONFAULTHANDLER", value="1"),
     "config_error": Fix("Configuration error", "Fix the setting the message names."),
     "python_exception": Fix("Unhandled exception", "Fix the error in the traceback."),
+    "error": Fix("Errors in the log", "Read the error lines around the first one."),
     "python_warning": Fix("Python warnings", "Review the warnings; most are harmless, some predict failures."),
     "warning": Fix("Warnings in the log", "Review the warnings."),
-    "mps_oom": Fix("MPS out of memory", "See the memory recommendations."),
 }
 
 CATEGORIES: tuple[str, ...] = (
     "cuda_oom", "mps_oom", "cpu_oom", "host_oom_kill", "nccl_timeout", "nccl_error", "dataloader_worker_died",
     "shm_bus_error", "nan_loss", "fp16_overflow", "cuda_device_assert", "cuda_illegal_memory", "cudnn_cublas",
     "disk_full", "checkpoint_save_failed", "too_many_open_files", "af_unix_path_too_long", "network_timeout",
-    "segfault", "config_error", "python_exception", "python_warning", "warning",
+    "segfault", "config_error", "python_exception", "error", "python_warning", "warning",
 )
 
 
@@ -120,6 +120,8 @@ def _failed(data: JobData) -> bool:
 
 
 def _severity(category: str, items: list[Any], data: JobData) -> str:
+    """Fatal categories are critical; a traceback or a bare ERROR line only matters when the run failed (a
+    caught, logged exception in a run that finished is information); warnings are information."""
     errors = [lf for lf in items if getattr(lf, "level", "error") == "error"]
     if category in ("python_warning", "warning"):
         return "info"
@@ -129,6 +131,8 @@ def _severity(category: str, items: list[Any], data: JobData) -> str:
         return "info"
     if category in FATAL or category == "nan_loss":
         return "critical"
+    if category in ("python_exception", "error"):
+        return "critical" if _failed(data) else "info"
     return "critical" if _failed(data) else "warning"
 
 
@@ -160,7 +164,7 @@ def _log_finding(category: str, data: JobData) -> list[Finding]:
         last = data.job.get("last_step")
         parts.append("the run stopped" + (f" at step {last}" if last is not None else ""))
     action = fix.action
-    if category in ("config_error", "python_exception") and message:
+    if category in ("config_error", "python_exception", "error") and message:
         action = f"{fix.action.rstrip('.')}: {message[:300]}"
     ev = {"count": count, "first_timestamp": t, "first_step": step, "first_line": getattr(first, "line_number", None),
           "memory_at_time_gb": mem, "message": message[:500],

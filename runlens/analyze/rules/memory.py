@@ -100,7 +100,7 @@ def _swap(data: JobData) -> Swap | None:
     base = m.finite(used[window])
     growth = float(base.max() - base[0]) if base.size else 0.0
     active = np.isfinite(sin) & (sin > SWAP_IN_GBPS) & window
-    runs = m.runs_of(active.tolist())
+    runs = m.runs_of(active)
     longest = max((b - a for a, b in runs), default=0)
     psi_w = m.finite(psi[window])
     onset: float | None = None
@@ -126,6 +126,10 @@ def _swap(data: JobData) -> Swap | None:
 
 def pressure(data: JobData) -> Pressure:
     """Memory pressure of the run, from OOM signs, peaks against the thresholds (settings: 0.85 / 0.95) and swap."""
+    return m.memo(data, "memory_pressure", lambda: _pressure(data))
+
+
+def _pressure(data: JobData) -> Pressure:
     warn, crit = data.settings.memory_warning_threshold, data.settings.memory_critical_threshold
     p = Pressure(None, ooms=m.oom_occurrences(data), ram=m.ram_series(data), gpu=m.gpu_series(data))
     p.swap = _swap(data)
@@ -215,8 +219,7 @@ def oom(data: JobData) -> list[Finding]:
     ev.update({k: v for k, v in figs.items() if k.endswith("_gb")})
     impact = "; ".join([" ".join(parts[:2])] + parts[2:])
 
-    levers = [f for f in (b(data, p) for b in _LEVERS) if f is not None and f.impact_value is not None]
-    levers.sort(key=lambda f: -(f.impact_value or 0))
+    levers = sorted(_quantified_levers(data, p), key=lambda f: -(f.impact_value or 0))
     where = "before training started" if step is None else f"at step {step}"
     f = Finding(id="memory.oom", severity="critical" if p.level == "critical" else "warning",
                 title=f"Training ran out of memory {where} ({phase})", action="", impact=impact,
@@ -276,14 +279,23 @@ def peak(data: JobData) -> list[Finding]:
 
 def _seconds_where(ts: np.ndarray, mask: np.ndarray) -> float:
     total = 0.0
-    for a, b in m.runs_of(mask.tolist()):
+    for a, b in m.runs_of(mask):
         end = ts[b] if b < len(ts) else ts[b - 1]
         total += float(end - ts[a])
     return total
 
 
+def _quantified_levers(data: JobData, p: Pressure) -> list[Finding]:
+    """Every lever that applies and has a measured saving (computed once per job; copies are handed out)."""
+    import copy
+
+    levers = m.memo(data, "memory_levers", lambda: [
+        f for f in (b(data, p) for b in _LEVERS) if f is not None and f.impact_value is not None])
+    return [copy.deepcopy(f) for f in levers]
+
+
 def _best_lever_title(data: JobData, p: Pressure) -> str | None:
-    levers = [f for f in (b(data, p) for b in _LEVERS) if f is not None and f.impact_value is not None]
+    levers = _quantified_levers(data, p)
     if not levers:
         return None
     best = max(levers, key=lambda f: f.impact_value or 0)
@@ -333,8 +345,12 @@ def _workers(data: JobData, p: Pressure) -> Finding | None:
     ref = resolve(data, "num_workers")
     configured = ref.current_value if ref.source == "config" and isinstance(ref.current_value, int) else None
     current = configured if configured is not None else n
+    main = snap.get("main_process_memory_gb") if snap else None
+    main = float(main) if main is not None and not m._isnan(main) else None
     if p.level is None:
-        if share is None or share < WORKER_SHARE:
+        # No pressure: only worth saying when the workers are a big part of memory (§5.3 M4: ≥ 15 % of used),
+        # or hold more than the training process itself (a copied dataset) - advice, not an alarm.
+        if not ((share is not None and share >= WORKER_SHARE) or (main and pss >= main)):
             return None
         severity = "info"
     elif p.domain is not None and p.domain.kind == "gpu" and not (p.ram and (p.ram.peak_ratio or 0) >= 0.6):
@@ -353,6 +369,7 @@ def _workers(data: JobData, p: Pressure) -> Finding | None:
                f"Saves ~{m.fmt_gb(saves)} GB ({m.fmt_gb(per)} GB/worker)", saves,
                {"worker_memory_gb": pss, "worker_count": n, "per_worker_gb": per, "at": t,
                 "at_step": m.step_at(data, t), "used_memory_gb": used, "worker_share_of_used": share,
+                "main_process_memory_gb": main,
                 "data_wait_share": dw.share if dw else None}, severity=severity)
     return apply_ref(f, ref, rec, measured=n)
 
@@ -527,9 +544,7 @@ def _sampling_peak(data: JobData, p: Pressure) -> Finding | None:
     evals = [ph for ph in m.phases(data) if ph.name in m.EVAL_PHASES]
     if not evals:
         return None
-    in_eval = np.zeros(len(dom.timestamps), bool)
-    for ph in evals:
-        in_eval |= (dom.timestamps >= ph.start) & (dom.timestamps <= ph.end)
+    in_eval = m.overlaps(dom.timestamps, dom.timestamps, *m.merged_intervals((p.start, p.end) for p in evals))
     ok = np.isfinite(dom.used)
     if not (in_eval & ok).any() or not (~in_eval & ok).any():
         return None

@@ -97,9 +97,7 @@ def _gpu_util(data: JobData) -> float | None:
     if st.size < 2:
         return None
     ok = (ts >= st.min()) & (ts <= st.max()) & np.isfinite(util)
-    for ph in m.phases(data):
-        if ph.name in m.OVERHEAD_PHASES:
-            ok &= ~((ts >= ph.start) & (ts <= ph.end))
+    ok &= ~m.overlaps(ts, ts, *m.overhead_intervals(data))
     return float(util[ok].mean()) if ok.sum() >= 3 else None
 
 
@@ -178,9 +176,7 @@ def _pace(data: JobData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     steps = m.training_window(data)
     st, ts, sn = m.col(steps, "step_time_seconds"), m.col(steps, "timestamp"), m.col(steps, "step")
     ok = np.isfinite(st) & (st > 0)
-    for ph in m.phases(data):
-        if ph.name in m.OVERHEAD_PHASES:
-            ok &= ~((ts >= ph.start) & (ts - np.nan_to_num(st) <= ph.end))
+    ok &= ~m.overlaps(ts - np.nan_to_num(st), ts, *m.overhead_intervals(data))
     return sn[ok], ts[ok], st[ok]
 
 
@@ -193,14 +189,16 @@ def degradation(data: JobData) -> list[Finding]:
     if n < w * (DEGRADED_WINDOWS + 2):
         return []
     blocks = n // w
-    med = np.array([np.median(st[i * w:(i + 1) * w]) for i in range(blocks)])
+    med = np.median(st[: blocks * w].reshape(blocks, w), axis=1)
     best = float(med.min())
     if best <= 0:
         return []
     slow = med > DEGRADED * best
     if slow.sum() < DEGRADED_WINDOWS:
         return []
-    lost = float(sum(np.clip(st[i * w:(i + 1) * w] - best, 0, None).sum() for i in np.nonzero(slow)[0]))
+    # Steps of the slow windows; the few steps after the last whole window go with it.
+    in_slow = np.r_[np.repeat(slow, w), np.full(n - blocks * w, slow[-1])]
+    lost = float(np.clip(st[in_slow] - best, 0, None).sum())
     if lost < max(DEGRADED_MIN_LOST, DEGRADED_MIN_SHARE * float(st.sum())):
         return []   # a slower stretch of a short run: real, but not worth a warning
     first = int(np.nonzero(slow)[0][0])
@@ -254,16 +252,6 @@ def stalls(data: JobData) -> list[Finding]:
 
 # -- P6 eval/sampling/checkpoint overhead -----------------------------------------------------------------
 
-def _union_seconds(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, -math.inf
-    for a, b in sorted(intervals):
-        if b <= end:
-            continue
-        total += b - max(a, end)
-        end = b
-    return total
-
-
 @rule("throughput.overhead", "throughput")
 def overhead(data: JobData) -> list[Finding]:
     """P6: eval/sampling/checkpoint phases take > 15 % of wall time."""
@@ -273,7 +261,8 @@ def overhead(data: JobData) -> list[Finding]:
     ph = [p for p in m.phases(data) if p.name in m.OVERHEAD_PHASES]
     if not ph:
         return []
-    total = _union_seconds([(p.start, p.end) for p in ph])
+    starts, ends = m.overhead_intervals(data)
+    total = float((ends - starts).sum())
     share = total / wall
     if share < OVERHEAD_INFO:
         return []
@@ -291,8 +280,9 @@ def overhead(data: JobData) -> list[Finding]:
                 evidence={"overhead_seconds": total, "wall_seconds": wall, "eval_seconds": eval_s,
                           "save_seconds": save_s, "eval_count": len(evals), "save_count": len(saves)})
     # The interval the run actually used, in steps, measured between consecutive phases of that kind.
-    at = [m.step_at(data, p.start) for p in group]
-    gaps = [b - a for a, b in zip(at, at[1:]) if a is not None and b is not None and b > a]
+    at = m.steps_at(data, np.array([p.start for p in group]))
+    d = np.diff(at)
+    gaps = [int(x) for x in d[np.isfinite(d) & (d > 0)]]
     ref = resolve(data, concept)
     cur = _count(ref.current_value)
     if concept == "eval_steps" and data.dialect == "lightning" and isinstance(ref.current_value, float):

@@ -47,8 +47,11 @@ def nonfinite(steps: pd.DataFrame, column: str) -> np.ndarray:
     vals = m.col(steps, column)
     mask = np.isinf(vals)
     if "x_nonfinite" in steps.columns:
-        marks = steps["x_nonfinite"].to_numpy(dtype=object)
-        mask |= np.array([isinstance(d, dict) and column in d for d in marks], dtype=bool)
+        marks = steps["x_nonfinite"]
+        present = np.nonzero(marks.notna().to_numpy())[0]
+        if present.size:
+            vals = marks.to_numpy(dtype=object)[present]
+            mask[present[[isinstance(d, dict) and column in d for d in vals]]] = True
     for extra in (f"x_nonfinite.{column}", f"x_{column}_nonfinite"):
         if extra in steps.columns:
             mask |= steps[extra].notna().to_numpy() & (steps[extra].astype(str) != "False").to_numpy()
@@ -80,14 +83,11 @@ def loss_episodes(loss: np.ndarray) -> list[Episode]:
     w = int(min(100, max(10, n // 10)))
     if n < w + SPIKE_PATIENCE:
         return []
-    s = pd.Series(loss)
-    past = s.shift(1).rolling(w, min_periods=max(5, w // 2))
-    base = past.median().to_numpy()
-    sigma = ((past.quantile(0.75) - past.quantile(0.25)) / 1.349).to_numpy()
+    base, sigma = m.trailing_baseline(loss, w)
     dev = loss - base
     out = np.isfinite(base) & (dev >= np.maximum(np.abs(base) * (SPIKE_RATIO - 1), SPIKE_SIGMAS * sigma)) & (dev > 0)
     episodes: list[Episode] = []
-    for a, b in m.runs_of(out.tolist()):
+    for a, b in m.runs_of(out):
         if b - a < SPIKE_PATIENCE:
             continue
         if episodes and a - episodes[-1].end < SPIKE_PATIENCE:
@@ -101,8 +101,17 @@ def loss_episodes(loss: np.ndarray) -> list[Episode]:
     return episodes
 
 
+def _episodes(data: JobData) -> list[Episode]:
+    """loss_episodes of the run's finite losses, computed once for the three rules that need them."""
+    return m.memo(data, "loss_episodes", lambda: loss_episodes(_finite_loss(data)[2]))
+
+
 def _finite_loss(data: JobData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(step, timestamp, loss) of the main rank's finite losses."""
+    return m.memo(data, "finite_loss", lambda: _finite_loss_(data))
+
+
+def _finite_loss_(data: JobData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     steps = m.main_rank_steps(data)
     loss, sn, ts = m.col(steps, "loss"), m.col(steps, "step"), m.col(steps, "timestamp")
     ok = np.isfinite(loss)
@@ -160,7 +169,7 @@ def nonfinite_loss(data: JobData) -> list[Finding]:
                           "steps_recorded": n, "nonfinite_steps": int(bad.sum()),
                           "last_finite_losses": [float(x) for x in before[-5:]], "log_mentions": len(logs)}
     sn, _, fl = _finite_loss(data)
-    eps = [e for e in loss_episodes(fl) if not e.recovered]
+    eps = [e for e in _episodes(data) if not e.recovered]
     onset = None
     if eps and sn[eps[-1].start] <= step:
         onset = int(sn[eps[-1].start])
@@ -194,7 +203,7 @@ def loss_spikes(data: JobData) -> list[Finding]:
     """T2: persistent loss spikes against a robust trailing baseline; critical when the last one never
     recovered (divergence without NaN), warning for ≥ 3, info for one or two that recovered."""
     sn, ts, loss = _finite_loss(data)
-    eps = loss_episodes(loss)
+    eps = _episodes(data)
     if not eps:
         return []
     steps = m.main_rank_steps(data)
@@ -244,7 +253,7 @@ def loss_not_decreasing(data: JobData) -> list[Finding]:
     steps = m.main_rank_steps(data)
     if len(steps) and nonfinite(steps, "loss").any():
         return []   # training.nonfinite says more
-    eps = loss_episodes(loss)
+    eps = _episodes(data)
     if eps and not eps[-1].recovered:
         return []   # training.loss_spikes says more
     w = max(5, n // 10)
@@ -299,12 +308,10 @@ def gradient_norm(data: JobData) -> list[Finding]:
         if frac > CLIP_SATURATION:
             problems.append(f"{frac:.0%} of late steps clipped at {clip:g}")
     w = int(min(128, max(10, len(g) // 10)))
-    past = pd.Series(g).shift(1).rolling(w, min_periods=max(5, w // 2))
-    base = past.median().to_numpy()
-    sigma = ((past.quantile(0.75) - past.quantile(0.25)) / 1.349).to_numpy()
+    base, sigma = m.trailing_baseline(g, w)
     spike = np.isfinite(base) & (g > base + SPIKE_SIGMAS * sigma) & (g > 3 * base)
     # Count separate spikes, not spiking steps: a lasting level shift is one event, not many.
-    spikes = m.runs_of(spike.tolist())
+    spikes = m.runs_of(spike)
     if len(spikes) >= GRAD_SPIKES:
         problems.append(f"{len(spikes)} gradient-norm spikes")
         ev["spike_steps"] = [int(sn[a]) for a, _ in spikes[:20]]
