@@ -174,9 +174,9 @@ class _Pending:
             status, value = self.future.result()
         except Exception as exc:  # the child died (killed, out of memory): parse here instead
             log.info("log parse in a child process failed (%s); parsing in-process", exc)
-            return _parse_here(self.path, self.explicit, self.notes)
-        finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
+            return _parse_here(self.path, self.explicit, self.notes)
+        self.pool.shutdown(wait=True)   # the child is done: reap it now rather than leave it to a thread
         if status == "ok":
             return list(value)
         return _failed(self.path, self.explicit, self.notes, str(value))

@@ -60,7 +60,7 @@ CHUNK = 1 << 20
 MAX_LINE = 64 * 1024            # longer lines keep their first and last 32 KiB
 TEXT_LIMIT = 8 * 1024           # a finding's text keeps its first and last 4 KiB
 MESSAGE_LIMIT = 500
-MAX_BLOCK_LINES = 3000          # a traceback longer than this is closed (recursion dumps are ~1000 lines)
+MAX_BLOCK_LINES = 20000         # a traceback longer than this is closed (a runaway, not a stack)
 STALE_BLOCK_LINES = 200         # a block that got no line for this many lines is closed (its rank died)
 HEADER_GAP = 2                  # an error line this close before a traceback is its header (logger.exception)
 SAVE_CONTEXT_LINES = 30         # a traceback this close after "Saving checkpoint" is a failed save
@@ -599,7 +599,9 @@ class _Parser:
             cat, _ = hit
             if marker == "info" and not cat.strong:
                 return
-            level = lp.category_level(cat, stripped, marker, in_traceback=False)
+            # an exception line on its own ("requests.exceptions.ConnectionError: ...") is what the program died of
+            is_exception = lp.EXC_START.match(stripped) is not None
+            level = lp.category_level(cat, stripped, marker, in_traceback=is_exception)
             self._finding(level, cat.id, stripped, text, number, rank, lp.details_for(cat.id, stripped, stripped),
                           header_ok=level == "error")
         elif lp.EXC_START.match(stripped):

@@ -44,7 +44,8 @@ TRIGGER_WORDS: tuple[str, ...] = (
     "etected inf", "verflow", "gmentation", "egv", "gnal 11", "egal instr", "e dump", "pace left", "quota",
     "enospc", "emfile", "many open", "f_unix", "med out", "meout", "retr", "unreach", "uldn't", "me or service",
     "ving", "ucce", "ynced", "view run", "wnload complete", "f memory", "e memory", "pualloc", "m during tra",
-    "bort", "erminate", "exit", "_status_", "unrecogni", "uld not override", "已杀死",
+    "bort", "erminate", "exit", "_status_", "unrecogni", "uld not override", "vice-side", "egal mem", "</torch_",
+    "已杀死",
 ) + tuple(f"[{lvl}{c}" for lvl in "ewf" for c in " 0123456789") \
   + tuple(f"\n{lvl}{m}" for lvl in "ewf" for m in "01")   # glog/c10: "[W NNPACK.cpp]", "[E1206 ...", "E0501 ..."
 
@@ -80,7 +81,7 @@ _UNIT_GIB = {"b": 2.0 ** -30, "bytes": 2.0 ** -30, "kb": 2.0 ** -20, "kib": 2.0 
 
 def to_gib(number: str, unit: str) -> float:
     """``"20.00", "MiB"`` -> GiB. PyTorch prints binary sizes, MPS with "GB"/"MB" labels: all read as 1024-based."""
-    return round(float(number) * _UNIT_GIB[unit.lower()], 6)
+    return round(float(number) * _UNIT_GIB[unit.lower()], 9)
 
 
 def _first_size(text: str, patterns: tuple[re.Pattern[str], ...]) -> float | None:
@@ -477,7 +478,7 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
         d = _oom_figures(src, _OOM_FIGURES)
         if "reserved_unallocated_gb" not in d and "reserved_total_gb" in d and "allocated_by_pytorch_gb" in d:
             # Older PyTorch prints "reserved in total"; what is reserved but not allocated is the difference.
-            d["reserved_unallocated_gb"] = round(max(0.0, d["reserved_total_gb"] - d["allocated_by_pytorch_gb"]), 6)
+            d["reserved_unallocated_gb"] = round(max(0.0, d["reserved_total_gb"] - d["allocated_by_pytorch_gb"]), 9)
         m = _GPU_INDEX.search(src)
         if m:
             d["gpu_index"] = int(m.group(1))
@@ -488,7 +489,7 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
     elif category == "cpu_oom":
         m = _CPU_TRIED.search(text)
         if m:
-            d["tried_to_allocate_gb"] = round(int(m.group(1)) / 2 ** 30, 6)
+            d["tried_to_allocate_gb"] = round(int(m.group(1)) / 2 ** 30, 9)
     elif category == "nccl_timeout":
         for key, p in _NCCL.items():
             m = p.search(text)

@@ -45,7 +45,8 @@ def format_summary(analysis: Mapping[str, Any], *, html_path: str | Path | None 
     ]
     overhead = s.get("monitoring_overhead_ratio")
     if isinstance(overhead, (int, float)) and math.isfinite(overhead):
-        lines.append(_row("Monitoring cost", f"{overhead:.2%} of wall time on the training thread"))
+        shown = "<0.01%" if 0 < overhead < 0.0001 else f"{overhead:.2%}"
+        lines.append(_row("Monitoring cost", f"{shown} of wall time on the training thread"))
     recs = list(analysis.get("recommendations") or [])
     lines.append("")
     lines.append(format_recommendations(recs, color=color, limit=max_recommendations))
