@@ -131,16 +131,16 @@ def synthesise(db_path: Path, log_path: Path, *, steps: int, samples: int, event
 
 
 _ERRORS = [
-    "Traceback (most recent call last):\n  File \"train.py\", line 10, in <module>\n    main()\n"
-    "  File \"train.py\", line 8, in main\n    loss.backward()\n"
-    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
-    "79.11 GiB of which 1.12 GiB is free. Of the allocated memory 74.00 GiB is allocated by PyTorch, and "
-    "2.50 GiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
-    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.\n",
+    ("Traceback (most recent call last):\n  File \"train.py\", line 10, in <module>\n    main()\n"
+     "  File \"train.py\", line 8, in main\n    loss.backward()\n"
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+     "79.11 GiB of which 1.12 GiB is free. Of the allocated memory 74.00 GiB is allocated by PyTorch, and "
+     "2.50 GiB is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.\n"),
     "RuntimeError: DataLoader worker (pid 12345) is killed by signal: Killed.\n",
     "WARNING: loss is nan, skipping step\n",
-    "/usr/lib/python3/site-packages/torch/utils/data/dataloader.py:557: UserWarning: This DataLoader will "
-    "create 8 worker processes in total.\n",
+    ("/usr/lib/python3/site-packages/torch/utils/data/dataloader.py:557: UserWarning: This DataLoader will "
+     "create 8 worker processes in total.\n"),
 ]
 
 

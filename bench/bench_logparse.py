@@ -12,9 +12,9 @@ Usage::
     python bench/bench_logparse.py [--mb 200] [--runs 3] [--plain] [--keep]
 
 Prints the size, the median MB/s of ``--runs`` parses (wall clock, and CPU time of this process, which is
-steadier on a shared machine), the findings, and the peak RSS of this process. ``--plain`` writes each progress
-update on its own line instead of ``\r`` rewrites (a logger, not a terminal bar): the worst case, since every
-byte must then be scanned.
+steadier on a shared machine), the findings, and the peak RSS of this process. ``--plain`` writes each
+progress update on its own line instead of ``\\r`` rewrites (a logger, not a terminal bar): the worst case,
+since every byte must then be scanned.
 """
 
 from __future__ import annotations
@@ -39,13 +39,14 @@ _TRACEBACKS = [
     return inner_training_loop(
   File "/opt/conda/lib/python3.10/site-packages/torch/_tensor.py", line 522, in backward
     torch.autograd.backward(
-torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB \
-of which 1.23 GiB is free. Including non-PyTorch memory, this process has 77.90 GiB memory in use. Of the allocated \
-memory 75.00 GiB is allocated by PyTorch, and 1.50 GiB is reserved by PyTorch but unallocated.
+torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of \
+79.15 GiB of which 1.23 GiB is free. Including non-PyTorch memory, this process has 77.90 GiB memory in use. \
+Of the allocated memory 75.00 GiB is allocated by PyTorch, and 1.50 GiB is reserved by PyTorch but \
+unallocated.
 """,
-    """[rank3]:[E1206 18:44:12.715298746 ProcessGroupNCCL.cpp:607] [Rank 3] Watchdog caught collective operation \
-timeout: WorkNCCL(SeqNum=7753, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600061 \
-milliseconds before timing out.
+    """[rank3]:[E1206 18:44:12.715298746 ProcessGroupNCCL.cpp:607] [Rank 3] Watchdog caught collective \
+operation timeout: WorkNCCL(SeqNum=7753, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran \
+for 600061 milliseconds before timing out.
 """,
     """Traceback (most recent call last):
   File "/workspace/train.py", line 88, in <module>
@@ -58,16 +59,19 @@ RuntimeError: DataLoader worker (pid(s) 4242) exited unexpectedly
 
 
 def _progress(rng: random.Random, step: int, sep: str = "\r") -> str:
-    """One tqdm line as a file sees it: 20-60 ``\\r`` rewrites, then a newline (``sep="\\n"``: one line each)."""
+    """One tqdm line as a file sees it: 20-60 ``\\r`` rewrites, then a newline (``sep="\\n"``: separate
+    lines instead)."""
     total = 100_000
     parts = []
     for k in range(rng.randint(20, 60)):
         n = step + k
         pct = n * 100 // total
         filled = pct // 10
-        parts.append(f"Epoch 3: {pct:3d}%|{'█' * filled}{' ' * (10 - filled)}| {n}/{total} "
-                     f"[1:{n % 60:02d}:{n % 60:02d}<2:{59 - n % 60:02d}:00,  4.{n % 10}1it/s, "
-                     f"loss={rng.random():.4f}, lr=2.0e-05, v_num=7]")
+        parts.append(
+            f"Epoch 3: {pct:3d}%|{'█' * filled}{' ' * (10 - filled)}| {n}/{total} "
+            f"[1:{n % 60:02d}:{n % 60:02d}<2:{59 - n % 60:02d}:00,  4.{n % 10}1it/s, "
+            f"loss={rng.random():.4f}, lr=2.0e-05, v_num=7]"
+        )
     return sep.join(parts)
 
 
@@ -86,22 +90,32 @@ def generate(path: Path, megabytes: int, seed: int = 7, plain: bool = False) -> 
                 if r < 0.40:
                     lines.append(_progress(rng, step, "\n" if plain else "\r"))
                 elif r < 0.70:
-                    lines.append(f"{{'loss': {rng.random():.4f}, 'grad_norm': {rng.random() * 3:.3f}, "
-                                 f"'learning_rate': 1.9e-05, 'epoch': {step / 10000:.2f}}}")
+                    lines.append(
+                        f"{{'loss': {rng.random():.4f}, 'grad_norm': {rng.random() * 3:.3f}, "
+                        f"'learning_rate': 1.9e-05, 'epoch': {step / 10000:.2f}}}"
+                    )
                 elif r < 0.85:
-                    lines.append(f"[INFO|trainer.py:2926] 2024-05-01 12:{step % 60:02d}:{step % 60:02d},430 >> "
-                                 f"step {step} throughput {rng.randint(1000, 9000)} tokens/s "
-                                 f"mem {rng.random() * 80:.1f}GB")
+                    lines.append(
+                        f"[INFO|trainer.py:2926] 2024-05-01 12:{step % 60:02d}:{step % 60:02d},430 >> "
+                        f"step {step} throughput {rng.randint(1000, 9000)} tokens/s "
+                        f"mem {rng.random() * 80:.1f}GB"
+                    )
                 elif r < 0.95:
-                    lines.append(f"[default{step % 8}]:step {step} | loss {rng.random() * 4:.3f} | "
-                                 f"lr 3.0e-4 | tokens/s {rng.randint(150000, 190000)}")
+                    lines.append(
+                        f"[default{step % 8}]:step {step} | loss {rng.random() * 4:.3f} | "
+                        f"lr 3.0e-4 | tokens/s {rng.randint(150000, 190000)}"
+                    )
                 elif r < 0.985:
-                    lines.append(f"host-{step % 4}:{1000 + step % 8}:{2000 + step % 8} [{step % 8}] NCCL INFO "
-                                 f"Channel {step % 32:02d}/0 : {step % 8}[{step % 8}] -> {(step + 1) % 8}[0] via P2P")
+                    lines.append(
+                        f"host-{step % 4}:{1000 + step % 8}:{2000 + step % 8} [{step % 8}] NCCL INFO "
+                        f"Channel {step % 32:02d}/0 : {step % 8}[{step % 8}] -> {(step + 1) % 8}[0] via P2P"
+                    )
                 elif r < 0.997:
-                    lines.append("/opt/conda/lib/python3.10/site-packages/torch/utils/data/dataloader.py:557: "
-                                 "UserWarning: This DataLoader will create 16 worker processes in total.\n"
-                                 "  warnings.warn(_create_warning_msg(")
+                    lines.append(
+                        "/opt/conda/lib/python3.10/site-packages/torch/utils/data/dataloader.py:557: "
+                        "UserWarning: This DataLoader will create 16 worker processes in total.\n"
+                        "  warnings.warn(_create_warning_msg("
+                    )
                 elif r < 0.999:
                     lines.append(f"eval: eval_error_rate: 0.0{step % 9} errors=0 nano-finance split")
                 else:
@@ -116,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=200, help="size of the synthetic log in MB (default 200)")
     ap.add_argument("--runs", type=int, default=3, help="parses to time; the median is reported (default 3)")
-    ap.add_argument("--plain", action="store_true", help="progress updates on separate lines, no \\r rewrites")
+    ap.add_argument(
+        "--plain", action="store_true", help="progress updates on separate lines, no \\r rewrites"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated log and print its path")
     args = ap.parse_args(argv)
 
@@ -134,14 +150,20 @@ def main(argv: list[str] | None = None) -> int:
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         rates.append(size / 1e6 / dt)
         cpu_rates.append(size / 1e6 / dc)
-        print(f"  parse: {dt:.2f} s wall ({size / 1e6 / dt:.1f} MB/s), {dc:.2f} s CPU ({size / 1e6 / dc:.1f} MB/s)")
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # kilobytes on Linux, bytes on macOS
+        mb = size / 1e6
+        print(f"  parse: {dt:.2f} s wall ({mb / dt:.1f} MB/s), {dc:.2f} s CPU ({mb / dc:.1f} MB/s)")
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     scale = 1 if sys.platform != "darwin" else 1 / 1024
-    print(f"median: {statistics.median(rates):.1f} MB/s wall, {statistics.median(cpu_rates):.1f} MB/s CPU time, "
-          f"over {args.runs} runs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-          f"Python {sys.version.split()[0]})")
-    print(f"findings: {len(findings)} distinct, {sum(f.count for f in findings)} occurrences: "
-          + ", ".join(sorted({f'{f.level}/{f.category}' for f in findings})))
+    print(
+        f"median: {statistics.median(rates):.1f} MB/s wall, "
+        f"{statistics.median(cpu_rates):.1f} MB/s CPU time, "
+        f"over {args.runs} runs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"Python {sys.version.split()[0]})"
+    )
+    print(
+        f"findings: {len(findings)} distinct, {sum(f.count for f in findings)} occurrences: "
+        + ", ".join(sorted({f"{f.level}/{f.category}" for f in findings}))
+    )
     print(f"peak RSS: {peak_kb * scale / 1024:.1f} MiB (before parsing: {rss_before * scale / 1024:.1f} MiB)")
     if args.keep:
         print(f"kept {path}")

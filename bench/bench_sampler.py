@@ -25,7 +25,6 @@ Writes bench/results/bench_sampler-<time>.json (gitignored).
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runlens.collect.gpu import GpuProbe  # noqa: E402
-from runlens.collect.procs import ProcessTree, _linux_children  # noqa: E402
-from runlens.collect.sampler import SystemSampler  # noqa: E402
+from runlens.collect.gpu import GpuProbe
+from runlens.collect.procs import _linux_children
+from runlens.collect.sampler import SystemSampler
 
 
 def _pct(values: list[float], q: float) -> float:

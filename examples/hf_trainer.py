@@ -70,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--logging-steps", type=int, default=1)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--no-runlens", action="store_true", help="train without the callback (benchmarks)")
     return p.parse_args(argv)
 
@@ -85,6 +86,7 @@ def build_trainer(args: argparse.Namespace, callbacks: list[TrainerCallback]) ->
         per_device_eval_batch_size=32,
         gradient_accumulation_steps=args.grad_accum,
         learning_rate=1e-3,
+        max_grad_norm=args.max_grad_norm,
         warmup_steps=max(1, args.steps // 10),
         lr_scheduler_type="linear",
         logging_steps=args.logging_steps,

@@ -19,7 +19,8 @@ _HF_KEYS = {"per_device_train_batch_size", "dataloader_num_workers", "gradient_a
             "evaluation_strategy", "num_train_epochs", "warmup_ratio"}
 _PL_KEYS = {"max_epochs", "accumulate_grad_batches", "gradient_clip_val", "precision", "devices",
             "accelerator", "val_check_interval", "check_val_every_n_epoch", "limit_train_batches",
-            "log_every_n_steps", "max_steps"}
+            "log_every_n_steps", "max_steps", "num_sanity_val_steps", "enable_checkpointing", "strategy",
+            "num_nodes", "gradient_clip_algorithm", "limit_val_batches", "default_root_dir"}
 
 
 def detect_dialect(config: Mapping[str, Any] | None) -> str:
@@ -38,8 +39,8 @@ def detect_dialect(config: Mapping[str, Any] | None) -> str:
     if len(keys & _HF_KEYS) >= 2 or "per_device_train_batch_size" in keys:
         return HUGGINGFACE
     trainer = config.get("trainer")
-    if isinstance(trainer, Mapping) and len(set(trainer) & _PL_KEYS) >= 1:
-        return LIGHTNING
+    if isinstance(trainer, Mapping) and (len(set(trainer) & _PL_KEYS) >= 1 or {"model", "data"} & keys):
+        return LIGHTNING   # the Lightning integration's (and LightningCLI's) {"trainer", "model", "data"} shape
     if len(keys & _PL_KEYS) >= 2:
         return LIGHTNING
     return GENERIC

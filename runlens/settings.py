@@ -35,12 +35,18 @@ class Settings:
     calibrated_max: float = 15 * 60.0
     calibration_steps: int = 20
     warmup_steps: int = 5
+    calibration_factor: float = 5.0            # x the slowest recent step interval (NVRx x5, PortOS x6)
+    calibration_window: int = 100              # ... over the last this many step intervals
     phase_budgets: dict[str, float] = field(
         default_factory=lambda: {"eval": 1800.0, "validate": 1800.0, "sample": 1800.0, "save": 1800.0,
                                  "checkpoint": 1800.0, "predict": 1800.0}
     )
     kill_grace: float = 30.0
+    hard_timeout: float | None = None          # runlens collect kills after this long without progress
+    no_output_timeout: float | None = None     # runlens collect kills a child silent this long (off: None)
     stack_signal: str = "SIGUSR2"
+    hang_detection: bool = True                # the Monitor's watchdog thread and faulthandler timer
+    stacks_dir: str | None = None              # faulthandler stacks files; None: next to the store / log
     memory_warning_threshold: float = 0.85
     memory_critical_threshold: float = 0.95
     disabled: bool = False
@@ -61,6 +67,7 @@ _ENV = {
     "RUNLENS_FLUSH_INTERVAL": ("flush_interval", float),
     "RUNLENS_HANG_TIMEOUT": ("hang_timeout", float),
     "RUNLENS_STARTUP_GRACE": ("startup_grace", float),
+    "RUNLENS_STACKS_DIR": ("stacks_dir", str),
 }
 
 _MONITORING_KEYS = {
@@ -69,6 +76,9 @@ _MONITORING_KEYS = {
     "monitoring_budget": "monitoring_budget", "hang_timeout": "hang_timeout",
     "startup_grace": "startup_grace", "memory_warning_threshold": "memory_warning_threshold",
     "memory_critical_threshold": "memory_critical_threshold", "kill_grace": "kill_grace",
+    "hard_timeout": "hard_timeout", "no_output_timeout": "no_output_timeout",
+    "uncalibrated_timeout": "uncalibrated_timeout", "calibrated_min": "calibrated_min",
+    "calibrated_max": "calibrated_max",
 }
 
 

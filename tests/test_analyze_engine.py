@@ -366,6 +366,19 @@ def test_document_is_json_safe_with_nan_and_inf_everywhere(only_test_rules: dict
     assert json_safe({"a": (np.int64(3), {1: pd.NaT})}) == {"a": [3, {"1": None}]}
 
 
+def test_findings_naming_a_concept_get_the_dialects_path(only_test_rules: dict[str, registry.Rule]) -> None:
+    @registry.rule("test.concept", "test")
+    def _concept(data: JobData) -> list[Finding]:
+        return [Finding(id="test.concept", severity="info", title="t", action="a", impact="i", category="throughput",
+                        config_key="num_workers", recommended_value=2)]
+
+    hf = {"per_device_train_batch_size": 16, "learning_rate": 3e-4}
+    doc = build_analysis(job_data(config=hf, dialect="huggingface"))
+    rec = doc["recommendations"][0]
+    assert rec["config_path"] == "TrainingArguments.dataloader_num_workers"
+    assert (rec["current_value"], rec["current_value_source"], rec["recommended_value"]) == (0, "default", 2)
+
+
 def test_empty_job_analyses(only_test_rules: dict[str, registry.Rule]) -> None:
     """A job that never started anything: no steps, samples or events."""
     doc = build_analysis(job_data(job={"status": "never_started", "ended_at": None}))
@@ -562,8 +575,8 @@ def _write_log(path: Path) -> Path:
         "Traceback (most recent call last):\n",
         '  File "train.py", line 3, in <module>\n',
         "    loss.backward()\n",
-        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
-        "79.11 GiB of which 1.12 GiB is free.\n",
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+         "79.11 GiB of which 1.12 GiB is free.\n"),
     ]))
     return path
 
@@ -651,3 +664,53 @@ def test_analyze_a_job_recorded_by_the_real_monitor(db_url: str, tmp_path: Path,
     g = doc["summary"]["goodput"]
     assert g["productive_seconds"] + sum(g["lost_seconds"].values()) == pytest.approx(g["wall_seconds"], abs=1e-9)
     assert g["lost_seconds"]["eval_and_checkpoints"] > 0.03
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def pg_store() -> Iterator[Store]:
+    """A fresh database on the throwaway server of .ci/start-postgres.sh (or RUNLENS_TEST_PG_URL)."""
+    import os
+    import secrets
+    import subprocess
+
+    from sqlalchemy import create_engine, text
+
+    from runlens.store import open_store
+
+    url = os.environ.get("RUNLENS_TEST_PG_URL")
+    if not url:
+        script = Path(__file__).resolve().parents[1] / ".ci" / "start-postgres.sh"
+        out = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.skip(f"no PostgreSQL server: {out.stderr.strip()}")
+        url = out.stdout.strip()
+    name = f"runlens_engine_{secrets.token_hex(4)}"
+    admin = create_engine(url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    store = open_store(url.rsplit("/", 1)[0] + "/" + name)
+    try:
+        yield store
+    finally:
+        store.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_frames_and_analysis_on_postgres(pg_store: Store, only_test_rules: dict[str, registry.Rule]) -> None:
+    """Native JSON and booleans from psycopg load like SQLite's text: same frames, same document."""
+    jid = make_job(pg_store, n_steps=50, n_samples=10)
+    f = load_frames(pg_store, jid)
+    assert len(f.steps) == 50 and f.steps["step"].dtype == np.int64
+    assert f.steps["x_tokens_per_s"].iloc[3] == pytest.approx(103.0)
+    assert f.events["details"].iloc[1] == {"status": "succeeded"}
+    assert not f.costs.set_index("operation").loc["thread:runlens-writer", "on_training_thread"]
+    doc = build_analysis(load_job(pg_store, jid))
+    json.dumps(doc, allow_nan=False)
+    assert doc["summary"]["steps_completed"] == 50
+    rid = save_analysis(pg_store, jid, doc)
+    assert rid and latest_analysis(pg_store, jid)["summary"]["steps_completed"] == 50  # type: ignore[index]

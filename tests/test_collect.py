@@ -19,7 +19,13 @@ from click.testing import CliRunner
 
 from runlens.cli import cli
 from runlens.collect.wrapper import (
-    OOM_REASON, ChildSupervisor, LogTee, _LineAssembler, absolute_db_url, child_environment, end_status,
+    OOM_REASON,
+    ChildSupervisor,
+    LogTee,
+    _LineAssembler,
+    absolute_db_url,
+    child_environment,
+    end_status,
     redact_argv,
 )
 from runlens.redact import REDACTED
@@ -27,12 +33,7 @@ from runlens.store import Store, open_store
 
 TINY = Path(__file__).parent / "scripts" / "train_tiny.py"
 
-try:
-    from runlens.analyze.logparse import ArrivalWriter  # noqa: F401
-
-    HAVE_ARRIVALS = True
-except ImportError:
-    HAVE_ARRIVALS = False
+from runlens.analyze.logparse import ArrivalIndex, sidecar_path
 
 
 @pytest.fixture
@@ -69,10 +70,11 @@ def events(store: Store, job_id: str) -> dict[str, dict[str, Any]]:
 
 
 def wait_for_file(path: Path, timeout: float = 60) -> str:
+    """The file's content once it has some (a child may be between creating and writing it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
-            return path.read_text()
+        if path.exists() and (text := path.read_text().strip()):
+            return text
         time.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {timeout}s")
 
@@ -107,7 +109,7 @@ def test_success_marks_the_job_succeeded_with_default_name_and_log(tmp_path: Pat
     child = script(tmp_path, "print('ok')\n", name="hello.py")
     result = run_collect_cli(tmp_path, env, "--", sys.executable, child)
     assert result.returncode == 0, result.stderr
-    store, job = only_job(tmp_path)
+    _, job = only_job(tmp_path)
     assert job["status"] == "succeeded" and job["status_reason"] is None and job["exit_code"] == 0
     assert job["name"] == Path(sys.executable).name       # the command's basename
     log_path = Path(job["log_path"])
@@ -125,7 +127,7 @@ def test_sigkill_of_the_child_is_a_suspected_host_oom_kill(tmp_path: Path, env: 
     """)
     wrapper = subprocess.Popen(collect_argv(tmp_path / "runlens.db", "--", sys.executable, child), cwd=tmp_path,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    pid = int(wait_for_file(pidfile) or 0) or int(wait_for_file(pidfile))
+    pid = int(wait_for_file(pidfile))
     time.sleep(0.7)     # a sample or two while it is alive
     os.kill(pid, signal.SIGKILL)
     _, err = wrapper.communicate(timeout=60)
@@ -232,9 +234,24 @@ def test_stdout_and_stderr_are_teed_to_terminal_and_one_log(tmp_path: Path, env:
     assert log.read_bytes() == b"out 1\nerr 1\nout 2\nbytes \xff\xfe not utf-8\nno newline at the end\n"
     _, job = only_job(tmp_path)
     assert job["log_path"] == str(log.resolve())
-    if HAVE_ARRIVALS:
-        sidecars = [p for p in tmp_path.iterdir() if p.name.startswith("my.log") and p != log]
-        assert sidecars, "no arrival-time sidecar next to the log"
+    arrivals = ArrivalIndex.load(sidecar_path(log))
+    assert arrivals is not None and len(arrivals) >= 2      # lines ~50 ms apart: most get their own entry
+    t1, t5 = arrivals.time_of(1), arrivals.time_of(5)
+    assert t1 is not None and t5 is not None
+    assert job["started_at"] - 1 < t1 <= t5 <= job["ended_at"] + 1
+
+
+def test_an_existing_log_is_continued_and_arrival_line_numbers_follow(tmp_path: Path, env: dict[str, str]) -> None:
+    """--log to a file that has lines: appended after them, and the sidecar numbers the new lines from there."""
+    log = tmp_path / "train.log"
+    log.write_bytes(b"old 1\nold 2\nold 3 without newline")
+    child = script(tmp_path, "import time\nprint('new 1'); time.sleep(0.2); print('new 2')\n")
+    result = run_collect_cli(tmp_path, env, "--log", str(log), "--", sys.executable, child)
+    assert result.returncode == 0, result.stderr
+    assert log.read_bytes() == b"old 1\nold 2\nold 3 without newline\nnew 1\nnew 2\n"
+    arrivals = ArrivalIndex.load(sidecar_path(log))
+    assert arrivals is not None
+    assert arrivals.time_of(3) is None and arrivals.time_of(4) is not None    # the new lines are 4 and 5
 
 
 def test_partial_lines_and_progress_bars_reach_the_terminal_promptly(tmp_path: Path, env: dict[str, str]) -> None:
@@ -378,7 +395,7 @@ def test_sigterm_during_training_with_workers_stops_the_whole_group(tmp_path: Pa
     wrapper.send_signal(signal.SIGTERM)
     _, err = wrapper.communicate(timeout=60)
     assert wrapper.returncode == 143, err
-    gone, alive = psutil.wait_procs(workers, timeout=15)
+    _, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive
     store, job = only_job(tmp_path)
     assert job["status"] == "failed" and "SIGTERM" in job["status_reason"]

@@ -158,11 +158,12 @@ def test_plain_pytorch_failure_is_failed_with_traceback(tmp_path: Path, child_en
 @needs_transformers
 def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_env: dict[str, str]) -> None:
     """Every optimizer step is stored with exactly the loss, learning rate and grad norm the Trainer logged
-    (gradient accumulation 2, so micro-batch losses are summed), the batch sizes, eval and save phases, and the
-    TrainingArguments as a Hugging Face config whose paths resolve."""
-    result, _ = run_example("hf_trainer.py", tmp_path, child_env, "--steps", "12", "--batch-size", "4",
-                            "--grad-accum", "2")
-    assert result is not None and result["global_step"] == 12
+    (gradient accumulation 2, so micro-batch losses are summed; clipping at 0.5, so the norm is the pre-clip
+    one), the batch sizes, eval and save phases, and the TrainingArguments as a Hugging Face config whose paths
+    resolve."""
+    result, _ = run_example("hf_trainer.py", tmp_path, child_env, "--steps", "20", "--batch-size", "4",
+                            "--grad-accum", "2", "--max-grad-norm", "0.5")
+    assert result is not None and result["global_step"] == 20
     store = open_store(str(tmp_path / "runlens.db"), create=False)
     job = only_job(store)
     assert job["status"] == "succeeded"
@@ -179,7 +180,7 @@ def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_
     assert all(s["data_time_seconds"] is not None for s in steps.values())
     assert_phases_paired(store, job["job_id"], "eval", "save")
     saved = events(store, job["job_id"], "checkpoint_saved")
-    assert [e["details"]["step"] for e in saved] == [6, 12]
+    assert [e["details"]["step"] for e in saved] == [10, 20]
     assert Path(saved[-1]["details"]["path"]).is_dir()   # save_total_limit=1 removed the earlier one
     assert events(store, job["job_id"], "eval_metrics")[0]["details"]["eval_loss"] > 0
     assert detect_dialect(job["config"]) == job["config_dialect"] == HUGGINGFACE
@@ -187,7 +188,7 @@ def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_
     assert (ref.path, ref.current_value, ref.source) == ("TrainingArguments.per_device_train_batch_size", 4, "config")
     ref = resolve_config(job["config"], HUGGINGFACE, "gradient_accumulation")
     assert (ref.current_value, ref.source) == (2, "config")
-    # max_grad_norm=1.0 against norms of ~1.3-1.6: the clipping rule names TrainingArguments.learning_rate.
+    # max_grad_norm=0.5 against norms of ~1-1.6: the clipping rule names TrainingArguments.learning_rate.
     assert assert_recommendations_resolve(store, job, tmp_path)
 
 

@@ -1,4 +1,5 @@
-"""runlens.analyze.logparse: categories from real logs, figures, timestamps, ranks, robustness, no false alarms."""
+"""runlens.analyze.logparse: categories from real logs, figures, timestamps, ranks, robustness, no false
+alarms."""
 
 from __future__ import annotations
 
@@ -69,6 +70,40 @@ EXPECTED: dict[str, tuple[str, str]] = {
 }
 CLEAN = ["clean_1.log", "clean_2.log", "clean_3.log"]
 
+# Long single lines used below, kept as constants so they fit the line length.
+OOM_OLD = (
+    "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.78 GiB total capacity; "
+    "14.56 GiB already allocated; 3.94 MiB free; 14.75 GiB reserved in total by PyTorch)"
+)
+OOM_NEW = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 3 has a total capacity of "
+    "79.15 GiB of which 1.23 GiB is free. Including non-PyTorch memory, this process has 77.90 GiB memory in "
+    "use. Of the allocated memory 75.00 GiB is allocated by PyTorch, and 1.50 GiB is reserved by PyTorch but "
+    "unallocated."
+)
+OOM_BYTES = (
+    "RuntimeError: CUDA out of memory. Tried to allocate 512 bytes (GPU 1; 1024.00 KiB total capacity; "
+    "0 bytes already allocated; 0 bytes free; 0 bytes reserved in total by PyTorch)"
+)
+JOBLIB_WARNING = (
+    "/x/joblib/_multiprocessing_helpers.py:46: UserWarning: [Errno 28] No space left on device.  "
+    "joblib will operate in serial mode"
+)
+URLLIB3_RETRY = (
+    "WARNING:urllib3.connectionpool:Retrying (Retry(total=4, connect=None, read=None, redirect=None, "
+    "status=None)) after connection broken by 'ReadTimeoutError(\"HTTPSConnectionPool("
+    "host='huggingface.co', port=443): Read timed out. (read timeout=10)\")': /api/models"
+)
+C10D_TIMEOUT = (
+    "[E socket.cpp:957] [c10d] The client socket has timed out after 900s while trying to connect to "
+    "(10.0.0.1, 29500)."
+)
+REQUESTS_ERROR = (
+    "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='huggingface.co', port=443): Max "
+    "retries exceeded with url: /api/models (Caused by NewConnectionError('Failed to establish a new "
+    "connection'))"
+)
+
 
 def _errors(findings: list[LogFinding]) -> list[LogFinding]:
     return [f for f in findings if f.level == "error"]
@@ -96,8 +131,9 @@ def test_fixture_yields_its_category(name: str) -> None:
     """A real log of a known failure yields that category at the expected level."""
     category, level = EXPECTED[name]
     findings = parse_log(LOGS / name)
-    assert any(f.category == category and f.level == level for f in findings), \
-        [(f.level, f.category, f.message) for f in findings]
+    assert any(f.category == category and f.level == level for f in findings), [
+        (f.level, f.category, f.message) for f in findings
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(n for n, (_, level) in EXPECTED.items() if level == "error"))
@@ -112,14 +148,14 @@ def test_fixture_errors_are_not_left_as_generic_exceptions(name: str) -> None:
 
 @pytest.mark.parametrize("name", CLEAN)
 def test_clean_fixture_has_no_errors(name: str) -> None:
-    """Realistic noisy logs of healthy runs (progress bars, warnings, retries, 'error_rate') yield no error."""
+    """Realistic noisy logs of healthy runs (bars, warnings, retries, 'error_rate') yield no error."""
     findings = parse_log(LOGS / name)
     assert _errors(findings) == []
     assert findings, "the clean logs do contain warnings; finding none means the parser read nothing"
 
 
 def test_clean_fixture_warnings_keep_their_kind() -> None:
-    """UserWarning/FutureWarning are python_warning with the warnings.warn line; a retried download a warning."""
+    """UserWarning/FutureWarning are python_warning with their source line; a retried download a warning."""
     findings = parse_log(LOGS / "clean_1.log")
     pyw = [f for f in findings if f.category == "python_warning"]
     assert len(pyw) == 2 and all(f.level == "warning" for f in pyw)
@@ -142,11 +178,13 @@ def test_cuda_oom_new_format_figures_from_fixture() -> None:
     assert d["allocated_by_pytorch_gb"] == pytest.approx(22.90)
     assert d["reserved_unallocated_gb"] == pytest.approx(194.87 / 1024, rel=1e-4)
     assert d["gpu_index"] == 0
-    assert f.message.startswith("torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 22.00 MiB")
+    assert f.message.startswith(
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 22.00 MiB"
+    )
 
 
 def test_cuda_oom_old_format_figures_from_fixture() -> None:
-    """The PyTorch 1.x "(GPU 0; ... reserved in total by PyTorch)" message: reserved-unallocated is derived."""
+    """The PyTorch 1.x "(GPU 0; ... reserved in total by PyTorch)" message; reserved-unallocated derived."""
     d = _one(parse_log(LOGS / "cuda_oom_2.log"), "cuda_oom").details
     assert d["tried_to_allocate_gb"] == pytest.approx(20 / 1024)
     assert d["total_capacity_gb"] == pytest.approx(5.80)
@@ -155,20 +193,43 @@ def test_cuda_oom_old_format_figures_from_fixture() -> None:
     assert d["reserved_unallocated_gb"] == pytest.approx(4.63 - 4.36)
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.78 GiB total capacity; 14.56 GiB "
-     "already allocated; 3.94 MiB free; 14.75 GiB reserved in total by PyTorch)",
-     {"tried_to_allocate_gb": 20 / 1024, "total_capacity_gb": 15.78, "allocated_by_pytorch_gb": 14.56,
-      "free_gb": 3.94 / 1024, "reserved_unallocated_gb": 14.75 - 14.56, "gpu_index": 0}),
-    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 3 has a total capacity of 79.15 "
-     "GiB of which 1.23 GiB is free. Including non-PyTorch memory, this process has 77.90 GiB memory in use. Of "
-     "the allocated memory 75.00 GiB is allocated by PyTorch, and 1.50 GiB is reserved by PyTorch but unallocated.",
-     {"tried_to_allocate_gb": 2.0, "total_capacity_gb": 79.15, "free_gb": 1.23, "allocated_by_pytorch_gb": 75.0,
-      "reserved_unallocated_gb": 1.5, "gpu_index": 3, "process_in_use_gb": 77.9}),
-    ("RuntimeError: CUDA out of memory. Tried to allocate 512 bytes (GPU 1; 1024.00 KiB total capacity; 0 bytes "
-     "already allocated; 0 bytes free; 0 bytes reserved in total by PyTorch)",
-     {"tried_to_allocate_gb": 512 / 2 ** 30, "total_capacity_gb": 1 / 1024, "free_gb": 0.0, "gpu_index": 1}),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (
+            OOM_OLD,
+            {
+                "tried_to_allocate_gb": 20 / 1024,
+                "total_capacity_gb": 15.78,
+                "allocated_by_pytorch_gb": 14.56,
+                "free_gb": 3.94 / 1024,
+                "reserved_unallocated_gb": 14.75 - 14.56,
+                "gpu_index": 0,
+            },
+        ),
+        (
+            OOM_NEW,
+            {
+                "tried_to_allocate_gb": 2.0,
+                "total_capacity_gb": 79.15,
+                "free_gb": 1.23,
+                "allocated_by_pytorch_gb": 75.0,
+                "reserved_unallocated_gb": 1.5,
+                "gpu_index": 3,
+                "process_in_use_gb": 77.9,
+            },
+        ),
+        (
+            OOM_BYTES,
+            {
+                "tried_to_allocate_gb": 512 / 2**30,
+                "total_capacity_gb": 1 / 1024,
+                "free_gb": 0.0,
+                "gpu_index": 1,
+            },
+        ),
+    ],
+)
 def test_cuda_oom_figures_both_formats(line: str, expected: dict[str, float]) -> None:
     """OOM figures parse from the old and new formats, in bytes/KiB/MiB/GiB, as GiB."""
     f = _one(parse_lines([line]), "cuda_oom")
@@ -182,7 +243,7 @@ def test_mps_and_cpu_oom_figures() -> None:
     assert mps == {**mps, "mps_allocated_gb": 11.14, "other_allocations_gb": 6.65, "max_allowed_gb": 18.13}
     assert mps["tried_to_allocate_gb"] == pytest.approx(375.40 / 1024, rel=1e-4)
     cpu = _one(parse_log(LOGS / "cpu_oom_1.log"), "cpu_oom").details
-    assert cpu["tried_to_allocate_gb"] == pytest.approx(116813856768 / 2 ** 30, rel=1e-6)
+    assert cpu["tried_to_allocate_gb"] == pytest.approx(116813856768 / 2**30, rel=1e-6)
 
 
 def test_nccl_timeout_figures_and_rank_folding() -> None:
@@ -197,11 +258,11 @@ def test_nccl_timeout_figures_and_rank_folding() -> None:
 
 
 def test_child_failed_error_with_sigkill_is_host_oom_kill() -> None:
-    """torchrun's ChildFailedError block with exitcode -9 is one host_oom_kill, headed by the E-line before it."""
+    """torchrun's ChildFailedError block with exitcode -9 is one host_oom_kill, headed by the E-line above."""
     findings = parse_log(LOGS / "host_oom_kill_2.log")
     f = _one(findings, "host_oom_kill")
     assert f.details["exit_code"] == -9
-    assert f.line_number == 6            # the "E0521 ... failed (exitcode: -9)" line heads the traceback
+    assert f.line_number == 6  # the "E0521 ... failed (exitcode: -9)" line heads the traceback
     assert "Signal 9 (SIGKILL) received by PID 14750" in f.text
     assert "ChildFailedError" in f.message
     assert len(_errors(findings)) == 1
@@ -298,11 +359,11 @@ def test_multiline_exception_message_stays_in_the_finding() -> None:
     tb = [f for f in findings if f.message == "RuntimeError: CUDA error: device-side assert triggered"]
     assert len(tb) == 1
     assert "Compile with `TORCH_USE_CUDA_DSA`" in tb[0].text
-    assert len(findings) == 2   # the kernel assertion lines (folded) and the traceback
+    assert len(findings) == 2  # the kernel assertion lines (folded) and the traceback
 
 
 def test_prefixed_traceback_lines_are_recognised() -> None:
-    """A traceback whose every line carries a timestamp/task prefix is still one finding, timed by its line."""
+    """A traceback whose every line carries a timestamp/task prefix is one finding, timed by its line."""
     findings = parse_log(LOGS / "disk_full_1.log")
     assert len(findings) == 1
     f = findings[0]
@@ -320,6 +381,32 @@ def test_loguru_and_native_crash_blocks() -> None:
     assert len(crash) == 1
     assert crash[0].message == "Fatal Python error: Segmentation fault"
     assert "Current thread 0x00007f58548cf700" in crash[0].text and "core dumped" in crash[0].text
+
+
+def test_exception_group_sub_exceptions_give_the_category() -> None:
+    """A Python 3.11 ExceptionGroup traceback is one finding, categorised by its sub-exceptions."""
+    lines = [
+        "  + Exception Group Traceback (most recent call last):",
+        '  |   File "train.py", line 12, in <module>',
+        "  |     run_all()",
+        "  | ExceptionGroup: workers failed (2 sub-exceptions)",
+        "  +-+---------------- 1 ----------------",
+        "    | Traceback (most recent call last):",
+        '    |   File "worker.py", line 3, in step',
+        (
+            "    | torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB. GPU 0 has a total "
+            "capacity of 8.00 GiB of which 0 bytes is free."
+        ),
+        "    +---------------- 2 ----------------",
+        "    | ValueError: bad batch",
+        "    +------------------------------------",
+        "step 12 done",
+    ]
+    findings = parse_lines(lines)
+    assert len(findings) == 1
+    f = findings[0]
+    assert f.category == "cuda_oom" and f.details["tried_to_allocate_gb"] == 1.0
+    assert "ValueError: bad batch" in f.text and "step 12 done" not in f.text
 
 
 def test_long_traceback_text_is_bounded_with_head_and_tail() -> None:
@@ -340,29 +427,45 @@ def test_long_traceback_text_is_bounded_with_head_and_tail() -> None:
 
 def test_rank_prefixes_are_stripped_and_recorded() -> None:
     """[rankN]:, [defaultN]: and mpirun's [1,N]<stderr>: give the rank and vanish from the message."""
-    findings = parse_lines([
-        "[rank3]: RuntimeError: CUDA error: an illegal memory access was encountered",
-        "[default5]:RuntimeError: CUDA error: device-side assert triggered",
-        "[1,2]<stderr>:Segmentation fault (core dumped)",
-        "[rank1]:[W501 12:00:00.0 ProcessGroupNCCL.cpp:4115] using GPU 1 to perform barrier",
-    ])
+    findings = parse_lines(
+        [
+            "[rank3]: RuntimeError: CUDA error: an illegal memory access was encountered",
+            "[default5]:RuntimeError: CUDA error: device-side assert triggered",
+            "[1,2]<stderr>:Segmentation fault (core dumped)",
+            "[rank1]:[W501 12:00:00.0 ProcessGroupNCCL.cpp:4115] using GPU 1 to perform barrier",
+        ]
+    )
     got = {(f.category, f.rank, f.level) for f in findings}
-    assert got == {("cuda_illegal_memory", 3, "error"), ("cuda_device_assert", 5, "error"),
-                   ("segfault", 2, "error"), ("warning", 1, "warning")}
+    assert got == {
+        ("cuda_illegal_memory", 3, "error"),
+        ("cuda_device_assert", 5, "error"),
+        ("segfault", 2, "error"),
+        ("warning", 1, "warning"),
+    }
     assert all(not f.message.startswith("[") or f.category == "warning" for f in findings)
     assert findings[0].message == "RuntimeError: CUDA error: an illegal memory access was encountered"
 
 
 def test_interleaved_rank_tracebacks_stay_separate() -> None:
-    """Two ranks' tracebacks printed line by line interleaved become two findings, each with its own frames."""
+    """Two ranks' tracebacks interleaved line by line become two findings, each with its own frames."""
     lines = []
     for a, b in zip(
-        ["Traceback (most recent call last):", '  File "train.py", line 9, in <module>', "    rank0_step()",
-         '  File "model.py", line 3, in rank0_step', "    x.cuda()",
-         "RuntimeError: CUDA error: an illegal memory access was encountered"],
-        ["Traceback (most recent call last):", '  File "train.py", line 9, in <module>', "    rank1_step()",
-         '  File "data.py", line 44, in rank1_step', "    next(it)",
-         "RuntimeError: DataLoader worker (pid(s) 812) exited unexpectedly"],
+        [
+            "Traceback (most recent call last):",
+            '  File "train.py", line 9, in <module>',
+            "    rank0_step()",
+            '  File "model.py", line 3, in rank0_step',
+            "    x.cuda()",
+            "RuntimeError: CUDA error: an illegal memory access was encountered",
+        ],
+        [
+            "Traceback (most recent call last):",
+            '  File "train.py", line 9, in <module>',
+            "    rank1_step()",
+            '  File "data.py", line 44, in rank1_step',
+            "    next(it)",
+            "RuntimeError: DataLoader worker (pid(s) 812) exited unexpectedly",
+        ],
     ):
         lines += [f"[rank0]: {a}", f"[rank1]: {b}"]
     findings = parse_lines(lines)
@@ -377,8 +480,10 @@ def test_interleaved_rank_tracebacks_stay_separate() -> None:
 def test_interleaved_rank_oom_fixture() -> None:
     """The two-rank OOM fixture yields one OOM per rank with that rank's GPU figures."""
     ooms = [f for f in parse_log(LOGS / "cuda_oom_3.log") if f.category == "cuda_oom"]
-    assert sorted((f.rank, f.details["gpu_index"], f.details["total_capacity_gb"]) for f in ooms) == \
-        [(0, 0, 4.0), (1, 1, 8.0)]
+    assert sorted((f.rank, f.details["gpu_index"], f.details["total_capacity_gb"]) for f in ooms) == [
+        (0, 0, 4.0),
+        (1, 1, 8.0),
+    ]
 
 
 # -- timestamps ----------------------------------------------------------------------------------------------
@@ -390,22 +495,31 @@ def _local(*args: int) -> float:
     return datetime(*args).timestamp()
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("2024-05-01T12:34:56.789Z ERROR boom", datetime(2024, 5, 1, 12, 34, 56, 789000, timezone.utc).timestamp()),
-    ("2024-05-01T12:34:56+02:00 ERROR boom", datetime(2024, 5, 1, 10, 34, 56, tzinfo=timezone.utc).timestamp()),
-    ("2024-05-01 12:34:56 ERROR boom", _local(2024, 5, 1, 12, 34, 56)),
-    ("2024-05-01 12:34:56,789 - root - ERROR - boom", _local(2024, 5, 1, 12, 34, 56, 789000)),
-    ("[2024-05-01 12:34:56] ERROR boom", _local(2024, 5, 1, 12, 34, 56)),
-    ("05/01/2024 12:34:56 - ERROR - __main__ - boom", _local(2024, 5, 1, 12, 34, 56)),
-    ("2024-05-01 12:34:56.789 | ERROR    | train:main:12 - boom", _local(2024, 5, 1, 12, 34, 56, 789000)),
-    ("E0501 12:34:56.789012  1234 file.cc:12] boom", _local(2024, 5, 1, 12, 34, 56, 789012)),
-    ("[E501 12:34:56.789012345 ProcessGroupNCCL.cpp:607] boom", _local(2024, 5, 1, 12, 34, 56, 789012)),
-    ("ERROR 05-01 12:34:56 engine.py:157] boom", _local(2024, 5, 1, 12, 34, 56)),
-    ("05/01 12:34:56 - mmengine - ERROR - boom", _local(2024, 5, 1, 12, 34, 56)),
-    ("[Wed May  1 12:34:56 2024] boom", _local(2024, 5, 1, 12, 34, 56)),
-    ("[1714566896.5] ERROR boom", 1714566896.5),
-    ("ERROR boom, no time here", None),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (
+            "2024-05-01T12:34:56.789Z ERROR boom",
+            datetime(2024, 5, 1, 12, 34, 56, 789000, timezone.utc).timestamp(),
+        ),
+        (
+            "2024-05-01T12:34:56+02:00 ERROR boom",
+            datetime(2024, 5, 1, 10, 34, 56, tzinfo=timezone.utc).timestamp(),
+        ),
+        ("2024-05-01 12:34:56 ERROR boom", _local(2024, 5, 1, 12, 34, 56)),
+        ("2024-05-01 12:34:56,789 - root - ERROR - boom", _local(2024, 5, 1, 12, 34, 56, 789000)),
+        ("[2024-05-01 12:34:56] ERROR boom", _local(2024, 5, 1, 12, 34, 56)),
+        ("05/01/2024 12:34:56 - ERROR - __main__ - boom", _local(2024, 5, 1, 12, 34, 56)),
+        ("2024-05-01 12:34:56.789 | ERROR    | train:main:12 - boom", _local(2024, 5, 1, 12, 34, 56, 789000)),
+        ("E0501 12:34:56.789012  1234 file.cc:12] boom", _local(2024, 5, 1, 12, 34, 56, 789012)),
+        ("[E501 12:34:56.789012345 ProcessGroupNCCL.cpp:607] boom", _local(2024, 5, 1, 12, 34, 56, 789012)),
+        ("ERROR 05-01 12:34:56 engine.py:157] boom", _local(2024, 5, 1, 12, 34, 56)),
+        ("05/01 12:34:56 - mmengine - ERROR - boom", _local(2024, 5, 1, 12, 34, 56)),
+        ("[Wed May  1 12:34:56 2024] boom", _local(2024, 5, 1, 12, 34, 56)),
+        ("[1714566896.5] ERROR boom", 1714566896.5),
+        ("ERROR boom, no time here", None),
+    ],
+)
 def test_line_time_formats(line: str, expected: float | None) -> None:
     """Timestamps in the formats training stacks print; naive ones are local time."""
     got = lp.line_time(line, REF)
@@ -419,12 +533,17 @@ def test_yearless_time_takes_the_year_of_the_log_or_the_one_before(tmp_path: Pat
     mtime = datetime(2024, 1, 2, 0, 0, 5).timestamp()
     os.utime(log, (mtime, mtime))
     times = [f.timestamp for f in parse_log(log)]
-    assert times == [pytest.approx(_local(2023, 12, 31, 23, 59, 58)), pytest.approx(_local(2024, 1, 2, 0, 0, 1))]
+    assert times == [
+        pytest.approx(_local(2023, 12, 31, 23, 59, 58)),
+        pytest.approx(_local(2024, 1, 2, 0, 0, 1)),
+    ]
 
 
 def test_timestamp_comes_from_the_line_in_parse_lines() -> None:
     """A finding's timestamp is the one its own line states, with source "line"."""
-    f = parse_lines(["2024-05-01 12:34:56,000 - ERROR - disk died: OSError: [Errno 28] No space left on device"])[0]
+    f = parse_lines(
+        ["2024-05-01 12:34:56,000 - ERROR - disk died: OSError: [Errno 28] No space left on device"]
+    )[0]
     assert (f.category, f.timestamp_source) == ("disk_full", "line")
     assert f.timestamp == pytest.approx(_local(2024, 5, 1, 12, 34, 56))
 
@@ -435,8 +554,12 @@ def test_timestamp_comes_from_the_line_in_parse_lines() -> None:
 def test_arrival_sidecar_round_trip(tmp_path: Path) -> None:
     """ArrivalWriter -> ArrivalIndex -> parse_log: lines without their own time get the arrival time."""
     log = tmp_path / "log.txt"
-    lines = ["step 1"] * 500 + ["RuntimeError: CUDA error: device-side assert triggered"] + ["step 2"] * 10 + \
-            ["Killed"]
+    lines = (
+        ["step 1"] * 500
+        + ["RuntimeError: CUDA error: device-side assert triggered"]
+        + ["step 2"] * 10
+        + ["Killed"]
+    )
     t0 = 1_714_567_890.0
     with ArrivalWriter(log) as writer:
         for i, _ in enumerate(lines, start=1):
@@ -445,7 +568,7 @@ def test_arrival_sidecar_round_trip(tmp_path: Path) -> None:
     log.write_text("\n".join(lines) + "\n")
     side = sidecar_path(log)
     assert side == tmp_path / "log.txt.times"
-    assert len(side.read_text().splitlines()) < 20          # compact: the burst is one entry
+    assert len(side.read_text().splitlines()) < 20  # compact: the burst is one entry
     index = ArrivalIndex.load(side)
     assert index is not None
     assert index.time_of(1) == pytest.approx(t0) and index.time_of(250) == pytest.approx(t0)
@@ -464,19 +587,39 @@ def test_arrival_writer_skips_small_steps_and_index_reads_torn_files(tmp_path: P
     log = tmp_path / "log.txt"
     with ArrivalWriter(log) as w:
         w.line(1, 100.0)
-        w.line(2, 100.01)       # < 0.05 s later: no entry
+        w.line(2, 100.01)  # < 0.05 s later: no entry
         w.line(3, 100.2)
-        w.line(3, 105.0)        # not a new line: ignored
+        w.line(3, 105.0)  # not a new line: ignored
     side = sidecar_path(log)
     body = [ln for ln in side.read_text().splitlines() if not ln.startswith("#")]
     assert body == ["1\t100.000", "3\t100.200"]
     with open(side, "a") as f:
-        f.write("9\t10")        # torn: no newline, but parseable; then junk
+        f.write("9\t10")  # torn: no newline, but parseable; then junk
         f.write("\nnot a line\n")
     index = ArrivalIndex.load(side)
     assert index is not None and len(index) == 3
     assert index.time_of(2) == pytest.approx(100.0) and index.time_of(5) == pytest.approx(100.2)
     assert ArrivalIndex.load(tmp_path / "missing.times") is None
+
+
+def test_arrival_sidecar_continues_with_an_appended_log(tmp_path: Path) -> None:
+    """A log that collect continues keeps its earlier arrival times; a new empty log starts a new sidecar."""
+    log = tmp_path / "log.txt"
+    log.write_text("")
+    with ArrivalWriter(log) as w:
+        w.line(1, 100.0)
+        w.line(2, 200.0)
+    log.write_text("a\nb\n")
+    with ArrivalWriter(log) as w:  # the second run of collect on the same log, lines numbered on
+        w.line(3, 300.0)
+    index = ArrivalIndex.load(sidecar_path(log))
+    assert index is not None
+    assert [index.time_of(n) for n in (1, 2, 3)] == [100.0, 200.0, 300.0]
+    log.write_text("")
+    with ArrivalWriter(log) as w:  # the log was replaced by an empty one: the old times must not leak
+        w.line(1, 900.0)
+    index = ArrivalIndex.load(sidecar_path(log))
+    assert index is not None and len(index) == 1 and index.time_of(2) == 900.0
 
 
 def test_line_time_wins_over_arrival(tmp_path: Path) -> None:
@@ -493,27 +636,31 @@ def test_line_time_wins_over_arrival(tmp_path: Path) -> None:
 # -- no crying wolf ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line", [
-    "eval_error_rate: 0.02",
-    "0 errors",
-    "errors=0",
-    "error_count=0",
-    "no errors found",
-    "ERROR_THRESHOLD=5",
-    "Epoch 1:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.212, error=0.1]",
-    "  45%|████▌     | 450/1000 [01:23<01:40, 5.40it/s]",
-    "Loaded nano-gpt weights for the finance domain",
-    "loss: 0.5",
-    "{'loss': 0.5, 'eval_error_rate': 0.03, 'nan_count': 0}",
-    "Running: python train.py --log-level ERROR --on-error skip",
-    "export NCCL_DEBUG=WARN",
-    "Validation finished with error rate 0.4%",
-    "exit code 0",
-    "Killed 3 zombie processes",
-    "Segmentation of the dataset done",
-    "timeout=1800",
-    "Saving model checkpoint to out/checkpoint-500",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "eval_error_rate: 0.02",
+        "0 errors",
+        "errors=0",
+        "error_count=0",
+        "no errors found",
+        "ERROR_THRESHOLD=5",
+        "Epoch 1:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.212, error=0.1]",
+        "  45%|████▌     | 450/1000 [01:23<01:40, 5.40it/s]",
+        "Loaded nano-gpt weights for the finance domain",
+        "loss: 0.5",
+        "{'loss': 0.5, 'eval_error_rate': 0.03, 'nan_count': 0}",
+        "Running: python train.py --log-level ERROR --on-error skip",
+        "export NCCL_DEBUG=WARN",
+        "Validation finished with error rate 0.4%",
+        "exit code 0",
+        "Killed 3 zombie processes",
+        "Segmentation of the dataset done",
+        "timeout=1800",
+        "Saving model checkpoint to out/checkpoint-500",
+        "train: error: 0.1",
+    ],
+)
 def test_not_an_error(line: str) -> None:
     """Lines that mention errors without an anchor are not error findings (most are no finding at all)."""
     assert _errors(parse_lines([line])) == []
@@ -521,26 +668,27 @@ def test_not_an_error(line: str) -> None:
 
 def test_user_warning_is_never_an_error() -> None:
     """A UserWarning, even about a disk or a NaN, is a python_warning."""
-    findings = parse_lines([
-        "/x/joblib/_multiprocessing_helpers.py:46: UserWarning: [Errno 28] No space left on device.  joblib will "
-        "operate in serial mode",
-        "  warnings.warn('%s.  joblib will operate in serial mode' % (e,))",
-        "/x/torch/autograd/graph.py:744: UserWarning: Detected NaN in the gradient",
-    ])
+    findings = parse_lines(
+        [
+            JOBLIB_WARNING,
+            "  warnings.warn('%s.  joblib will operate in serial mode' % (e,))",
+            "/x/torch/autograd/graph.py:744: UserWarning: Detected NaN in the gradient",
+        ]
+    )
     assert [(f.level, f.category) for f in findings] == [("warning", "python_warning")] * 2
 
 
 def test_retried_download_that_succeeded_is_not_an_error() -> None:
     """Retry messages are warnings; a network ERROR followed later by success is downgraded to a warning."""
-    findings = parse_lines([
-        "WARNING:urllib3.connectionpool:Retrying (Retry(total=4, connect=None, read=None, redirect=None, "
-        "status=None)) after connection broken by 'ReadTimeoutError(\"HTTPSConnectionPool(host='huggingface.co', "
-        "port=443): Read timed out. (read timeout=10)\")': /api/models",
-        "ERROR:huggingface_hub:Read timed out while downloading model.safetensors",
-        "Retrying in 1s [Retry 1/5].",
-        "model.safetensors: 100%|██████████| 9.98G/9.98G [02:11<00:00, 75.9MB/s]",
-        "Download complete: model.safetensors",
-    ])
+    findings = parse_lines(
+        [
+            URLLIB3_RETRY,
+            "ERROR:huggingface_hub:Read timed out while downloading model.safetensors",
+            "Retrying in 1s [Retry 1/5].",
+            "model.safetensors: 100%|██████████| 9.98G/9.98G [02:11<00:00, 75.9MB/s]",
+            "Download complete: model.safetensors",
+        ]
+    )
     assert _errors(findings) == []
     recovered = [f for f in findings if f.details.get("recovered")]
     assert len(recovered) == 1 and recovered[0].level == "warning"
@@ -548,36 +696,78 @@ def test_retried_download_that_succeeded_is_not_an_error() -> None:
 
 def test_network_error_without_recovery_stays_an_error() -> None:
     """A network error the run did not recover from stays an error."""
-    findings = parse_lines(["wandb: Network error (ReadTimeout), entering retry loop.",
-                            "wandb: ERROR Run initialization has timed out after 90.0 sec."])
-    assert [(f.level, f.category) for f in findings] == [("warning", "network_timeout"),
-                                                         ("error", "network_timeout")]
+    findings = parse_lines(
+        [
+            "wandb: Network error (ReadTimeout), entering retry loop.",
+            "wandb: ERROR Run initialization has timed out after 90.0 sec.",
+        ]
+    )
+    assert [(f.level, f.category) for f in findings] == [
+        ("warning", "network_timeout"),
+        ("error", "network_timeout"),
+    ]
 
 
-@pytest.mark.parametrize("line, category", [
-    ("RuntimeError: DataLoader worker (pid 12) is killed by signal: Killed.", "dataloader_worker_died"),
-    ("Killed", "host_oom_kill"),
-    ("./train.sh: line 12: 34567 Killed                  python train.py", "host_oom_kill"),
-    ("Process finished with exit code 137 (interrupted by signal 9: SIGKILL)", "host_oom_kill"),
-    ("subprocess.CalledProcessError: Command '['python', 'train.py']' died with <Signals.SIGKILL: 9>.",
-     "host_oom_kill"),
-    ("RuntimeError: CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`", "cudnn_cublas"),
-    ("OSError: [Errno 24] Too many open files", "too_many_open_files"),
-    ("ValueError: Loss is nan, stopping training", "nan_loss"),
-    ("[rank0]: train.py: error: the following arguments are required: --config", "config_error"),
-    ("TypeError: __init__() got an unexpected keyword argument 'evaluation_strategy'", "config_error"),
-    ("Bus error (core dumped)", "shm_bus_error"),
-    ("Aborted (core dumped)", "segfault"),
-    ("torch.distributed.DistBackendError: NCCL communicator was aborted on rank 2.", "nccl_error"),
-    ("[E socket.cpp:957] [c10d] The client socket has timed out after 900s while trying to connect to (10.0.0.1, "
-     "29500).", "nccl_timeout"),
-    ("requests.exceptions.ConnectionError: HTTPSConnectionPool(host='huggingface.co', port=443): Max retries "
-     "exceeded with url: /api/models (Caused by NewConnectionError('Failed to establish a new connection'))",
-     "network_timeout"),
-    ("ERROR: something broke badly", "error"),
-    ("CRITICAL:root:giving up", "error"),
-    ("AssertionError", "python_exception"),
-])
+@pytest.mark.parametrize(
+    "line, category",
+    [
+        ("RuntimeError: DataLoader worker (pid 12) is killed by signal: Killed.", "dataloader_worker_died"),
+        ("Killed", "host_oom_kill"),
+        ("./train.sh: line 12: 34567 Killed                  python train.py", "host_oom_kill"),
+        ("Process finished with exit code 137 (interrupted by signal 9: SIGKILL)", "host_oom_kill"),
+        (
+            "subprocess.CalledProcessError: Command '['python', 'train.py']' died with <Signals.SIGKILL: 9>.",
+            "host_oom_kill",
+        ),
+        (
+            "RuntimeError: CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`",
+            "cudnn_cublas",
+        ),
+        ("OSError: [Errno 24] Too many open files", "too_many_open_files"),
+        ("ValueError: Loss is nan, stopping training", "nan_loss"),
+        ("[rank0]: train.py: error: the following arguments are required: --config", "config_error"),
+        ("TypeError: __init__() got an unexpected keyword argument 'evaluation_strategy'", "config_error"),
+        ("Bus error (core dumped)", "shm_bus_error"),
+        ("Aborted (core dumped)", "segfault"),
+        ("torch.distributed.DistBackendError: NCCL communicator was aborted on rank 2.", "nccl_error"),
+        (C10D_TIMEOUT, "nccl_timeout"),
+        (REQUESTS_ERROR, "network_timeout"),
+        (
+            (
+                "[2023-07-26 15:19:30,246] [ERROR] [launch.py:321:sigkill_handler] ['/usr/bin/python', "
+                "'-u', 'train.py'] exits with return code = -9"
+            ),
+            "host_oom_kill",
+        ),
+        ("srun: error: node017: task 0: Killed", "host_oom_kill"),
+        ("slurmstepd: error: Detected 1 oom-kill event(s) in StepId=4242.0.", "host_oom_kill"),
+        (
+            (
+                "numpy.core._exceptions._ArrayMemoryError: Unable to allocate 3.20 GiB for an array with "
+                "shape (1000, 860000) and data type float32"
+            ),
+            "cpu_oom",
+        ),
+        ("RuntimeError: Function 'MulBackward0' returned nan values in its 0th output.", "nan_loss"),
+        ("ValueError: The loss returned in `training_step` is nan.", "nan_loss"),
+        (
+            "torch.distributed.DistStoreError: Timed out after 901 seconds waiting for clients. 1/2 joined.",
+            "nccl_timeout",
+        ),
+        ("FileNotFoundError: [Errno 2] No such file or directory: 'configs/train.yaml'", "config_error"),
+        (
+            "FileNotFoundError: [Errno 2] No such file or directory: 'data/shard-00017.tar'",
+            "python_exception",
+        ),
+        (
+            "slurmstepd: error: *** JOB 4242 ON node017 CANCELLED AT 2024-05-01T12:00:00 DUE TO TIME ***",
+            "error",
+        ),
+        ("ERROR: something broke badly", "error"),
+        ("CRITICAL:root:giving up", "error"),
+        ("AssertionError", "python_exception"),
+    ],
+)
 def test_single_line_anchors(line: str, category: str) -> None:
     """One line with an anchor (phrase, marker or exception name) is an error of the right category."""
     findings = parse_lines([line])
@@ -587,35 +777,77 @@ def test_single_line_anchors(line: str, category: str) -> None:
 def test_prefilter_selects_every_category_anchor() -> None:
     """Each anchor phrase contains a trigger word, so the byte-level prefilter never skips it."""
     from runlens.analyze.logparse import _candidates
+
     samples = [
-        "CUDA out of memory", "torch.OutOfMemoryError", "# OOM during training step, skipping batch 1/3 #",
-        "MPS backend out of memory", "DefaultCPUAllocator: can't allocate memory", "MemoryError",
-        "OSError: [Errno 12] Cannot allocate memory", "device-side assert triggered",
+        "CUDA out of memory",
+        "torch.OutOfMemoryError",
+        "# OOM during training step, skipping batch 1/3 #",
+        "MPS backend out of memory",
+        "DefaultCPUAllocator: can't allocate memory",
+        "MemoryError",
+        "OSError: [Errno 12] Cannot allocate memory",
+        "device-side assert triggered",
         "x.cu:1: f: block: [0,0,0], thread: [1,0,0] Assertion `a` failed.",
-        "an illegal memory access was encountered", "Bus error", "unable to write to file </torch_1>",
-        "DataLoader worker (pid 1) exited unexpectedly", "Killed", "已杀死", "exit code 137", "exitcode  : -9",
-        "Signal 9 (SIGKILL)", "OOMKilled", "Out of memory: Killed process 1 (python)",
-        "Watchdog caught collective operation timeout", "NCCL WARN Call to connect returned", "ncclCommAbort",
-        "CUDNN_STATUS_BAD_PARAM", "CUBLAS_STATUS_EXECUTION_FAILED", "Gradient overflow. Skipping step",
-        "[deepspeed] OVERFLOW! Rank 0 Skipping step.", "Loss is nan", "NaN or Inf found in input tensor.",
-        "loss is inf", "non-finite loss", "Detected inf", "Too many open files", "AF_UNIX path too long",
-        "No space left on device", "Disk quota exceeded", "PytorchStreamWriter failed writing file data/0",
-        "Failed to save", "Max retries exceeded with url", "Connection timed out", "wandb: Network error",
-        "Temporary failure in name resolution", "Segmentation fault", "SIGSEGV", "Illegal instruction",
-        "Fatal Python error: Aborted", "terminate called after throwing an instance of 'c10::Error'",
-        "Traceback (most recent call last):", "usage: x\nx: error: unrecognized arguments: --a",
-        "yaml.scanner.ScannerError", "Unrecognized configuration class", "Could not override 'a'.",
-        "[W NNPACK.cpp:53] Could not initialize NNPACK!", "[rank0]:[E1206 18:44:12.7 X.cpp:1] x",
-        "E0501 12:34:56.789 1 x.cc:1] x", "W0501 12:34:56.789 1 x.cc:1] x", "CRITICAL:root:x", "FATAL x",
-        "2024-01-01 WARNING x", "Saving model checkpoint", "wandb: 🚀 View run x", "Successfully downloaded",
+        "an illegal memory access was encountered",
+        "Bus error",
+        "unable to write to file </torch_1>",
+        "DataLoader worker (pid 1) exited unexpectedly",
+        "Killed",
+        "已杀死",
+        "exit code 137",
+        "exitcode  : -9",
+        "Signal 9 (SIGKILL)",
+        "OOMKilled",
+        "Out of memory: Killed process 1 (python)",
+        "Watchdog caught collective operation timeout",
+        "NCCL WARN Call to connect returned",
+        "ncclCommAbort",
+        "CUDNN_STATUS_BAD_PARAM",
+        "CUBLAS_STATUS_EXECUTION_FAILED",
+        "Gradient overflow. Skipping step",
+        "[deepspeed] OVERFLOW! Rank 0 Skipping step.",
+        "Loss is nan",
+        "NaN or Inf found in input tensor.",
+        "loss is inf",
+        "non-finite loss",
+        "Detected inf",
+        "Too many open files",
+        "AF_UNIX path too long",
+        "No space left on device",
+        "Disk quota exceeded",
+        "PytorchStreamWriter failed writing file data/0",
+        "Failed to save",
+        "Max retries exceeded with url",
+        "Connection timed out",
+        "wandb: Network error",
+        "Temporary failure in name resolution",
+        "Segmentation fault",
+        "SIGSEGV",
+        "Illegal instruction",
+        "Fatal Python error: Aborted",
+        "terminate called after throwing an instance of 'c10::Error'",
+        "Traceback (most recent call last):",
+        "x: error: unrecognized arguments: --a",
+        "yaml.scanner.ScannerError",
+        "Unrecognized configuration class",
+        "Could not override 'a'.",
+        "[W NNPACK.cpp:53] Could not initialize NNPACK!",
+        "[rank0]:[E1206 18:44:12.7 X.cpp:1] x",
+        "E0501 12:34:56.789 1 x.cc:1] x",
+        "W0501 12:34:56.789 1 x.cc:1] x",
+        "CRITICAL:root:x",
+        "FATAL x",
+        "2024-01-01 WARNING x",
+        "Saving model checkpoint",
+        "wandb: 🚀 View run x",
+        "Successfully downloaded",
         "UserWarning: x",
     ]
     missed = []
-    for sample in samples:
-        for line in sample.split("\n"):
-            block = f"noise line\n{line}\nmore noise\n".encode()
-            if _candidates(block) != [len(b"noise line\n")]:
-                missed.append(line)
+    for line in samples:
+        block = f"noise line\n{line}\nmore noise\n".encode()
+        if _candidates(block) != [len(b"noise line\n")]:
+            missed.append(line)
     assert missed == []
 
 
@@ -624,9 +856,12 @@ def test_prefilter_selects_every_category_anchor() -> None:
 
 def test_identical_findings_fold_into_the_first_with_a_count() -> None:
     """Repeated findings that differ only in numbers are one finding with count, first line and last line."""
-    lines = [f"[rank{i % 4}]:[E ProcessGroupNCCL.cpp:737] [Rank {i % 4}] Watchdog caught collective operation "
-             f"timeout: WorkNCCL(SeqNum={100 + i}, OpType=ALLREDUCE, Timeout(ms)=1800000) ran for {1800000 + i} "
-             f"milliseconds before timing out." for i in range(100)]
+    lines = [
+        f"[rank{i % 4}]:[E ProcessGroupNCCL.cpp:737] [Rank {i % 4}] Watchdog caught collective operation "
+        f"timeout: WorkNCCL(SeqNum={100 + i}, OpType=ALLREDUCE, Timeout(ms)=1800000) ran for {1800000 + i} "
+        f"milliseconds before timing out."
+        for i in range(100)
+    ]
     findings = parse_lines(["starting"] + lines)
     assert len(findings) == 1
     f = findings[0]
@@ -637,23 +872,27 @@ def test_identical_findings_fold_into_the_first_with_a_count() -> None:
 
 def test_max_findings_keeps_errors_near_the_end() -> None:
     """With more distinct findings than max_findings, warnings give way to the errors that come later."""
-    lines = [f"WARNING: distinct warning {chr(65 + i % 26)}{'x' * (i % 7)}{chr(65 + i // 26 % 26)}"
-             for i in range(400)] + ["RuntimeError: CUDA error: an illegal memory access was encountered"]
+    lines = [
+        f"WARNING: distinct warning {chr(65 + i % 26)}{'x' * (i % 7)}{chr(65 + i // 26 % 26)}"
+        for i in range(400)
+    ] + ["RuntimeError: CUDA error: an illegal memory access was encountered"]
     findings = parse_lines(lines, max_findings=50)
     assert len(findings) == 50
     assert findings[-1].category == "cuda_illegal_memory"
 
 
 def test_ansi_codes_and_carriage_returns() -> None:
-    """Colour codes are stripped; of a \\r-rewritten line only the last segment counts; bars are never findings."""
-    findings = parse_lines([
-        "\x1b[31mERROR\x1b[0m \x1b[1mtraining diverged\x1b[0m",
-        " 10%|█         | 1/10 [00:01<00:09, 1.0it/s]\rRuntimeError: CUDA error: device-side assert triggered",
-        "ERROR: overwritten and not shown\r 20%|██        | 2/10 [00:02<00:08, 1.0it/s]",
-        " 30%|███       | 3/10 [00:03<00:07, 1.0it/s, loss=nan]",
-        "Epoch 0: 100%|██████████| 10/10 [00:10<00:00, 1.0it/s]Fatal Python error: Segmentation fault",
-        "windows line\r\n",
-    ])
+    """Colour codes are stripped; of a \\r-rewritten line only the last segment counts; bars never count."""
+    findings = parse_lines(
+        [
+            "\x1b[31mERROR\x1b[0m \x1b[1mtraining diverged\x1b[0m",
+            " 10%|█ | 1/10 [00:01<00:09, 1.0it/s]\rRuntimeError: CUDA error: device-side assert triggered",
+            "ERROR: overwritten and not shown\r 20%|██        | 2/10 [00:02<00:08, 1.0it/s]",
+            " 30%|███       | 3/10 [00:03<00:07, 1.0it/s, loss=nan]",
+            "Epoch 0: 100%|██████████| 10/10 [00:10<00:00, 1.0it/s]Fatal Python error: Segmentation fault",
+            "windows line\r\n",
+        ]
+    )
     assert [(f.category, f.message) for f in findings] == [
         ("error", "ERROR training diverged"),
         ("cuda_device_assert", "RuntimeError: CUDA error: device-side assert triggered"),
@@ -674,8 +913,10 @@ def test_invalid_utf8_and_binary_junk_do_not_raise(tmp_path: Path) -> None:
     rng = random.Random(1234)
     junk = bytes(rng.getrandbits(8) for _ in range(300_000))
     log = tmp_path / "log.txt"
-    log.write_bytes(b"caf\xe9 \xff\xfe step 1\n" + junk + b"\nRuntimeError: CUDA error: device-side assert "
-                    b"triggered \xc3\x28\n" + junk[:5000] + b"\x00\x00\x00 ERROR \x00\x00\x00\x00\x00\x00\n")
+    log.write_bytes(
+        b"caf\xe9 \xff\xfe step 1\n" + junk + b"\nRuntimeError: CUDA error: device-side assert "
+        b"triggered \xc3\x28\n" + junk[:5000] + b"\x00\x00\x00 ERROR \x00\x00\x00\x00\x00\x00\n"
+    )
     findings = parse_log(log)
     asserts = [f for f in findings if f.category == "cuda_device_assert"]
     assert len(asserts) == 1 and "\ufffd" in asserts[0].message
@@ -689,13 +930,22 @@ def test_very_long_line_is_truncated_not_fatal(tmp_path: Path) -> None:
     """A 10 MB line without a newline is cut to head and tail; what follows it is still parsed."""
     log = tmp_path / "log.txt"
     with open(log, "wb") as f:
-        f.write(b"x" * 5_000_000 + b" noise " + b"y" * 5_000_000 + b" RuntimeError: CUDA error: device-side assert "
-                b"triggered\n")
+        f.write(
+            b"x" * 5_000_000
+            + b" noise "
+            + b"y" * 5_000_000
+            + b" RuntimeError: CUDA error: device-side assert "
+            b"triggered\n"
+        )
         f.write(b"Killed\n")
     findings = parse_log(log)
     assert [f.category for f in findings] == ["cuda_device_assert", "host_oom_kill"]
     assert findings[1].line_number == 2
-    assert len(findings[0].text) <= 9 * 1024 and findings[0].message.endswith("…")
+    assert len(findings[0].text) <= 9 * 1024
+    assert (
+        len(findings[0].message) <= 500
+        and "RuntimeError: CUDA error: device-side assert" in findings[0].message
+    )
 
 
 def test_missing_file_and_directory_raise_log_unreadable(tmp_path: Path) -> None:
@@ -736,8 +986,18 @@ def test_to_dict_is_plain_json() -> None:
     """to_dict gives every field as plain JSON-able data."""
     f = parse_lines(TRACEBACK.splitlines())[0]
     d = f.to_dict()
-    assert set(d) == {"level", "category", "message", "text", "line_number", "timestamp", "timestamp_source",
-                      "rank", "count", "details"}
+    assert set(d) == {
+        "level",
+        "category",
+        "message",
+        "text",
+        "line_number",
+        "timestamp",
+        "timestamp_source",
+        "rank",
+        "count",
+        "details",
+    }
     assert json.loads(json.dumps(d)) == d
 
 
@@ -755,9 +1015,11 @@ def test_blocks_spanning_chunk_boundaries(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_throughput_and_memory_on_a_large_log(tmp_path: Path) -> None:
-    """A 60 MB progress-bar log parses at a rate far from pathological (CPU time, robust to a busy machine)."""
-    bar = "".join(f"{i % 100:3d}%|{'█' * (i % 10)}{' ' * (10 - i % 10)}| {i}/9999 [01:00<02:00, 4.2it/s]\r"
-                  for i in range(40))
+    """A 60 MB progress-bar log parses at > 50 MB/s of CPU time (CPU time: robust to a busy machine)."""
+    bar = "".join(
+        f"{i % 100:3d}%|{'█' * (i % 10)}{' ' * (10 - i % 10)}| {i}/9999 [01:00<02:00, 4.2it/s]\r"
+        for i in range(40)
+    )
     unit = (bar + "\n" + "{'loss': 0.51, 'learning_rate': 2e-05, 'epoch': 0.5}\n") * 200
     log = tmp_path / "big.txt"
     with open(log, "w", encoding="utf-8") as f:

@@ -15,7 +15,7 @@ from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.logparse import LogFinding
 from runlens.analyze.registry import all_rules, run_rules
-from runlens.analyze.rules import logs, memory, throughput, training
+from runlens.analyze.rules import memory, throughput, training
 from runlens.settings import Settings
 
 T0 = 1_700_000_000.0
@@ -723,9 +723,9 @@ def test_real_parser_output_drives_the_log_rules() -> None:
 
     lines = [
         "2026-11-22 10:00:01 INFO starting",
-        "[rank1]:[E ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation timeout: "
-        "WorkNCCL(SeqNum=1532, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600314 "
-        "milliseconds before timing out.",
+        ("[rank1]:[E ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation timeout: "
+         "WorkNCCL(SeqNum=1532, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600314 "
+         "milliseconds before timing out."),
         "Traceback (most recent call last):",
         '  File "loader.py", line 9, in <module>',
         "    open(p)",
@@ -733,9 +733,9 @@ def test_real_parser_output_drives_the_log_rules() -> None:
         "Traceback (most recent call last):",
         '  File "train.py", line 3, in <module>',
         "    main()",
-        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity of "
-        "23.64 GiB of which 101.06 MiB is free. Of the allocated memory 20.1 GiB is allocated by PyTorch, and "
-        "2.9 GiB is reserved by PyTorch but unallocated.",
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total capacity "
+         "of 23.64 GiB of which 101.06 MiB is free. Of the allocated memory 20.1 GiB is allocated by PyTorch, "
+         "and 2.9 GiB is reserved by PyTorch but unallocated."),
     ]
     found = parse_lines(lines)
     cats = {f.category for f in found}
@@ -748,3 +748,26 @@ def test_real_parser_output_drives_the_log_rules() -> None:
     assert "logs.cuda_oom" not in ids
     assert one(findings, "memory.fragmentation").impact_value == pytest.approx(2.9)
     assert one(findings, "memory.oom").evidence["tried_to_allocate_gb"] == pytest.approx(0.5)
+
+
+def test_collector_oom_suspicion_follows_memory() -> None:
+    """`runlens collect` marks a SIGKILL as host_oom_suspected; with memory low it stays a warning."""
+    ev = events_frame({"timestamp": T0 + 9, "event_type": "host_oom_suspected",
+                       "details": {"exit_code": 137, "signal": "SIGKILL"}})
+    low = job(samples=samples_frame(10, used=10.0), events=ev, status="failed", exit_code=137, exit_signal=9)
+    f = one(memory.oom(low), "memory.oom")
+    assert f.severity == "warning" and f.evidence["occurrences"] == 1 and f.evidence["kind"] == "host"
+    high = job(samples=samples_frame(10, used=63.0), events=ev, status="failed", exit_code=137, exit_signal=9)
+    assert one(memory.oom(high), "memory.oom").severity == "critical"
+
+
+@pytest.mark.parametrize("config,dialect", [
+    (AITK, "ai-toolkit"), (HF, "huggingface"), (PL, "lightning"),
+    ({"trainer": {"callbacks": []}, "model": {"lr": 0.1}, "data": {"batch_size": 8}}, "lightning"),
+    ({"lr": 0.1, "batch_size": 8}, "generic"), (None, "generic"),
+    ({"monitoring": {"dialect": "huggingface"}, "lr": 1}, "huggingface"),
+])
+def test_detect_dialect(config: Any, dialect: str) -> None:
+    from runlens.dialects import detect_dialect
+
+    assert detect_dialect(config) == dialect

@@ -16,8 +16,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,7 @@ def _hold_memory(worker_id: int) -> None:
     import numpy as np
 
     global _HELD
-    _HELD = np.ones(WORKER_MB * 2**20 // 8)   # noqa: F841 - kept alive on purpose
+    _HELD = np.ones(WORKER_MB * 2**20 // 8)
 
 
 def workload_workers(db: str, out: str) -> None:
@@ -265,7 +266,7 @@ def run_workload(name: str, tmp_path: Path, env: dict[str, str], expect_rc: int 
     db = f"sqlite:///{tmp_path / 'runlens.db'}"
     out = tmp_path / f"{name}.json"
     proc = subprocess.run([sys.executable, str(HERE), name, db, str(out)], env=env, capture_output=True,
-                          text=True, timeout=180)
+                          text=True, timeout=180, check=False)
     assert proc.returncode == expect_rc, proc.stdout + proc.stderr
     return db, json.loads(out.read_text())
 
@@ -399,6 +400,7 @@ def test_rlimit_as_out_of_memory(tmp_path: Path, child_env: dict[str, str]) -> N
     assert f.evidence["tried_to_allocate_gb"] == pytest.approx(m["chunk_gb"])
     assert within(f.evidence["process_memory_gb"], m["rss_before_failure_gb"]), (f.evidence, m)
     assert "DefaultCPUAllocator" in f.evidence["message"]
+    assert "RLIMIT_AS" in f.evidence["likely_cause"] and "ulimit -v" in f.action
     print(f"\nrlimit: measured RSS {m['rss_before_failure_gb']:.3f} GB before the failing "
           f"{m['chunk_gb']:.2f} GB allocation; finding: {f.title}; {f.impact}")
 

@@ -10,8 +10,9 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -19,7 +20,13 @@ import pytest
 from runlens.collect.gpu import GpuProbe, parse_visible_devices
 from runlens.collect.procs import ProcessTree, is_launcher
 from runlens.collect.sampler import (
-    GPU_COLUMNS, SAMPLE_COLUMNS, Sample, SamplerThread, SystemSampler, cuda_allocator_bytes, read_pressure,
+    GPU_COLUMNS,
+    SAMPLE_COLUMNS,
+    Sample,
+    SamplerThread,
+    SystemSampler,
+    cuda_allocator_bytes,
+    read_pressure,
 )
 from runlens.store.models import GpuSample, MetricsSample
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from runlens._version import __version__
+from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.contract import SCHEMA_VERSION
 from runlens.analyze.findings import Finding
 from runlens.analyze.health import goodput, health_score, run_window
@@ -32,6 +33,8 @@ __all__ = ["ERROR_EVENTS", "MAX_LOG_ERRORS", "build_analysis", "json_safe", "log
            "rank_recommendations", "summarize"]
 
 MAX_LOG_ERRORS = 2000
+MAX_HANGS = 100
+MAX_STACK_CHARS = 200_000           # per stack text; the events table keeps the full evidence
 MAX_JOB_FIELD_BYTES = 1_000_000     # a job field bigger than this (a giant config) is left out of the document
 ERROR_EVENTS = frozenset({"exception", "oom", "cuda_oom", "host_oom_suspected", "oom_abort"})
 WARNING_EVENTS = frozenset({"oom_skip", "buffer_overflow", "monitoring_budget_exceeded"})
@@ -113,14 +116,7 @@ def _feasible(f: Finding) -> bool:
 def _resolve_config_paths(findings: list[Finding], data: JobData, notes: list[str]) -> None:
     """Give findings that name only a concept (``config_key``) the exact path and current value in this job's
     dialect; findings that already carry a path are left as their rule wrote them."""
-    todo = [f for f in findings if f.config_key and not f.config_path]
-    if not todo:
-        return
-    try:
-        from runlens.analyze.configpaths import apply_ref, resolve
-    except ImportError:
-        return
-    for f in todo:
+    for f in [f for f in findings if f.config_key and not f.config_path]:
         try:
             ref = resolve(data, str(f.config_key))
             recommended = f.recommended_value
@@ -337,6 +333,8 @@ def hangs(data: JobData) -> list[dict[str, Any]]:
     if ev is None or ev.empty:
         return []
     rows = ev[ev["event_type"] == "hang_suspected"]
+    if len(rows) > MAX_HANGS:   # a run that hung over and over: the first and the last ones
+        rows = pd.concat([rows.iloc[: MAX_HANGS // 2], rows.iloc[-(MAX_HANGS - MAX_HANGS // 2):]])
     out = []
     for t, step, details in zip(rows["timestamp"].tolist(), rows["step"].tolist() if "step" in rows.columns
                                 else [None] * len(rows), rows["details"].tolist()):
@@ -345,9 +343,24 @@ def hangs(data: JobData) -> list[dict[str, Any]]:
         out.append({
             "timestamp": t, "phase": d.get("phase"), "last_step": last_step,
             "seconds_since_progress": d.get("seconds_since_progress"), "cause": d.get("cause"),
-            "stacks": d.get("stacks"), "stack_source": d.get("stack_source"),
+            "stacks": _clip_text(d.get("stacks"), MAX_STACK_CHARS), "stack_source": d.get("stack_source"),
         })
     return out
+
+
+def _clip_text(value: Any, limit: int) -> Any:
+    """Strings anywhere in ``value`` cut to ``limit`` characters, keeping the head and the tail (where the
+    innermost frames of a dump are)."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return value
+        half = limit // 2
+        return f"{value[:half]}\n... [{len(value) - limit} characters cut] ...\n{value[-half:]}"
+    if isinstance(value, Mapping):
+        return {k: _clip_text(v, limit) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clip_text(v, limit) for v in value]
+    return value
 
 
 # -- the job ----------------------------------------------------------------------------------------------
@@ -409,5 +422,6 @@ def _col(frame: pd.DataFrame | None, name: str) -> np.ndarray:
         return np.empty(0)
     if name not in frame.columns:
         return np.full(len(frame), np.nan)
-    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    values: np.ndarray = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    return values
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from runlens.errors import ConfigError
 
-__all__ = ["AppliedChange", "ApplyResult", "NON_CONFIG_PREFIXES", "apply_recommendations", "format_path",
+__all__ = ["NON_CONFIG_PREFIXES", "AppliedChange", "ApplyResult", "apply_recommendations", "format_path",
            "get_path", "is_config_path", "parse_path", "set_path"]
 
 PathLike = str | Sequence[str | int]

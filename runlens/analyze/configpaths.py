@@ -20,8 +20,9 @@ Config paths that are not config keys carry a prefix: ``env:NAME`` (an environme
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from runlens.analyze.configedit import get_path, parse_path
 from runlens.dialects import AITOOLKIT, GENERIC, HUGGINGFACE, LIGHTNING
@@ -270,7 +271,7 @@ def find_key(config: Any, names: Sequence[str]) -> tuple[str, Any] | None:
 
 # -- resolving a concept ---------------------------------------------------------------------------------
 
-def resolve(data: "JobData", concept: str) -> ConfigRef:
+def resolve(data: JobData, concept: str) -> ConfigRef:
     """Resolve ``concept`` against ``data``'s config in ``data``'s dialect.
 
     A user mapping in ``monitoring.paths`` (``Settings.config_paths``) wins in every dialect, so a user can
@@ -336,7 +337,7 @@ def _absent(concept: str, path: str, default: Any) -> ConfigRef:
     return ConfigRef(concept, path, default, "default", default)
 
 
-def apply_ref(finding: "Finding", ref: ConfigRef, recommended: Any, *, measured: Any = None) -> "Finding":
+def apply_ref(finding: Finding, ref: ConfigRef, recommended: Any, *, measured: Any = None) -> Finding:
     """Fill a finding's config fields from ``ref``.
 
     ``measured`` is what the run actually used when runlens saw it (e.g. the live worker count); it replaces
@@ -369,5 +370,16 @@ def precision_change(dialect: str) -> tuple[str, Any]:
     return "precision", "bf16"
 
 
-__all__ = ["CONCEPTS", "ConceptPath", "ConfigRef", "GENERIC", "apply_ref", "find_key", "get_path", "parse_path",
-           "precision_change", "resolve", "resolve_config"]
+__all__ = [
+    "CONCEPTS",
+    "GENERIC",
+    "ConceptPath",
+    "ConfigRef",
+    "apply_ref",
+    "find_key",
+    "get_path",
+    "parse_path",
+    "precision_change",
+    "resolve",
+    "resolve_config",
+]

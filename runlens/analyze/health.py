@@ -320,7 +320,8 @@ def _coverage(merged: Intervals) -> Any:
 def _col(frame: pd.DataFrame | None, name: str) -> np.ndarray:
     if frame is None or frame.empty or name not in frame.columns:
         return np.empty(0) if frame is None or frame.empty else np.full(len(frame), np.nan)
-    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    values: np.ndarray = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    return values
 
 
 def _first(frame: pd.DataFrame | None) -> float | None:

@@ -63,7 +63,8 @@ def load_job(store: Store, job_id: str, *, log_path: str | os.PathLike[str] | No
     findings = parse.result() if parse is not None else []
 
     config = job.get("config") if isinstance(job.get("config"), dict) else None
-    dialect = job.get("config_dialect") if job.get("config_dialect") in DIALECTS else detect_dialect(config)
+    recorded = job.get("config_dialect")
+    dialect = str(recorded) if recorded in DIALECTS else detect_dialect(config)
     settings = job_settings(frames.job, config, notes)
     return JobData(job=frames.job, steps=frames.steps, samples=frames.samples, events=frames.events,
                    gpus=frames.gpus, costs=frames.costs, log_findings=findings, config=config, dialect=dialect,

@@ -1,15 +1,15 @@
-"""Find the errors and warnings in a training run's log.txt: when, where, what kind, with tracebacks kept whole.
+"""Find the errors and warnings in a training run's log.txt: when, where, what kind, tracebacks kept whole.
 
 ``runlens collect`` tees the child's stdout and stderr into ``log.txt``; ``parse_log`` reads it back after the
 run (or while it still runs) and returns ``LogFinding`` objects. The categories, their precedence and the
 figures each carries live in ``runlens.analyze.logpatterns``; this module does the reading:
 
-- **Streaming.** The file is read in 1 MiB binary chunks and split on ``\\n``; memory stays bounded whatever the
-  size (lines are cut to 64 KiB keeping head and tail, a traceback's text to ~8 KiB, findings to
+- **Streaming.** The file is read in 1 MiB binary chunks and split on ``\\n``; memory stays bounded whatever
+  the size (lines are cut to 64 KiB keeping head and tail, a traceback's text to ~8 KiB, findings to
   ``max_findings`` with identical ones folded into the first by ``count``).
-- **Cheap first.** A byte regex over each lowercased chunk (``logpatterns.PREFILTER``) picks the few lines that
-  could matter; the rest of the log (progress bars, metrics) is never decoded. Lines are read one by one only
-  while a traceback or crash report is open.
+- **Cheap first.** A byte regex over each lowercased chunk (``logpatterns.PREFILTER``) picks the few lines
+  that could matter; the rest of the log (progress bars, metrics) is never decoded. Lines are read one by one
+  only while a traceback or crash report is open.
 - **Clean lines.** ANSI escapes are stripped, a ``\\r``-rewritten line keeps only its last segment (what a
   terminal shows), text glued after a tqdm bar is split off it, torchrun's ``[rank3]:``/``[default3]:``
   prefixes are removed and recorded, and lines that are mostly non-printable (binary junk) are skipped.
@@ -43,13 +43,28 @@ import os
 import re
 import stat
 from array import array
-from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 from runlens.analyze import logpatterns as lp
+from runlens.analyze.logblocks import (
+    DONE,
+    MAX_LINE,
+    NATIVE_START,
+    REJECT,
+    TAKE,
+    TB_START,
+    TEXT_LIMIT,
+    Block,
+    Native,
+    PyWarning,
+    Traceback,
+    clean,
+    prefix_pattern,
+)
 from runlens.errors import LogUnreadable
 
 logger = logging.getLogger(__name__)
@@ -57,13 +72,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["ArrivalIndex", "ArrivalWriter", "LogFinding", "parse_lines", "parse_log", "sidecar_path"]
 
 CHUNK = 1 << 20
-MAX_LINE = 64 * 1024            # longer lines keep their first and last 32 KiB
-TEXT_LIMIT = 8 * 1024           # a finding's text keeps its first and last 4 KiB
 MESSAGE_LIMIT = 500
-MAX_BLOCK_LINES = 20000         # a traceback longer than this is closed (a runaway, not a stack)
-STALE_BLOCK_LINES = 200         # a block that got no line for this many lines is closed (its rank died)
-HEADER_GAP = 2                  # an error line this close before a traceback is its header (logger.exception)
-SAVE_CONTEXT_LINES = 30         # a traceback this close after "Saving checkpoint" is a failed save
+STALE_BLOCK_LINES = 200  # a block that got no line for this many lines is closed (its rank died)
+HEADER_GAP = 2  # an error line this close before a traceback is its header (logger.exception)
+SAVE_CONTEXT_LINES = 30  # a traceback this close after "Saving checkpoint" is a failed save
 
 
 # -- the finding ---------------------------------------------------------------------------------------------
@@ -73,16 +85,16 @@ SAVE_CONTEXT_LINES = 30         # a traceback this close after "Saving checkpoin
 class LogFinding:
     """One error or warning found in the log (a traceback counts as one)."""
 
-    level: str                      # "error" | "warning"
-    category: str                   # see runlens.analyze.logpatterns; plus "python_exception", "error",
-                                    # "python_warning", "warning"
-    message: str                    # the most informative single line, <= 500 chars
-    text: str                       # the whole finding (traceback included), bounded to ~8 KiB
-    line_number: int                # 1-based line where the finding starts
-    timestamp: float | None         # UNIX seconds
-    timestamp_source: str | None    # "line" | "arrival" | None
-    rank: int | None                # from a torchrun "[rank3]:" / "[default3]:" prefix
-    count: int = 1                  # identical findings (same level, category, normalised message) folded in
+    level: str  # "error" | "warning"
+    category: str  # see runlens.analyze.logpatterns; plus "python_exception", "error",
+    # "python_warning", "warning"
+    message: str  # the most informative single line, <= 500 chars
+    text: str  # the whole finding (traceback included), bounded to ~8 KiB
+    line_number: int  # 1-based line where the finding starts
+    timestamp: float | None  # UNIX seconds
+    timestamp_source: str | None  # "line" | "arrival" | None
+    rank: int | None  # from a torchrun "[rank3]:" / "[default3]:" prefix
+    count: int = 1  # identical findings (same level, category, normalised message) folded in
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,8 +104,10 @@ class LogFinding:
 
 # -- the arrival-time sidecar --------------------------------------------------------------------------------
 
-_SIDECAR_HEADER = ("# runlens arrival times v1: <line number>\\t<unix seconds>; a line without an entry "
-                   "arrived with the nearest earlier entry\n")
+_SIDECAR_HEADER = (
+    "# runlens arrival times v1: <line number>\\t<unix seconds>; a line without an entry "
+    "arrived with the nearest earlier entry\n"
+)
 
 
 def sidecar_path(log_path: str | os.PathLike[str]) -> Path:
@@ -109,6 +123,13 @@ class ArrivalWriter:
     flushed about once a second of log time, so a killed run keeps nearly all of it. Writing never raises
     after the file is open: a full disk costs the arrival times, not the run. Not thread-safe: one writer per
     tee thread.
+
+    ``runlens collect`` continues an existing log rather than truncating it, numbering its lines on from the
+    last one; the sidecar is continued likewise. It starts afresh only when the log is new or empty (a sidecar
+    left beside a log that was since removed would otherwise lend its times to the new lines).
+
+    Raises:
+        OSError: the sidecar cannot be created.
     """
 
     MIN_STEP = 0.05
@@ -116,11 +137,20 @@ class ArrivalWriter:
 
     def __init__(self, log_path: str | os.PathLike[str]) -> None:
         self.path = sidecar_path(log_path)
-        self._file: IO[str] | None = open(self.path, "w", encoding="ascii", buffering=64 * 1024)
+        try:
+            fresh = os.path.getsize(log_path) == 0
+        except OSError:
+            fresh = True
+        fresh = fresh or not self.path.exists()
+        # held open across line() calls on purpose; closed by close() / the context manager
+        self._file: IO[str] | None = open(  # noqa: SIM115
+            self.path, "w" if fresh else "a", encoding="ascii", buffering=64 * 1024
+        )
         self._last_t: float | None = None
         self._last_line = 0
         self._last_flush: float | None = None
-        self._write(_SIDECAR_HEADER)
+        if fresh:
+            self._write(_SIDECAR_HEADER)
 
     def line(self, line_number: int, t: float) -> None:
         """Record that 1-based ``line_number`` arrived at UNIX time ``t``."""
@@ -143,7 +173,7 @@ class ArrivalWriter:
             except OSError as exc:
                 logger.warning("could not finish the arrival-time sidecar %s: %s", self.path, exc)
 
-    def __enter__(self) -> ArrivalWriter:
+    def __enter__(self) -> ArrivalWriter:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -213,283 +243,6 @@ class ArrivalIndex:
         return len(self._lines)
 
 
-# -- one clean line ------------------------------------------------------------------------------------------
-
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]")
-_CTRL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_RANK = re.compile(r"^\[(?:rank|default)(\d+)\]:\s?|^\[\d+,(\d+)\]<std(?:out|err)>:\s?")
-_STREAM = re.compile(r"^(?:stdout|stderr): ")
-# tqdm's "[elapsed<remaining, rate, postfix]" (or "[elapsed, rate]" without a total)
-_TQDM = re.compile(r"\[\d+(?::\d\d){1,2}(?:<(?:\d+(?::\d\d){1,2}|\?))?,[^\]\n]*/[^\]\n]*\]")
-_PCT_BAR = re.compile(r"\d{1,3}%\|")
-_KERAS = re.compile(r"^\s*\d+/\d+ \[[=>.]*\]")
-
-
-def _clean(raw: bytes) -> tuple[str, int | None] | None:
-    """A raw log line -> (text, rank), or None for a progress bar or binary junk."""
-    raw = raw.rstrip(b"\r")
-    cr = raw.rfind(b"\r")
-    while cr >= 0:                                    # what a terminal shows: the last non-empty segment
-        seg = raw[cr + 1:]
-        if seg.strip():
-            raw = seg
-            break
-        raw = raw[:cr]
-        cr = raw.rfind(b"\r")
-    if len(raw) > MAX_LINE:
-        raw = raw[:MAX_LINE // 2] + b" [...] " + raw[-MAX_LINE // 2:]
-    text = raw.decode("utf-8", "replace")
-    if "\x1b" in text:
-        text = _ANSI.sub("", text)
-    if not text.isprintable():
-        bad = len(_BAD_CHARS.findall(text))
-        if bad * 3 > len(text):
-            return None                               # mostly non-printable: binary junk
-        text = _CTRL.sub("", text)
-    rank, text = _strip_rank(text, None)
-    last = None
-    for last in _TQDM.finditer(text):
-        pass
-    if last is not None:
-        text = text[last.end():]                      # text glued after a progress bar
-        if not text.strip():
-            return None
-        rank, text = _strip_rank(text, rank)
-    elif _PCT_BAR.search(text) or _KERAS.match(text):
-        return None
-    return text.rstrip(), rank
-
-
-def _strip_rank(text: str, rank: int | None) -> tuple[int | None, str]:
-    m = _RANK.match(text)
-    if m:
-        rank = int(m.group(1) or m.group(2))
-        text = text[m.end():]
-    m = _STREAM.match(text)
-    if m:
-        text = text[m.end():]
-    return rank, text
-
-
-# -- bounded text --------------------------------------------------------------------------------------------
-
-
-class _Text:
-    """A finding's text: the first and the last ~4 KiB of its lines, and how many were left out between."""
-
-    def __init__(self) -> None:
-        self.head: list[str] = []
-        self.head_size = 0
-        self.tail: deque[str] = deque()
-        self.tail_size = 0
-        self.omitted = 0
-
-    def add(self, line: str) -> None:
-        if len(line) > TEXT_LIMIT // 2:
-            line = line[:TEXT_LIMIT // 4] + " [...] " + line[-TEXT_LIMIT // 4:]
-        if self.head_size + len(line) <= TEXT_LIMIT // 2 and not self.tail:
-            self.head.append(line)
-            self.head_size += len(line) + 1
-            return
-        self.tail.append(line)
-        self.tail_size += len(line) + 1
-        while self.tail_size > TEXT_LIMIT // 2 and len(self.tail) > 1:
-            self.tail_size -= len(self.tail.popleft()) + 1
-            self.omitted += 1
-
-    def render(self) -> str:
-        mid = [f"[... {self.omitted} lines omitted ...]"] if self.omitted else []
-        return "\n".join(self.head + mid + list(self.tail)).rstrip()
-
-
-# -- multi-line blocks ---------------------------------------------------------------------------------------
-
-_TB_START = "Traceback (most recent call last)"
-_CHAIN = re.compile(r"^(?:During handling of the above exception, another exception occurred"
-                    r"|The above exception was the direct cause of the following exception)")
-_EXC_CONT = re.compile(
-    r"^(?:CUDA kernel errors|For debugging consider|Compile with .?TORCH_USE_CUDA_DSA|Device-side assertions? "
-    r"|Exception raised from|frame #\d+|You can suppress this exception|Set TORCH_LOGS|To enable traceback see"
-    r"|Please try to raise|It is possible that|HINT\b|This might be caused|If reserved but unallocated"
-    r"|See documentation for Memory Management|Search for .cuda|\[?[=\-]{5,}\]?$|\S+ FAILED$|Failures:"
-    r"|Root Cause|\[\d+\]:$|<NO_OTHER_FAILURES>|nccl\w*Error\b|Last error:)")
-_NATIVE_START = re.compile(r"Fatal Python error: |terminate called (?:after throwing|without an active)")
-_NATIVE_CONT = re.compile(
-    r"^(?:Python runtime state|Thread 0x|Current thread 0x|Stack \(most recent call first\)|<no Python frame>"
-    r"|Extension modules|Garbage-collecting|\s*what\(\)|Exception raised from|frame #\d+|CUDA kernel errors"
-    r"|For debugging consider|Compile with|File \"|Fatal Python error|terminate called"
-    r"|(?:Segmentation fault|Aborted|Bus error|Illegal instruction)(?: \(core dumped\))?$)")
-_FRAME_FIRST = set(" \t│╭╰┃┏┗|")
-_BOX_ONLY = re.compile(r"^[\s─━═╭╮┏┓│┃]*$")
-
-TAKE, DONE, REJECT, SKIP = "take", "done", "reject", "skip"
-
-
-class _Block:
-    """An open multi-line finding of one stream (a rank, and the line prefix it started with)."""
-
-    kind = "block"
-
-    def __init__(self, rank: int | None, prefix: re.Pattern[str] | None, first: str, number: int) -> None:
-        self.rank = rank
-        self.prefix = prefix
-        self.first = first                  # the first line as printed (prefix and timestamp included)
-        self.start = number
-        self.last = number
-        self.text = _Text()
-        self.lines = 0
-        self.header: LogFinding | None = None
-
-    def add(self, s: str) -> None:
-        self.text.add(s)
-        self.lines += 1
-
-    def feed(self, s: str, number: int) -> str:
-        raise NotImplementedError
-
-
-class _Traceback(_Block):
-    """A Python traceback, chained exceptions and the exception's multi-line message included."""
-
-    kind = "traceback"
-
-    def __init__(self, rank: int | None, prefix: re.Pattern[str] | None, first: str, number: int) -> None:
-        super().__init__(rank, prefix, first, number)
-        self.state = "frames"
-        self.blanks = 0
-        self.noise = 0
-        self.after_file = False
-        self.exc: list[str] = []            # exception lines, oldest first
-        self.trailers: list[str] = []       # lines after an exception line that belong to its message
-        self.last_frame = ""
-        self.save_frames = False
-
-    def feed(self, s: str, number: int) -> str:
-        if self.lines >= MAX_BLOCK_LINES:
-            return REJECT
-        blank = not s.strip()
-        if self.state == "frames":
-            if blank:
-                self.blanks += 1
-                if self.blanks > 3:
-                    return REJECT
-                self.add(s)
-                return TAKE
-            self.blanks = 0
-            if _TB_START in s:
-                return REJECT                   # another process's traceback, not a chained one
-            stripped = s.lstrip()
-            if s[0] in _FRAME_FIRST or stripped.startswith(('File "', '> File "')):
-                self.add(s)
-                if stripped.startswith(('File "', '> File "')):
-                    self.last_frame = stripped
-                    self.after_file = True
-                    if lp.SAVE_FRAME.search(stripped):
-                        self.save_frames = True
-                else:
-                    self.after_file = False
-                return TAKE
-            if self.after_file and not lp.EXC_LINE.match(s):
-                self.after_file = False         # the source line of a frame printed without indentation
-                self.add(s)
-                return TAKE
-            if lp.EXC_LINE.match(s):
-                self.add(s)
-                self.exc.append(s.strip())
-                self.state = "exception"
-                return TAKE
-            self.noise += 1                     # another stream's line in the middle of ours
-            return REJECT if self.noise > 3 else SKIP
-        if self.state == "exception":
-            if blank:
-                self.state, self.blanks = "gap", 1
-                return TAKE
-            if _CHAIN.match(s):
-                self.add(s)
-                self.state = "chain"
-                return TAKE
-            if _TB_START in s:
-                return REJECT
-            if s[0] in " \t" or _EXC_CONT.match(s):
-                self.add(s)
-                self.trailers.append(s.strip())
-                return TAKE
-            return REJECT
-        if self.state == "gap":
-            if blank:
-                self.blanks += 1
-                return TAKE if self.blanks <= 2 else REJECT
-            if _CHAIN.match(s):
-                self.add("")
-                self.add(s)
-                self.state = "chain"
-                return TAKE
-            return REJECT
-        # "chain": waiting for the next traceback of a chained exception
-        if blank:
-            return TAKE
-        if _TB_START in s:
-            self.add("")
-            self.add(s)
-            self.state, self.after_file = "frames", False
-            return TAKE
-        return REJECT
-
-
-class _Native(_Block):
-    """A native crash report: ``Fatal Python error: ...`` with its thread dumps, or a C++ ``terminate called
-    after throwing ...`` with ``what():`` and its frames."""
-
-    kind = "native"
-
-    def __init__(self, rank: int | None, prefix: re.Pattern[str] | None, first: str, number: int) -> None:
-        super().__init__(rank, prefix, first, number)
-        self.blanks = 0
-        self.info: list[str] = []           # non-frame lines: what() and the like, for the category
-
-    def feed(self, s: str, number: int) -> str:
-        if self.lines >= MAX_BLOCK_LINES:
-            return REJECT
-        if not s.strip():
-            self.blanks += 1
-            if self.blanks > 2:
-                return REJECT
-            self.add(s)
-            return TAKE
-        self.blanks = 0
-        if s[0] in " \t" or _NATIVE_CONT.match(s):
-            self.add(s)
-            stripped = s.strip()
-            if not stripped.startswith(("File ", "frame #")):
-                self.info.append(stripped)
-            return TAKE
-        return REJECT
-
-
-class _PyWarning(_Block):
-    """A Python warning and the source line ``warnings`` prints under it."""
-
-    kind = "warning"
-
-    def feed(self, s: str, number: int) -> str:
-        if s[:1] in (" ", "\t") and s.strip():
-            self.add(s)
-            return DONE
-        return REJECT
-
-
-def _prefix_pattern(prefix: str) -> re.Pattern[str] | None:
-    """The per-line prefix a traceback started with, as a pattern that also matches the next lines' prefixes
-    (their timestamps and counters differ: every digit run may vary)."""
-    if not prefix or _BOX_ONLY.match(prefix) and prefix.strip():
-        return None
-    if not prefix.strip():       # an indented traceback: strip up to that much indentation, not more
-        return re.compile(f"[ \t]{{0,{len(prefix)}}}")
-    parts = re.split(r"(\d+)", prefix)
-    return re.compile("".join(r"\d+" if p.isdigit() else re.escape(p) for p in parts))
-
-
 # -- the parser ----------------------------------------------------------------------------------------------
 
 _NORM = re.compile(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?")
@@ -500,9 +253,23 @@ def _norm(message: str) -> str:
     return _SPACES.sub(" ", _NORM.sub("#", message.lower())).strip()[:300]
 
 
-def _short(s: str) -> str:
+def _short(s: str, at: int = 0) -> str:
+    """``s`` cut to MESSAGE_LIMIT characters; around offset ``at`` (a matched phrase) when that is further."""
     s = s.strip()
-    return s if len(s) <= MESSAGE_LIMIT else s[:MESSAGE_LIMIT - 1] + "…"
+    if len(s) <= MESSAGE_LIMIT:
+        return s
+    start = max(0, min(at - MESSAGE_LIMIT // 3, len(s) - MESSAGE_LIMIT + 2))
+    head = "…" if start else ""
+    body = s[start : start + MESSAGE_LIMIT - len(head) - 1]
+    return head + body + ("…" if start + len(body) < len(s) else "")
+
+
+def _bound(text: str) -> str:
+    """A single line's text kept to TEXT_LIMIT: its head and tail."""
+    if len(text) <= TEXT_LIMIT:
+        return text
+    half = TEXT_LIMIT // 2 - 4
+    return text[:half] + " [...] " + text[-half:]
 
 
 class _Parser:
@@ -514,10 +281,10 @@ class _Parser:
         self.ref = ref
         self.findings: list[LogFinding] = []
         self.keys: dict[tuple[str, str, str], LogFinding] = {}
-        self.blocks: list[_Block] = []
-        self.pending: dict[int | None, LogFinding] = {}     # error lines that may head a traceback
-        self.from_traceback: set[int] = set()               # id() of findings built from a traceback
-        self.last_save = -(10 ** 9)
+        self.blocks: list[Block] = []
+        self.pending: dict[int | None, LogFinding] = {}  # error lines that may head a traceback
+        self.from_traceback: set[int] = set()  # id() of findings built from a traceback
+        self.last_save = -(10**9)
         self.last_success = -1
         self.dropped = 0
 
@@ -535,7 +302,7 @@ class _Parser:
             self._close_stale(number)
         if not candidate and not self.blocks:
             return
-        cleaned = _clean(raw)
+        cleaned = clean(raw)
         if cleaned is None:
             return
         text, rank = cleaned
@@ -554,7 +321,7 @@ class _Parser:
         if candidate:
             self._single(text, rank, number)
 
-    def _route(self, text: str, rank: int | None) -> tuple[_Block, str] | None:
+    def _route(self, text: str, rank: int | None) -> tuple[Block, str] | None:
         fallback = None
         for block in reversed(self.blocks):
             if block.rank != rank:
@@ -564,7 +331,7 @@ class _Parser:
                 continue
             m = block.prefix.match(text)
             if m:
-                return block, text[m.end():]
+                return block, text[m.end() :]
             if block.lines == 1:
                 # "ERROR:root:Traceback ..." with the frames printed bare: the prefix was the header's only
                 block.prefix = None
@@ -573,13 +340,13 @@ class _Parser:
 
     def _single(self, text: str, rank: int | None, number: int) -> None:
         """A candidate line outside any block: maybe a block's start, maybe a finding, maybe context."""
-        i = text.find(_TB_START)
+        i = text.find(TB_START)
         if i >= 0:
-            self._open(_Traceback, text, i, rank, number)
+            self._open(Traceback, text, i, rank, number)
             return
-        m = _NATIVE_START.search(text)
+        m = NATIVE_START.search(text)
         if m:
-            self._open(_Native, text, m.start(), rank, number)
+            self._open(Native, text, m.start(), rank, number)
             return
         stripped = text.strip()
         if not stripped:
@@ -590,27 +357,37 @@ class _Parser:
             self.last_success = number
         marker = lp.level_marker(stripped)
         if lp.PY_WARNING.search(stripped) and not lp.EXC_START.match(stripped):
-            block = _PyWarning(rank, None, text, number)
+            block = PyWarning(rank, None, text, number)
             block.add(text)
             self.blocks.append(block)
             return
         hit = lp.categorize(stripped)
         if hit is not None:
-            cat, _ = hit
+            cat, match = hit
             if marker == "info" and not cat.strong:
                 return
-            # an exception line on its own ("requests.exceptions.ConnectionError: ...") is what the program died of
+            # an exception line on its own ("requests.exceptions.ConnectionError: ...") is what the run
+            # died of, even without a traceback above it
             is_exception = lp.EXC_START.match(stripped) is not None
             level = lp.category_level(cat, stripped, marker, in_traceback=is_exception)
-            self._finding(level, cat.id, stripped, text, number, rank, lp.details_for(cat.id, stripped, stripped),
-                          header_ok=level == "error")
+            self._finding(
+                level,
+                cat.id,
+                stripped,
+                text,
+                number,
+                rank,
+                lp.details_for(cat.id, stripped, stripped),
+                header_ok=level == "error",
+                at=match.start(),
+            )
         elif lp.EXC_START.match(stripped):
             self._finding("error", "python_exception", stripped, text, number, rank, {}, header_ok=True)
         elif marker in ("error", "warning") and lp.marker_says_something(stripped):
             self._finding(marker, marker, stripped, text, number, rank, {}, header_ok=marker == "error")
 
-    def _open(self, cls: type[_Block], text: str, at: int, rank: int | None, number: int) -> None:
-        prefix = _prefix_pattern(text[:at])
+    def _open(self, cls: type[Block], text: str, at: int, rank: int | None, number: int) -> None:
+        prefix = prefix_pattern(text[:at])
         block = cls(rank, prefix, text, number)
         block.add(text[at:] if prefix is not None else text)
         header = self.pending.pop(rank, None)
@@ -633,10 +410,22 @@ class _Parser:
 
     # findings -----------------------------------------------------------------------------------------------
 
-    def _finding(self, level: str, category: str, message: str, text: str, number: int, rank: int | None,
-                 details: dict[str, Any], header_ok: bool) -> None:
+    def _finding(
+        self,
+        level: str,
+        category: str,
+        message: str,
+        text: str,
+        number: int,
+        rank: int | None,
+        details: dict[str, Any],
+        header_ok: bool,
+        at: int = 0,
+    ) -> None:
         t, source = self._time(text, message, number)
-        f = LogFinding(level, category, _short(message), text.strip(), number, t, source, rank, 1, details)
+        f = LogFinding(
+            level, category, _short(message, at), _bound(text.strip()), number, t, source, rank, 1, details
+        )
         if header_ok:
             old = self.pending.pop(rank, None)
             if old is not None:
@@ -657,19 +446,31 @@ class _Parser:
                 return t, "arrival"
         return None, None
 
-    def _close(self, block: _Block) -> None:
+    def _close(self, block: Block) -> None:
         self.blocks.remove(block)
-        if isinstance(block, _Traceback):
+        if isinstance(block, Traceback):
             self._close_traceback(block)
-        elif isinstance(block, _Native):
+        elif isinstance(block, Native):
             self._close_native(block)
         else:
             message = block.first.strip()
             t, source = self._time(block.first, "", block.start)
-            self._emit(LogFinding("warning", "python_warning", _short(message), block.text.render(), block.start,
-                                  t, source, block.rank, 1, {}))
+            self._emit(
+                LogFinding(
+                    "warning",
+                    "python_warning",
+                    _short(message),
+                    block.text.render(),
+                    block.start,
+                    t,
+                    source,
+                    block.rank,
+                    1,
+                    {},
+                )
+            )
 
-    def _close_traceback(self, block: _Traceback) -> None:
+    def _close_traceback(self, block: Traceback) -> None:
         header = block.header
         final = block.exc[-1] if block.exc else None
         candidates = block.exc[::-1] + block.trailers + ([header.message] if header else [])
@@ -680,7 +481,7 @@ class _Parser:
             category = cat.id
             level = lp.category_level(cat, source_line, None, in_traceback=True)
             if source_line in block.trailers and final and len(final.split(":", 1)[-1].strip()) < 20:
-                message = f"{final} {source_line}"     # e.g. "ChildFailedError:" + its root-cause line
+                message = f"{final} {source_line}"  # e.g. "ChildFailedError:" + its root-cause line
             else:
                 message = source_line
         else:
@@ -694,9 +495,11 @@ class _Parser:
                 category = "checkpoint_save_failed"
         text = block.text.render()
         if header is not None:
-            text = header.text + "\n" + text
+            text = _bound(header.text + "\n" + text)
         details = {**lp.details_for(category, text, message), **details}
-        if category == "disk_full" and (block.save_frames or 0 <= block.start - self.last_save <= SAVE_CONTEXT_LINES):
+        if category == "disk_full" and (
+            block.save_frames or 0 <= block.start - self.last_save <= SAVE_CONTEXT_LINES
+        ):
             details["during_checkpoint_save"] = True
         if final:
             details.setdefault("exception", final.split(":", 1)[0][:200])
@@ -707,7 +510,7 @@ class _Parser:
         self.from_traceback.add(id(f))
         self._emit(f)
 
-    def _close_native(self, block: _Native) -> None:
+    def _close_native(self, block: Native) -> None:
         lines = [block.first.strip()] + block.info
         best = lp.best_category(lines)
         if best is not None:
@@ -720,13 +523,15 @@ class _Parser:
         if category == "segfault" and "signal" not in details and "terminate called" in text:
             details["signal"] = "SIGABRT"
         t, source = self._time(block.first, message, block.start)
-        f = LogFinding("error", category, _short(message), text, block.start, t, source, block.rank, 1, details)
+        f = LogFinding(
+            "error", category, _short(message), text, block.start, t, source, block.rank, 1, details
+        )
         self.from_traceback.add(id(f))
         self._emit(f)
 
     def _emit(self, f: LogFinding) -> None:
-        """Fold ``f`` into an identical earlier finding, or keep it (evicting a warning, then a middle error,
-        when ``max_findings`` are kept already: the errors near the end of a log are the ones that explain it)."""
+        """Fold ``f`` into an identical earlier finding, or keep it. When ``max_findings`` are kept already, a
+        warning makes room for an error, then a middle error does: the errors near the end explain a log."""
         key = (f.level, f.category, _norm(f.message))
         old = self.keys.get(key)
         if old is not None:
@@ -751,7 +556,7 @@ class _Parser:
         ranks = set(old.details.get("ranks") or ([old.rank] if old.rank is not None else []))
         ranks.update(new.details.get("ranks") or ([new.rank] if new.rank is not None else []))
         last = max(old.details.get("last_line_number", old.line_number), new.line_number)
-        if new.line_number < old.line_number:    # blocks close late: keep the earliest occurrence's fields
+        if new.line_number < old.line_number:  # blocks close late: keep the earliest occurrence's fields
             keep = {k: v for k, v in old.details.items() if k in ("ranks", "last_line_number")}
             old.message, old.text, old.line_number = new.message, new.text, new.line_number
             old.timestamp, old.timestamp_source, old.rank = new.timestamp, new.timestamp_source, new.rank
@@ -767,13 +572,20 @@ class _Parser:
             self._emit(f)
         self.pending.clear()
         for f in self.findings:
-            if (f.category == "network_timeout" and f.level == "error" and id(f) not in self.from_traceback
-                    and self.last_success > f.details.get("last_line_number", f.line_number)):
-                f.level = "warning"                  # it recovered: a later line reports success
+            if (
+                f.category == "network_timeout"
+                and f.level == "error"
+                and id(f) not in self.from_traceback
+                and self.last_success > f.details.get("last_line_number", f.line_number)
+            ):
+                f.level = "warning"  # it recovered: a later line reports success
                 f.details["recovered"] = True
         if self.dropped:
-            logger.info("log parse kept %d findings and dropped %d beyond max_findings", len(self.findings),
-                        self.dropped)
+            logger.info(
+                "log parse kept %d findings and dropped %d beyond max_findings",
+                len(self.findings),
+                self.dropped,
+            )
         return sorted(self.findings, key=lambda f: f.line_number)
 
 
@@ -787,26 +599,27 @@ def _collapse_cr(block: bytes) -> bytes:
     for i, line in enumerate(lines):
         if b"\r" in line:
             line = line.rstrip(b"\r")
-            lines[i] = line[line.rfind(b"\r") + 1:]
+            lines[i] = line[line.rfind(b"\r") + 1 :]
     return b"\n".join(lines)
 
 
 def _candidates(block: bytes) -> list[int]:
     """The start offsets of the lines of ``block`` that contain a trigger word, ascending."""
-    lowered = b"\n" + block.lower()            # lowered[k + 1] is block[k]; lowered[s] precedes the line at s
+    lowered = b"\n" + block.lower()  # lowered[k + 1] is block[k]; lowered[s] precedes the line at s
     starts: list[int] = []
     last_end = -1
     for m in lp.PREFILTER.finditer(lowered):
-        inside = m.end() - 2                   # the block index of the match's last byte: inside its line
+        inside = m.end() - 2  # the block index of the match's last byte: inside its line
         if inside <= last_end:
-            continue                           # another trigger in a line already taken
+            continue  # another trigger in a line already taken
         starts.append(block.rfind(b"\n", 0, inside) + 1)
         last_end = block.find(b"\n", inside)
     return starts
 
 
 def _scan_block(block: bytes, number: int, parser: _Parser) -> int:
-    """Feed the lines of ``block`` (complete lines, ending with ``\\n``) that matter; return the new line count."""
+    """Feed the lines of ``block`` (complete lines, each ending with ``\\n``) that matter; return the line
+    count after it."""
     if b"\r" in block:
         block = _collapse_cr(block)
     cands = _candidates(block)
@@ -815,7 +628,7 @@ def _scan_block(block: bytes, number: int, parser: _Parser) -> int:
     while pos < n:
         while ci < nc and cands[ci] < pos:
             ci += 1
-        if parser.busy:                        # inside a traceback: every line, in order
+        if parser.busy:  # inside a traceback: every line, in order
             end = block.find(b"\n", pos)
             number += 1
             parser.line(block[pos:end], number, ci < nc and cands[ci] == pos)
@@ -849,15 +662,16 @@ def _scan(chunks: Iterable[bytes], parser: _Parser) -> list[LogFinding]:
         if cut < 0:
             carry = _cap(data)
             continue
-        carry = _cap(data[cut + 1:])
-        number = _scan_block(data[:cut + 1], number, parser)
+        carry = _cap(data[cut + 1 :])
+        number = _scan_block(data[: cut + 1], number, parser)
     if carry:
         _scan_block(carry + b"\n", number, parser)
     return parser.finish()
 
 
-def parse_log(path: str | os.PathLike[str], *, arrival_index: ArrivalIndex | None = None,
-              max_findings: int = 2000) -> list[LogFinding]:
+def parse_log(
+    path: str | os.PathLike[str], *, arrival_index: ArrivalIndex | None = None, max_findings: int = 2000
+) -> list[LogFinding]:
     """The findings of the log file at ``path``, in line order.
 
     Args:
@@ -881,16 +695,12 @@ def parse_log(path: str | os.PathLike[str], *, arrival_index: ArrivalIndex | Non
     if arrival_index is None:
         side = sidecar_path(p)
         arrival_index = ArrivalIndex.load(side) if side.is_file() else None
-    try:
-        f = open(p, "rb")
-    except OSError as exc:
-        raise LogUnreadable(str(p), exc.strerror or str(exc)) from None
     parser = _Parser(arrival_index, max_findings, datetime.fromtimestamp(st.st_mtime))
-    with f:
-        try:
+    try:
+        with open(p, "rb") as f:
             return _scan(iter(lambda: f.read(CHUNK), b""), parser)
-        except OSError as exc:
-            raise LogUnreadable(str(p), exc.strerror or str(exc)) from None
+    except OSError as exc:  # opening (permissions) or reading (an I/O error) the file
+        raise LogUnreadable(str(p), exc.strerror or str(exc)) from None
 
 
 def _encoded(lines: Iterable[str]) -> Iterator[bytes]:
@@ -909,8 +719,9 @@ def _encoded(lines: Iterable[str]) -> Iterator[bytes]:
         yield b"".join(batch)
 
 
-def parse_lines(lines: Iterable[str], *, arrival_index: ArrivalIndex | None = None,
-                max_findings: int = 2000) -> list[LogFinding]:
+def parse_lines(
+    lines: Iterable[str], *, arrival_index: ArrivalIndex | None = None, max_findings: int = 2000
+) -> list[LogFinding]:
     """``parse_log`` for lines in memory (one string per line, with or without the newline). Dates without a
     year take the current one."""
     parser = _Parser(arrival_index, max_findings, datetime.now())

@@ -4,8 +4,8 @@
 questions about text that is already one clean line (or the few lines of one traceback):
 
 - ``PREFILTER``: the cheap byte-level regex that picks candidate lines out of a block of the log. Everything a
-  category, a level marker or a traceback needs contains one of its ``TRIGGER_WORDS``, so lines it misses can be
-  skipped unread. That is what makes a multi-gigabyte log of progress bars fast.
+  category, a level marker or a traceback needs contains one of its ``TRIGGER_WORDS``, so lines it misses can
+  be skipped unread. That is what makes a multi-gigabyte log of progress bars fast.
 - ``CATEGORIES``: ordered by precedence. When one finding mentions several things (``DataLoader worker ...
   killed by signal: Bus error``), the first category in this order that matches wins, and the finding keeps
   the other facts in ``details``. The order puts the root cause before its consequence:
@@ -16,9 +16,11 @@ questions about text that is already one clean line (or the few lines of one tra
       > network_timeout > segfault > config_error   (then python_exception, error, python_warning, warning)
 
   e.g. an NCCL watchdog that reports "an illegal memory access" is cuda_illegal_memory (the NCCL abort is the
-  consequence); a bus error in a DataLoader worker is shm_bus_error with ``details["dataloader_worker_died"]``;
-  "No space left on device" while saving a checkpoint is disk_full with ``details["during_checkpoint_save"]``;
-  a worker "killed by signal: Killed" is dataloader_worker_died with ``details["likely_cause"] = "host_oom_kill"``.
+  consequence); a bus error in a DataLoader worker is shm_bus_error with
+  ``details["dataloader_worker_died"]``; "No space left on device" while saving a checkpoint is disk_full
+  with ``details["during_checkpoint_save"]``;
+  a worker "killed by signal: Killed" is dataloader_worker_died with
+  ``details["likely_cause"] = "host_oom_kill"``.
 - ``level_marker``: the explicit level of a line (``ERROR``, ``[E ...]``, glog ``E0501``, ``level=error``...),
   strict enough that "eval_error_rate", "ERROR_THRESHOLD=5" or "--log-level ERROR" are not markers.
 - ``line_time``: the UNIX time a line states about itself, in the formats training stacks print.
@@ -37,22 +39,25 @@ from typing import Any
 # Every category pattern, level marker, block start and context line below contains one of these substrings
 # (lowercased). Each is anchored where it starts with a letter few other words start with ("eback" for
 # traceback, "meout" for timeout, "pace left" for no space left): the regex engine tests every position whose
-# byte could start a trigger, so fewer distinct first bytes is what makes the scan fast (measured: 187 MB/s for
-# this set as a nested trie, 107 MB/s as a flat alternation, 72 MB/s with whole words).
+# byte could start a trigger, so fewer distinct first bytes is what makes the scan fast (measured: 187 MB/s
+# for this set as a nested trie, 107 MB/s as a flat alternation, 72 MB/s with whole words).
+# fmt: off
 TRIGGER_WORDS: tuple[str, ...] = (
-    "error", "xception", "eback", "warn", "kill", "fail", "fatal", "itical", "finite", "f loss", "nan", "is inf",
-    "etected inf", "verflow", "gmentation", "egv", "gnal 11", "egal instr", "e dump", "pace left", "quota",
-    "enospc", "emfile", "many open", "f_unix", "med out", "meout", "retr", "unreach", "uldn't", "me or service",
-    "ving", "ucce", "ynced", "view run", "wnload complete", "f memory", "e memory", "pualloc", "m during tra",
-    "bort", "erminate", "exit", "_status_", "unrecogni", "uld not override", "vice-side", "egal mem", "</torch_",
-    "已杀死",
+    "error", "xception", "eback", "warn", "kill", "fail", "fatal", "itical", "finite", "f loss", "nan",
+    "is inf", "etected inf", "verflow", "gmentation", "egv", "gnal 11", "egal instr", "e dump", "pace left",
+    "quota", "enospc", "emfile", "many open", "f_unix", "med out", "meout", "retr", "unreach", "uldn't",
+    "me or service", "ving", "ucce", "ynced", "view run", "wnload complete", "f memory", "e memory",
+    "pualloc", "m during tra", "bort", "erminate", "exit", "_status_", "unrecogni", "uld not override",
+    "vice-side", "egal mem", "</torch_", "已杀死",
 ) + tuple(f"[{lvl}{c}" for lvl in "ewf" for c in " 0123456789") \
-  + tuple(f"\n{lvl}{m}" for lvl in "ewf" for m in "01")   # glog/c10: "[W NNPACK.cpp]", "[E1206 ...", "E0501 ..."
+  + tuple(f"\n{lvl}{m}" for lvl in "ewf" for m in "01")   # glog/c10: "[W NNPACK.cpp]", "[E1206 ", "E0501 "
+# fmt: on
 
 
 def _trie(words: tuple[str, ...]) -> str:
-    """A regex matching any of ``words``, nested by common prefix, so that at each position the engine compares
-    one byte per level instead of trying every word."""
+    """A regex matching any of ``words``, nested by common prefix, so that at each position the engine
+    compares one byte per level instead of trying every word."""
+
     def build(rests: list[str]) -> str:
         groups: dict[str, list[str]] = {}
         optional = False
@@ -66,6 +71,7 @@ def _trie(words: tuple[str, ...]) -> str:
             return ""
         body = parts[0] if len(parts) == 1 and not optional else "(?:" + "|".join(parts) + ")"
         return body + ("?" if optional else "")
+
     return build(list(words))
 
 
@@ -75,12 +81,22 @@ PREFILTER = re.compile(_trie(TRIGGER_WORDS).encode())
 # -- sizes ---------------------------------------------------------------------------------------------------
 
 _SIZE = r"(\d+(?:\.\d+)?)\s*(bytes|[KMGT]i?B|B)\b"
-_UNIT_GIB = {"b": 2.0 ** -30, "bytes": 2.0 ** -30, "kb": 2.0 ** -20, "kib": 2.0 ** -20, "mb": 2.0 ** -10,
-             "mib": 2.0 ** -10, "gb": 1.0, "gib": 1.0, "tb": 1024.0, "tib": 1024.0}
+_UNIT_GIB = {
+    "b": 2.0**-30,
+    "bytes": 2.0**-30,
+    "kb": 2.0**-20,
+    "kib": 2.0**-20,
+    "mb": 2.0**-10,
+    "mib": 2.0**-10,
+    "gb": 1.0,
+    "gib": 1.0,
+    "tb": 1024.0,
+    "tib": 1024.0,
+}
 
 
 def to_gib(number: str, unit: str) -> float:
-    """``"20.00", "MiB"`` -> GiB. PyTorch prints binary sizes, MPS with "GB"/"MB" labels: all read as 1024-based."""
+    """``"20.00", "MiB"`` -> GiB. PyTorch prints binary sizes (MPS labels them "GB"/"MB"): all 1024-based."""
     return round(float(number) * _UNIT_GIB[unit.lower()], 9)
 
 
@@ -99,8 +115,8 @@ def _first_size(text: str, patterns: tuple[re.Pattern[str], ...]) -> float | Non
 class Category:
     """One category: its id, its default level and the phrases that anchor it.
 
-    ``needles``: lowercase substrings, one of which every pattern's match contains; the patterns are tried only
-    on a line that has one (a substring test costs ~50 ns, a regex search over a long line microseconds).
+    ``needles``: lowercase substrings, one of which every pattern's match contains; the patterns are tried
+    only on a line that has one (a substring test costs ~50 ns, a regex search over a long line microseconds).
     ``strong`` phrases count even on a line an INFO/DEBUG marker calls harmless (an OOM is an OOM);
     ``downgradable`` lets an explicit WARNING marker make the finding a warning (the program said it coped).
     """
@@ -113,107 +129,148 @@ class Category:
     downgradable: bool = True
 
 
-def _rx(*patterns: str, flags: int = re.I) -> tuple[re.Pattern[str], ...]:
+def _rx(*patterns: str, flags: int = re.IGNORECASE) -> tuple[re.Pattern[str], ...]:
     return tuple(re.compile(p, flags) for p in patterns)
 
 
+# fmt: off
 CATEGORIES: tuple[Category, ...] = (
-    Category("cuda_oom", "error", ("out of memory", "outofmemoryerror", "oom during training", "resourceexhausted"),
-             _rx(r"\b(?:CUDA|HIP) out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError", r"CUDA error: out of memory",
-                 r"CUDA_ERROR_OUT_OF_MEMORY", r"RESOURCE_EXHAUSTED: Out of memory", r"\bOOM during training step",
-                 r"ResourceExhaustedError\b.*\bOOM\b"), strong=True),
+    Category(
+        "cuda_oom", "error",
+        ("out of memory", "outofmemoryerror", "oom during training", "resourceexhausted"),
+        _rx(r"\b(?:CUDA|HIP) out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError",
+            r"CUDA error: out of memory",
+            r"CUDA_ERROR_OUT_OF_MEMORY", r"RESOURCE_EXHAUSTED: Out of memory", r"\bOOM during training step",
+            r"ResourceExhaustedError\b.*\bOOM\b"), strong=True),
     Category("mps_oom", "error", ("mps backend",), _rx(r"\bMPS backend out of memory"), strong=True),
-    Category("cpu_oom", "error", ("cpuallocator", "enforce fail at", "memoryerror", "cannot allocate memory"),
-             _rx(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
-                 r"\[enforce fail at (?:alloc_cpu|CPUAllocator)\.cpp", r"^(?:builtins\.)?MemoryError\b",
-                 r"\[Errno 12\] Cannot allocate memory"), strong=True),
-    Category("cuda_device_assert", "error", ("device-side assert", "assertion"),
-             _rx(r"device-side assert(?:ion)? triggered",
-                 r"\.cu:\d+: .*block: \[\d+,\d+,\d+\], thread: \[\d+,\d+,\d+\] Assertion"), strong=True),
-    Category("cuda_illegal_memory", "error",
-             ("illegal memory access", "misaligned address", "illegal instruction was", "illegaladdress"),
-             _rx(r"an illegal memory access was encountered", r"CUDA error: misaligned address",
-                 r"an illegal instruction was encountered", r"cudaErrorIllegalAddress"), strong=True),
-    Category("shm_bus_error", "error", ("bus error", "shared memory", "</torch_", "/dev/shm"),
-             _rx(r"\bBus error\b", r"insufficient shared memory \(shm\)", r"unable to write to file </torch_",
-                 r"unable to open shared memory object", r"out of shared memory",
-                 r"/dev/shm\b.*No space left on device|No space left on device.*/dev/shm"), downgradable=False),
-    Category("dataloader_worker_died", "error", ("dataloader worker",),
-             _rx(r"DataLoader worker \(pid(?:\(s\))?[^)]*\) (?:is killed by signal|exited unexpectedly)",
-                 r"DataLoader worker .{0,40}killed by signal"), downgradable=False),
-    Category("host_oom_kill", "error",
-             ("killed", "已杀死", "137", "exitcode", "sigkill", "oom", "out of memory", "exit status"),
-             _rx(r"^Killed\s*$", r"^\S+: line \d+:\s+\d+ Killed\b", r"^\[\d+\][+-]?\s+Killed\s", r"^已杀死\s*$",
-                 r"\bexit(?:ed with)?[ _]?code:? ?137\b", r"\bexit status:? ?137\b", r"\bexitcode\s*:\s*-9\b",
-                 r"Signal 9 \(SIGKILL\)", r"<Signals\.SIGKILL: 9>", r"\boom[-_]kill",
-                 r"Out of memory: Kill(?:ed)? process", r"Memory cgroup out of memory", r"\bOOMKilled\b",
-                 r"killed by the OOM killer", r"non-zero exit status -9\b"), downgradable=False),
-    Category("nccl_timeout", "error", ("nccl", "watchdog caught", "socket has timed out"),
-             _rx(r"Watchdog caught collective operation timeout", r"WorkNCCL\([^)]*Timeout\(ms\)=",
-                 r"(?:ProcessGroupNCCL|NCCL)\b.{0,200}\btimed out", r"NCCL.{0,80}\btimeout\b(?!=)",
-                 r"socket has timed out after \d+\w* while trying to connect"), strong=True),
-    Category("nccl_error", "error", ("nccl", "distbackenderror"),
-             _rx(r"\bNCCL error\b",
-                 r"\bnccl(?:Internal|System|UnhandledCuda|InvalidUsage|InvalidArgument|Remote)Error\b",
-                 r"NCCL communicator (?:was )?abort", r"\bncclCommAbort\b", r"\bNCCL WARN\b", r"\bDistBackendError\b",
-                 r"ProcessGroupNCCL.{0,120}(?:error|exception)")),
-    Category("cudnn_cublas", "error", ("cudnn", "cublas", "cusolver", "cufft"),
-             _rx(r"CUDNN_STATUS_\w+", r"CUBLAS_STATUS_\w+", r"\bcuDNN error\b", r"CUSOLVER_STATUS_\w+",
-                 r"\bcuFFT error\b", r"CUDNN_BACKEND_\w+.*(?:failed|error)"), strong=True),
-    Category("fp16_overflow", "warning", ("overflow", "loss scale", "minimum loss scale"),
-             _rx(r"Gradient overflow\.?\s+Skipping step", r"reducing (?:the )?loss scale to",
-                 r"\bloss scaler? .{0,60}reduc", r"OVERFLOW! Rank \d+ Skipping step", r"loss scale already at minimum",
-                 r"Minimum loss scale reached"), strong=True, downgradable=False),
-    Category("nan_loss", "error", ("nan", "inf", "non-finite"),
-             _rx(r"\bloss (?:is|was|became|has become|becomes) (?:nan|inf|non-finite)\b", r"\b(?:nan|inf) loss\b",
-                 r"\bDetected (?:NaN|inf)\b", r"\bnon-finite loss\b", r"NaN or Inf found in input tensor",
-                 r"\bloss\w*['\"]?\s*[:=]\s*['\"]?(?:nan|-?inf)\b", r"Loss became infinite or NaN",
-                 r"\bnan (?:in|detected in) (?:the )?loss\b"), downgradable=False),
-    Category("too_many_open_files", "error", ("too many open files", "errno 24", "emfile"),
-             _rx(r"Too many open files", r"\[Errno 24\]", r"\bEMFILE\b")),
+    Category(
+        "cpu_oom", "error",
+        ("cpuallocator", "enforce fail at", "memoryerror", "cannot allocate memory", "unable to allocate"),
+        _rx(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
+            r"\[enforce fail at (?:alloc_cpu|CPUAllocator)\.cpp", r"^(?:builtins\.)?MemoryError\b",
+            r"\[Errno 12\] Cannot allocate memory",
+            r"_ArrayMemoryError\b|Unable to allocate [\d.]+ [KMGT]i?B for an array"), strong=True),
+    Category(
+        "cuda_device_assert", "error", ("device-side assert", "assertion"),
+        _rx(r"device-side assert(?:ion)? triggered",
+            r"\.cu:\d+: .*block: \[\d+,\d+,\d+\], thread: \[\d+,\d+,\d+\] Assertion"), strong=True),
+    Category(
+        "cuda_illegal_memory", "error",
+        ("illegal memory access", "misaligned address", "illegal instruction was", "illegaladdress"),
+        _rx(r"an illegal memory access was encountered", r"CUDA error: misaligned address",
+            r"an illegal instruction was encountered", r"cudaErrorIllegalAddress"), strong=True),
+    Category(
+        "shm_bus_error", "error", ("bus error", "shared memory", "</torch_", "/dev/shm"),
+        _rx(r"\bBus error\b", r"insufficient shared memory \(shm\)", r"unable to write to file </torch_",
+            r"unable to open shared memory object", r"out of shared memory",
+            r"/dev/shm\b.*No space left on device|No space left on device.*/dev/shm"), downgradable=False),
+    Category(
+        "dataloader_worker_died", "error", ("dataloader worker",),
+        _rx(r"DataLoader worker \(pid(?:\(s\))?[^)]*\) (?:is killed by signal|exited unexpectedly)",
+            r"DataLoader worker .{0,40}killed by signal"), downgradable=False),
+    Category(
+        "host_oom_kill", "error",
+        ("killed", "已杀死", "137", "exitcode", "sigkill", "oom", "out of memory", "exit status",
+         "return code", "memory limit"),
+        _rx(r"^Killed\s*$", r"^\S+: line \d+:\s+\d+ Killed\b", r"^\[\d+\][+-]?\s+Killed\s", r"^已杀死\s*$",
+            r"\bexit(?:ed with)?[ _]?code:? ?137\b", r"\bexit status:? ?137\b", r"\bexitcode\s*:\s*-9\b",
+            r"Signal 9 \(SIGKILL\)", r"<Signals\.SIGKILL: 9>", r"\boom[-_]kill",
+            r"Out of memory: Kill(?:ed)? process", r"Memory cgroup out of memory", r"\bOOMKilled\b",
+            r"killed by the OOM killer", r"non-zero exit status -9\b", r"\breturn code\s*=?\s*(?:-9|137)\b",
+            r"\btask \d+: Killed\b", r"Exceeded (?:job|step) memory limit"), downgradable=False),
+    Category(
+        "nccl_timeout", "error",
+        ("nccl", "watchdog", "socket has timed out", "heartbeat", "diststoreerror", "tcpstore",
+         "waiting for clients"),
+        _rx(r"Watchdog caught collective operation timeout", r"WorkNCCL\([^)]*Timeout\(ms\)=",
+            r"(?:ProcessGroupNCCL|NCCL)\b.{0,200}\btimed out", r"NCCL.{0,80}\btimeout\b(?!=)",
+            r"watchdog got stuck", r"Heartbeat monitor timed out",
+            r"socket has timed out after \d+\w* while trying to connect",
+            r"DistStoreError\b.*\b(?:timeout|timed out)", r"TCPStore.{0,80}\btimed out",
+            r"Timed out after \d+ seconds waiting for clients"), strong=True),
+    Category(
+        "nccl_error", "error", ("nccl", "distbackenderror"),
+        _rx(r"\bNCCL error\b",
+            r"\bnccl(?:Internal|System|UnhandledCuda|InvalidUsage|InvalidArgument|Remote)Error\b",
+            r"NCCL communicator (?:was )?abort", r"\bncclCommAbort\b", r"\bNCCL WARN\b",
+            r"\bDistBackendError\b",
+            r"ProcessGroupNCCL.{0,120}(?:error|exception)")),
+    Category(
+        "cudnn_cublas", "error", ("cudnn", "cublas", "cusolver", "cufft"),
+        _rx(r"CUDNN_STATUS_\w+", r"CUBLAS_STATUS_\w+", r"\bcuDNN error\b", r"CUSOLVER_STATUS_\w+",
+            r"\bcuFFT error\b", r"CUDNN_BACKEND_\w+.*(?:failed|error)"), strong=True),
+    Category(
+        "fp16_overflow", "warning", ("overflow", "loss scale", "minimum loss scale"),
+        _rx(r"Gradient overflow\.?\s+Skipping step", r"reducing (?:the )?loss scale to",
+            r"\bloss scaler? .{0,60}reduc", r"OVERFLOW! Rank \d+ Skipping step",
+            r"loss scale already at minimum", r"Minimum loss scale reached"),
+        strong=True, downgradable=False),
+    Category(
+        "nan_loss", "error", ("nan", "inf", "non-finite"),
+        _rx(r"\bloss\b.{0,60}?\b(?:is|was|became|has become|becomes) (?:nan|inf|non-finite)\b",
+            r"\b(?:nan|inf) loss\b", r"\bDetected (?:NaN|inf)\b", r"\bnon-finite loss\b",
+            r"NaN or Inf found in input tensor", r"\bloss\w*['\"]?\s*[:=]\s*['\"]?(?:nan|-?inf)\b",
+            r"Loss became infinite or NaN", r"\bnan (?:in|detected in) (?:the )?loss\b",
+            r"returned nan values in its \d+\w* output", r"found NaN in (?:local )?grad norm"),
+        downgradable=False),
+    Category(
+        "too_many_open_files", "error", ("too many open files", "errno 24", "emfile"),
+        _rx(r"Too many open files", r"\[Errno 24\]", r"\bEMFILE\b")),
     Category("af_unix_path_too_long", "error", ("af_unix",), _rx(r"AF_UNIX path too long")),
-    Category("disk_full", "error",
-             ("no space left", "errno 28", "os error 28", "quota exceeded", "errno 122", "enospc", "storagefull"),
-             _rx(r"No space left on device", r"\[Errno 28\]", r"\bos error 28\b", r"Disk quota exceeded",
-                 r"\[Errno 122\]", r"\bENOSPC\b", r"\bStorageFull\b")),
-    Category("checkpoint_save_failed", "error", ("pytorchstreamwriter", "failed", "unexpected pos", "while serializing"),
-             _rx(r"PytorchStreamWriter failed writing file", r"\bFailed to save\b", r"unexpected pos \d+ vs \d+",
-                 r"Error while serializing",
-                 r"(?:checkpoint|state_dict|weights)\b.{0,60}\b(?:save|saving|write)\b.{0,30}\bfailed\b",
-                 r"failed to (?:save|write) (?:the )?(?:checkpoint|model|state|weights)")),
-    Category("network_timeout", "error",
-             ("network error", "timeouterror", "readtimeout", "connecttimeout", "timed out", "max retries", "commerror",
-              "failed to connect", "name resolution", "name or service", "requests.exceptions", "newconnectionerror",
-              "couldn't connect", "unreachable"),
-             _rx(r"wandb: Network error", r"\bRead ?TimeoutError\b", r"\bConnectTimeoutError\b", r"\bReadTimeout\b",
-                 r"\bConnectTimeout\b", r"Connection timed out", r"Read timed out", r"Max retries exceeded with url",
-                 r"wandb\.errors\.(?:errors\.)?CommError", r"Run initialization has timed out", r"Failed to connect",
-                 r"huggingface.{0,200}timed out|timed out.{0,200}huggingface", r"Temporary failure in name resolution",
-                 r"Name or service not known", r"requests\.exceptions\.(?:ConnectionError|Timeout|ReadTimeout)",
-                 r"NewConnectionError", r"couldn't connect to 'https?://", r"Network is unreachable")),
-    Category("segfault", "error",
-             ("segmentation", "sigsegv", "core dumped", "fatal python error", "signal 11", "illegal instruction"),
-             _rx(r"Segmentation fault", r"\bSIGSEGV\b", r"\bcore dumped\b", r"Fatal Python error: (?:Aborted|Bus error)",
-                 r"killed by signal: Segmentation", r"\bsignal 11\b", r"Illegal instruction"), downgradable=False),
-    Category("config_error", "error",
-             ("error:", "yaml", "unrecognized configuration", "unexpected keyword argument", "omegaconf",
-              "configattributeerror", "configkeyerror", "missingmandatoryvalue", "hydra", "could not override",
-              "error merging override"),
-             _rx(r"\berror: unrecognized arguments", r"\berror: the following arguments are required",
-                 r"\berror: argument [-\w/ ,]+: (?:invalid|expected|ambiguous|not allowed)", r"\berror: invalid choice",
-                 r"\byaml\.(?:scanner\.ScannerError|parser\.ParserError|constructor\.ConstructorError|YAMLError)\b",
-                 r"\bruamel\.yaml\.\w+\.\w*Error\b", r"Unrecognized configuration class",
-                 r"got an unexpected keyword argument", r"\bomegaconf\.errors\.\w+",
-                 r"\b(?:ConfigAttributeError|ConfigKeyError|MissingMandatoryValue)\b", r"\bhydra\.errors\.\w+",
-                 r"Could not override '", r"Error merging override")),
+    Category(
+        "disk_full", "error",
+        ("no space left", "errno 28", "os error 28", "quota exceeded", "errno 122", "enospc", "storagefull"),
+        _rx(r"No space left on device", r"\[Errno 28\]", r"\bos error 28\b", r"Disk quota exceeded",
+            r"\[Errno 122\]", r"\bENOSPC\b", r"\bStorageFull\b")),
+    Category(
+        "checkpoint_save_failed", "error",
+        ("pytorchstreamwriter", "failed", "unexpected pos", "while serializing"),
+        _rx(r"PytorchStreamWriter failed writing file", r"\bFailed to save\b", r"unexpected pos \d+ vs \d+",
+            r"Error while serializing",
+            r"(?:checkpoint|state_dict|weights)\b.{0,60}\b(?:save|saving|write)\b.{0,30}\bfailed\b",
+            r"failed to (?:save|write) (?:the )?(?:checkpoint|model|state|weights)")),
+    Category(
+        "network_timeout", "error",
+        ("network error", "timeouterror", "readtimeout", "connecttimeout", "timed out", "max retries",
+         "commerror", "failed to connect", "name resolution", "name or service", "requests.exceptions",
+         "newconnectionerror", "couldn't connect", "unreachable"),
+        _rx(r"wandb: Network error", r"\bRead ?TimeoutError\b", r"\bConnectTimeoutError\b",
+            r"\bReadTimeout\b", r"\bConnectTimeout\b", r"Connection timed out", r"Read timed out",
+            r"Max retries exceeded with url", r"wandb\.errors\.(?:errors\.)?CommError",
+            r"Run initialization has timed out", r"Failed to connect",
+            r"huggingface.{0,200}timed out|timed out.{0,200}huggingface",
+            r"Temporary failure in name resolution", r"Name or service not known",
+            r"requests\.exceptions\.(?:ConnectionError|Timeout|ReadTimeout)", r"NewConnectionError",
+            r"couldn't connect to 'https?://", r"Network is unreachable")),
+    Category(
+        "segfault", "error",
+        ("segmentation", "sigsegv", "core dumped", "fatal python error", "signal 11", "illegal instruction"),
+        _rx(r"Segmentation fault", r"\bSIGSEGV\b", r"\bcore dumped\b",
+            r"Fatal Python error: (?:Aborted|Bus error)", r"killed by signal: Segmentation", r"\bsignal 11\b",
+            r"Illegal instruction"), downgradable=False),
+    Category(
+        "config_error", "error",
+        ("error:", "yaml", "unrecognized configuration", "unexpected keyword argument", "omegaconf",
+         "configattributeerror", "configkeyerror", "missingmandatoryvalue", "hydra", "could not override",
+         "error merging override", "filenotfounderror"),
+        _rx(r"\berror: unrecognized arguments", r"\berror: the following arguments are required",
+            r"\berror: argument [-\w/ ,]+: (?:invalid|expected|ambiguous|not allowed)",
+            r"\berror: invalid choice",
+            r"\byaml\.(?:scanner\.ScannerError|parser\.ParserError|constructor\.ConstructorError|YAMLError)\b",
+            r"\bruamel\.yaml\.\w+\.\w*Error\b", r"Unrecognized configuration class",
+            r"got an unexpected keyword argument", r"\bomegaconf\.errors\.\w+",
+            r"\b(?:ConfigAttributeError|ConfigKeyError|MissingMandatoryValue)\b", r"\bhydra\.errors\.\w+",
+            r"Could not override '", r"Error merging override",
+            r"FileNotFoundError\b.*\.(?:ya?ml|json|toml|cfg|ini|conf)'")),
 )
+# fmt: on
 BY_ID: dict[str, Category] = {c.id: c for c in CATEGORIES}
 PRECEDENCE: dict[str, int] = {c.id: i for i, c in enumerate(CATEGORIES)}
 PRECEDENCE.update({"python_exception": 100, "error": 101, "python_warning": 102, "warning": 103})
 
-_MIN_SCALE = re.compile(r"loss scale already at minimum|Minimum loss scale reached", re.I)
-_RETRY = re.compile(r"\bretr(?:y|ying|ies)\b|entering retry loop|\bwill retry\b", re.I)
-_SKIPPING = re.compile(r"\bskipping\b|\bretrying\b|\bwill retry\b", re.I)
+_MIN_SCALE = re.compile(r"loss scale already at minimum|Minimum loss scale reached", re.IGNORECASE)
+_RETRY = re.compile(r"\bretr(?:y|ying|ies)\b|entering retry loop|\bwill retry\b", re.IGNORECASE)
+_SKIPPING = re.compile(r"\bskipping\b|\bretrying\b|\bwill retry\b", re.IGNORECASE)
 
 
 def categorize(line: str) -> tuple[Category, re.Match[str]] | None:
@@ -258,7 +315,11 @@ def category_level(cat: Category, line: str, marker: str | None, in_traceback: b
         return "error" if marker == "error" else "warning"
     if cat.id == "nccl_error" and "NCCL WARN" in line:
         return "warning"
-    if cat.id == "cuda_oom" and _SKIPPING.search(line) and not re.search(r"\baborting\b", line, re.I):
+    if (
+        cat.id == "cuda_oom"
+        and _SKIPPING.search(line)
+        and not re.search(r"\baborting\b", line, re.IGNORECASE)
+    ):
         return "warning"
     if marker == "warning" and cat.downgradable:
         return "warning"
@@ -267,26 +328,47 @@ def category_level(cat: Category, line: str, marker: str | None, in_traceback: b
 
 # -- exceptions, warnings, level markers ---------------------------------------------------------------------
 
-# "RuntimeError: ...", "torch.OutOfMemoryError: ...", "KeyboardInterrupt": a dotted name, then ": " or the end.
+# "RuntimeError: ...", "torch.OutOfMemoryError: ...", "KeyboardInterrupt": a dotted name, then ": " or end.
 EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:: |:$|$)")
 # The same at the start of a line outside a traceback needs an exception-like name to count as an error.
-EXC_START = re.compile(r"^(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*(?:Error|Exception|Interrupt|Failure|Fault)|Exception)"
-                       r"(?::\s|:$|$)|^(?:Error|Fatal error)\s*:\s")
+# (A bare "Error: ..." is a level word, not an exception name: level_marker reads it.)
+EXC_START = re.compile(
+    r"^(?:[A-Za-z_]\w*\.)*(?:[A-Z]\w*(?:Error|Exception|Interrupt|Failure|Fault)|Exception)(?::\s|:$|$)"
+)
 PY_WARNING = re.compile(r"(?:^|[\s:(])([A-Z]\w*Warning):\s")
 # Level words that are markers only as whole upper-case tokens (ERROR_THRESHOLD, NO_ERRORS are not).
-_MARKER = re.compile(r"(?<![\w.\-/=])(CRITICAL|FATAL|ERROR|WARNING|WARN|INFO|DEBUG|TRACE|NOTICE)(?![\w\-/.=])")
-_LOGFMT = re.compile(r"\blevel(?:name)?\"?\s*[=:]\s*\"?(critical|fatal|error|warn(?:ing)?|info|debug|trace)\b",
-                     re.I)
-# glog / c10 logging: "E0501 12:34:56.789 1234 file.cc:12]", "[W NNPACK.cpp:53]", "[E1206 18:44:12.7 X.cpp:607]".
+_MARKER = re.compile(
+    r"(?<![\w.\-/=])(CRITICAL|FATAL|ERROR|WARNING|WARN|INFO|DEBUG|TRACE|NOTICE)(?![\w\-/.=])"
+)
+_LOGFMT = re.compile(
+    r"\blevel(?:name)?\"?\s*[=:]\s*\"?(critical|fatal|error|warn(?:ing)?|info|debug|trace)\b", re.IGNORECASE
+)
+# glog / c10 logging: "E0501 12:34:56.789 1234 file.cc:12]", "[W NNPACK.cpp:53]", "[E1206 18:44:12.7 X.cc:6]".
 _GLOG = re.compile(r"^\[?([IWEF])(?:\d{3,4} \d\d:\d\d:\d\d(?:\.\d+)?(?: +\d+)?)? *[\w./<>-]+:\d+\]")
-_WORD_MARKER = re.compile(r"^(Warning|Warn|Error|Fatal error)\s*:\s", re.I)
+# "Error: ...", and the Unix "prog: error: message" (argparse, slurmstepd, compilers), message not a number.
+_WORD_MARKER = re.compile(
+    r"^(?:[\w.\-/]+: )?(Warning|Warn|Error|Fatal error)\s*:\s+(?=[A-Za-z*\[(<'\"])", re.IGNORECASE
+)
 _PROSE = re.compile(r"\b[a-z]{2,} [a-z]{2,}\b")
 _WORDY = re.compile(r"[A-Za-z]{3}")
-_MARKER_WINDOW = 220          # how far into a line a level marker may be (launchers add long prefixes)
+_MARKER_WINDOW = 220  # how far into a line a level marker may be (launchers add long prefixes)
 _MARKER_PREFIX = 160
-_LEVELS = {"critical": "error", "fatal": "error", "error": "error", "warning": "warning", "warn": "warning",
-           "info": "info", "debug": "info", "trace": "info", "notice": "info",
-           "e": "error", "f": "error", "w": "warning", "i": "info", "fatal error": "error"}
+_LEVELS = {
+    "critical": "error",
+    "fatal": "error",
+    "error": "error",
+    "warning": "warning",
+    "warn": "warning",
+    "info": "info",
+    "debug": "info",
+    "trace": "info",
+    "notice": "info",
+    "e": "error",
+    "f": "error",
+    "w": "warning",
+    "i": "info",
+    "fatal error": "error",
+}
 
 
 def level_marker(line: str) -> str | None:
@@ -301,10 +383,10 @@ def level_marker(line: str) -> str | None:
 
 
 def marker_says_something(line: str) -> bool:
-    """Whether a level-marked line has a message after its marker (torchrun prints bare "W0501 ... run.py:779]"
+    """Whether a level-marked line has a message after its marker (torchrun prints bare "W0501 ... run.py:7]"
     and "*****" banner lines at WARNING level; they are not warnings about anything)."""
     found = _marker(line)
-    rest = line[found[1]:] if found else line
+    rest = line[found[1] :] if found else line
     return _WORDY.search(rest) is not None
 
 
@@ -318,7 +400,7 @@ def _marker(line: str) -> tuple[str, int] | None:
     head = line[:_MARKER_WINDOW]
     m = _MARKER.search(head)
     if m:
-        prefix = head[:m.start()]
+        prefix = head[: m.start()]
         if len(prefix) <= _MARKER_PREFIX and "--" not in prefix and not _PROSE.search(prefix):
             return _LEVELS[m.group(1).lower()], m.end()
     m = _LOGFMT.search(head)
@@ -329,28 +411,49 @@ def _marker(line: str) -> tuple[str, int] | None:
 
 # -- context lines -------------------------------------------------------------------------------------------
 
-SAVE_CONTEXT = re.compile(r"\bsaving\b.{0,60}\b(?:checkpoint|model|weights|state|ckpt|safetensors|lora|optimizer)"
-                          r"|\bsave_(?:checkpoint|pretrained|model|state)\b", re.I)
-SAVE_FRAME = re.compile(r"torch/serialization\.py\", line \d+, in _?save|safetensors.{0,80}\bsave(?:_file)?\b"
-                        r"|\bin (?:_?save_checkpoint|save_pretrained|_save_checkpoint|save_model|save_state"
-                        r"|save_weights|_save)\b|[\\/]checkpoint_engine", re.I)
-SUCCESS = re.compile(r"\bsuccess(?:fully)?\b|\bsucceeded\b|\bdownload(?:ed)? complete|\bconnection "
-                     r"(?:re-?established|restored)\b|\bwandb: (?:🚀 )?View run\b|\bwandb: Synced\b", re.I)
-# Python frames whose function or file name says "config": a KeyError/ValueError raised there is a config error.
-CONFIG_FRAME = re.compile(r"(?:config|conf|cfg|args|argparse|yaml|settings|hparams|options)\w*\.py\"|"
-                          r"\bin \w*(?:config|cfg|args|yaml|settings|hparams|options)\w*\s*$", re.I)
+SAVE_CONTEXT = re.compile(
+    r"\bsaving\b.{0,60}\b(?:checkpoint|model|weights|state|ckpt|safetensors|lora|optimizer)"
+    r"|\bsave_(?:checkpoint|pretrained|model|state)\b",
+    re.IGNORECASE,
+)
+SAVE_FRAME = re.compile(
+    r"torch/serialization\.py\", line \d+, in _?save|safetensors.{0,80}\bsave(?:_file)?\b"
+    r"|\bin (?:_?save_checkpoint|save_pretrained|_save_checkpoint|save_model|save_state"
+    r"|save_weights|_save)\b|[\\/]checkpoint_engine",
+    re.IGNORECASE,
+)
+SUCCESS = re.compile(
+    r"\bsuccess(?:fully)?\b|\bsucceeded\b|\bdownload(?:ed)? complete|\bconnection "
+    r"(?:re-?established|restored)\b|\bwandb: (?:🚀 )?View run\b|\bwandb: Synced\b",
+    re.IGNORECASE,
+)
+# Python frames whose function or file name says "config": a KeyError/ValueError raised there is a config
+# error.
+CONFIG_FRAME = re.compile(
+    r"(?:config|conf|cfg|args|argparse|yaml|settings|hparams|options)\w*\.py\"|"
+    r"\bin \w*(?:config|cfg|args|yaml|settings|hparams|options)\w*\s*$",
+    re.IGNORECASE,
+)
 CONFIG_EXC = re.compile(r"^(?:[\w.]+\.)?(?:KeyError|ValueError|TypeError|AttributeError|FileNotFoundError)\b")
 
 # -- timestamps ----------------------------------------------------------------------------------------------
 
-_MONTHS = {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
-                                           "nov", "dec"))}
-_ISO = re.compile(r"(?<!\d)(\d{4})[-/](\d\d)[-/](\d\d)[T _](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
-                  r"(?:\s?(Z|[+-]\d\d:?\d\d)(?![\w:]))?")
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+    )
+}
+_ISO = re.compile(
+    r"(?<!\d)(\d{4})[-/](\d\d)[-/](\d\d)[T _](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
+    r"(?:\s?(Z|[+-]\d\d:?\d\d)(?![\w:]))?"
+)
 _US = re.compile(r"(?<![\d/])(\d\d)/(\d\d)/(\d{4})[ ,]+(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?")
 _RICH = re.compile(r"(?<![\d/])(\d\d)/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)(?![\d])")
-_CTIME = re.compile(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(\d{1,2}) "
-                    r"(\d\d):(\d\d):(\d\d)(?:\.(\d+))? (\d{4})\b")
+_CTIME = re.compile(
+    r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(\d{1,2}) "
+    r"(\d\d):(\d\d):(\d\d)(?:\.(\d+))? (\d{4})\b"
+)
 _GLOG_TIME = re.compile(r"^\[?[IWEF](\d{1,2})(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?\b")
 _NOYEAR = re.compile(r"(?<![\d/:.-])(\d\d)[-/](\d\d) (\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(?![\d/])")
 _SYSLOG = re.compile(r"^(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(\d{1,2}) (\d\d):(\d\d):(\d\d)\b")
@@ -362,8 +465,9 @@ def _micro(frac: str | None) -> int:
     return int((frac or "0")[:6].ljust(6, "0"))
 
 
-def _stamp(year: int, month: int, day: int, hh: str, mm: str, ss: str, frac: str | None,
-           tz: str | None = None) -> float | None:
+def _stamp(
+    year: int, month: int, day: int, hh: str, mm: str, ss: str, frac: str | None, tz: str | None = None
+) -> float | None:
     try:
         dt = datetime(year, month, day, int(hh), int(mm), int(ss), _micro(frac))
     except ValueError:
@@ -375,10 +479,12 @@ def _stamp(year: int, month: int, day: int, hh: str, mm: str, ss: str, frac: str
         digits = tz[1:].replace(":", "")
         offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
         return dt.replace(tzinfo=timezone(sign * offset)).timestamp()
-    return dt.timestamp()   # naive: local time, as the training host printed it
+    return dt.timestamp()  # naive: local time, as the training host printed it
 
 
-def _yearless(month: int, day: int, hh: str, mm: str, ss: str, frac: str | None, ref: datetime) -> float | None:
+def _yearless(
+    month: int, day: int, hh: str, mm: str, ss: str, frac: str | None, ref: datetime
+) -> float | None:
     """A month/day time with no year (glog, vLLM, mmengine, syslog): the year of ``ref`` (the log's mtime),
     or the year before when that would put the line after the log was last written."""
     t = _stamp(ref.year, month, day, hh, mm, ss, frac)
@@ -395,17 +501,32 @@ def line_time(line: str, ref: datetime) -> float | None:
         return None
     m = _ISO.search(head)
     if m:
-        return _stamp(int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4), m.group(5), m.group(6),
-                      m.group(7), m.group(8))
+        return _stamp(
+            int(m.group(1)),
+            int(m.group(2)),
+            int(m.group(3)),
+            m.group(4),
+            m.group(5),
+            m.group(6),
+            m.group(7),
+            m.group(8),
+        )
     m = _US.search(head)
     if m:
         a, b = int(m.group(1)), int(m.group(2))
-        month, day = (b, a) if a > 12 else (a, b)   # MM/DD/YYYY, unless it can only be DD/MM/YYYY
+        month, day = (b, a) if a > 12 else (a, b)  # MM/DD/YYYY, unless it can only be DD/MM/YYYY
         return _stamp(int(m.group(3)), month, day, m.group(4), m.group(5), m.group(6), m.group(7))
     m = _CTIME.search(head)
     if m:
-        return _stamp(int(m.group(7)), _MONTHS[m.group(1).lower()], int(m.group(2)), m.group(3), m.group(4),
-                      m.group(5), m.group(6))
+        return _stamp(
+            int(m.group(7)),
+            _MONTHS[m.group(1).lower()],
+            int(m.group(2)),
+            m.group(3),
+            m.group(4),
+            m.group(5),
+            m.group(6),
+        )
     m = _RICH.search(head)
     if m:
         a, b = int(m.group(1)), int(m.group(2))
@@ -413,14 +534,19 @@ def line_time(line: str, ref: datetime) -> float | None:
         return _stamp(2000 + int(m.group(3)), month, day, m.group(4), m.group(5), m.group(6), None)
     m = _GLOG_TIME.match(head)
     if m:
-        return _yearless(int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5), m.group(6), ref)
+        return _yearless(
+            int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5), m.group(6), ref
+        )
     m = _NOYEAR.search(head[:80])
     if m:
-        return _yearless(int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5), m.group(6), ref)
+        return _yearless(
+            int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5), m.group(6), ref
+        )
     m = _SYSLOG.match(head)
     if m:
-        return _yearless(_MONTHS[m.group(1).lower()], int(m.group(2)), m.group(3), m.group(4), m.group(5), None,
-                         ref)
+        return _yearless(
+            _MONTHS[m.group(1).lower()], int(m.group(2)), m.group(3), m.group(4), m.group(5), None, ref
+        )
     m = _EPOCH.search(head)
     if m:
         return float(m.group(1) or m.group(2))
@@ -445,20 +571,30 @@ _MPS_FIGURES: dict[str, tuple[re.Pattern[str], ...]] = {
     "max_allowed_gb": _rx(r"max allowed: " + _SIZE),
     "tried_to_allocate_gb": _rx(r"Tried to allocate " + _SIZE),
 }
-_CPU_TRIED = re.compile(r"tried to allocate (\d+) bytes", re.I)
-_NCCL = {"seq_num": re.compile(r"SeqNum=(\d+)"), "timeout_ms": re.compile(r"Timeout\(ms\)=(\d+)"),
-         "ran_for_ms": re.compile(r"ran for (\d+) milliseconds"), "reported_rank": re.compile(r"\[Rank (\d+)\]")}
+_CPU_TRIED = re.compile(r"tried to allocate (\d+) bytes", re.IGNORECASE)
+_NCCL = {
+    "seq_num": re.compile(r"SeqNum=(\d+)"),
+    "timeout_ms": re.compile(r"Timeout\(ms\)=(\d+)"),
+    "ran_for_ms": re.compile(r"ran for (\d+) milliseconds"),
+    "reported_rank": re.compile(r"\[Rank (\d+)\]"),
+}
 _OP_TYPE = re.compile(r"OpType=(\w+)")
-_PIDS = re.compile(r"\bpid(?:\(s\))? ([\d, ]*\d)", re.I)
+_PIDS = re.compile(r"\bpid(?:\(s\))? ([\d, ]*\d)", re.IGNORECASE)
 _SIGNAL = re.compile(r"killed by signal: ([A-Za-z][\w ]*?)(?:\.|\s*\(|$)")
-_EXIT = re.compile(r"\bexit ?(?:code|status)\s*:?\s*(-?\d+)|\bexitcode\s*:\s*(-?\d+)", re.I)
+_EXIT = re.compile(
+    r"\b(?:exit ?(?:code|status)|return code)\s*[:=]?\s*(-?\d+)|\bexitcode\s*:\s*(-?\d+)", re.IGNORECASE
+)
 _KILLED_PROC = re.compile(r"Killed process (\d+) \(([^)]+)\)")
-_SCALE = re.compile(r"(?:reducing (?:the )?loss scale to|reducing to|loss scale(?: to)?:?)\s*([\d.]+(?:e[+-]?\d+)?)",
-                    re.I)
+_SCALE = re.compile(
+    r"(?:reducing (?:the )?loss scale to|reducing to|loss scale(?: to)?:?)\s*([\d.]+(?:e[+-]?\d+)?)",
+    re.IGNORECASE,
+)
 _ERRNO = re.compile(r"\[Errno (\d+)\]|os error (\d+)|code: (\d+)")
 _NCCL_CODE = re.compile(r"\b(nccl\w+Error)\b|NCCL version ([\d.]+)")
 _CUDA_STATUS = re.compile(r"\b((?:CUDNN|CUBLAS|CUSOLVER)_STATUS_\w+)")
-_UNRECOGNIZED = re.compile(r"unrecognized arguments: (.+)$|the following arguments are required: (.+)$", re.M)
+_UNRECOGNIZED = re.compile(
+    r"unrecognized arguments: (.+)$|the following arguments are required: (.+)$", re.MULTILINE
+)
 
 
 def _oom_figures(text: str, table: dict[str, tuple[re.Pattern[str], ...]]) -> dict[str, Any]:
@@ -478,18 +614,22 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
         d = _oom_figures(src, _OOM_FIGURES)
         if "reserved_unallocated_gb" not in d and "reserved_total_gb" in d and "allocated_by_pytorch_gb" in d:
             # Older PyTorch prints "reserved in total"; what is reserved but not allocated is the difference.
-            d["reserved_unallocated_gb"] = round(max(0.0, d["reserved_total_gb"] - d["allocated_by_pytorch_gb"]), 9)
+            d["reserved_unallocated_gb"] = round(
+                max(0.0, d["reserved_total_gb"] - d["allocated_by_pytorch_gb"]), 9
+            )
         m = _GPU_INDEX.search(src)
         if m:
             d["gpu_index"] = int(m.group(1))
         if "expandable_segments" in text or "max_split_size_mb" in text:
-            d["allocator_hint"] = "expandable_segments" if "expandable_segments" in text else "max_split_size_mb"
+            d["allocator_hint"] = (
+                "expandable_segments" if "expandable_segments" in text else "max_split_size_mb"
+            )
     elif category == "mps_oom":
         d = _oom_figures(src, _MPS_FIGURES)
     elif category == "cpu_oom":
         m = _CPU_TRIED.search(text)
         if m:
-            d["tried_to_allocate_gb"] = round(int(m.group(1)) / 2 ** 30, 9)
+            d["tried_to_allocate_gb"] = round(int(m.group(1)) / 2**30, 9)
     elif category == "nccl_timeout":
         for key, p in _NCCL.items():
             m = p.search(text)
@@ -546,8 +686,12 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
         if m:
             d["status"] = m.group(1)
     elif category == "segfault":
-        for sig, word in (("SIGSEGV", "Segmentation"), ("SIGABRT", "Abort"), ("SIGBUS", "Bus error"),
-                          ("SIGILL", "Illegal instruction")):
+        for sig, word in (
+            ("SIGSEGV", "Segmentation"),
+            ("SIGABRT", "Abort"),
+            ("SIGBUS", "Bus error"),
+            ("SIGILL", "Illegal instruction"),
+        ):
             if word in text:
                 d["signal"] = sig
                 break
@@ -555,6 +699,11 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
         m = _UNRECOGNIZED.search(text)
         if m:
             d["arguments"] = (m.group(1) or m.group(2)).strip()[:200]
-        d["source"] = ("argparse" if " error: " in text and ("usage:" in text or "arguments" in text)
-                       else "yaml" if "yaml" in text.lower() else "python")
+        d["source"] = (
+            "argparse"
+            if " error: " in text and ("usage:" in text or "arguments" in text)
+            else "yaml"
+            if "yaml" in text.lower()
+            else "python"
+        )
     return d

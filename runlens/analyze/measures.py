@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ OVERHEAD_PHASES = EVAL_PHASES | SAVE_PHASES
 
 # OOM markers: accelerate's should_reduce_batch_size (research/analysis.md §2.6) plus MPS and Python's own.
 _OOM_TEXT = re.compile(r"out of memory|DefaultCPUAllocator: can't allocate memory|Cannot allocate memory|"
-                       r"MPS backend out of memory|PT_DEVMEM Allocation failed|OutOfMemoryError", re.I)
+                       r"MPS backend out of memory|PT_DEVMEM Allocation failed|OutOfMemoryError", re.IGNORECASE)
 _OOM_TYPES = ("OutOfMemoryError", "MemoryError")
 _UNIT = {"b": 1 / GIB, "kib": 1 / (1 << 20), "kb": 1 / (1 << 20), "mib": 1 / 1024, "mb": 1 / 1024,
          "gib": 1.0, "gb": 1.0, "tib": 1024.0, "tb": 1024.0, "bytes": 1 / GIB}
@@ -36,7 +37,8 @@ _UNIT = {"b": 1 / GIB, "kib": 1 / (1 << 20), "kb": 1 / (1 << 20), "mib": 1 / 102
 
 def num(values: Any) -> np.ndarray:
     """A float array with NaN for None and non-numbers (SQLite turns NaN into NULL)."""
-    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64")
+    out: np.ndarray = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64")
+    return out
 
 
 def col(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -47,7 +49,8 @@ def col(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def finite(a: np.ndarray) -> np.ndarray:
-    return a[np.isfinite(a)]
+    out: np.ndarray = a[np.isfinite(a)]
+    return out
 
 
 def fmt_gb(x: float | None) -> str:
@@ -375,7 +378,7 @@ def memory_domain(data: JobData) -> MemorySeries | None:
 class OomOccurrence:
     timestamp: float | None
     kind: str                  # cuda | mps | cpu | host
-    source: str                # event | log | exit
+    source: str                # event | log (an OOM seen) | suspected | exit (a SIGKILL that may be the OOM killer)
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     step: int | None = None
@@ -394,10 +397,10 @@ def parse_allocator_figures(text: str) -> dict[str, float]:
         "reserved_unallocated_gb": r"([\d.]+) ?([KMGT]i?B) is reserved by PyTorch but unallocated",
     }
     for key, pat in pats.items():
-        m = re.search(pat, text, re.I)
+        m = re.search(pat, text, re.IGNORECASE)
         if m:
             out[key] = float(m.group(1)) * _UNIT.get(m.group(2).lower(), 1.0)
-    m = re.search(r"you tried to allocate (\d+) bytes", text, re.I)
+    m = re.search(r"you tried to allocate (\d+) bytes", text, re.IGNORECASE)
     if m and "tried_to_allocate_gb" not in out:
         out["tried_to_allocate_gb"] = int(m.group(1)) / GIB
     return out
@@ -413,7 +416,8 @@ def _kind_of(text: str, default: str = "cpu") -> str:
 
 def oom_occurrences(data: JobData) -> list[OomOccurrence]:
     """Every sign of an out-of-memory failure, earliest first: OOM and exception events, OOM log findings,
-    a host OOM kill suspected by the collector, and an exit by SIGKILL (137)."""
+    a host OOM kill suspected by the collector, and an exit by SIGKILL (137). The last two are only
+    suspicions: a scheduler or a user also sends SIGKILL."""
     found: list[OomOccurrence] = []
     ev = data.events
     if ev is not None and not ev.empty:
@@ -425,10 +429,11 @@ def oom_occurrences(data: JobData) -> list[OomOccurrence]:
             if etype == "exception" and not (str(d.get("type", "")).endswith(_OOM_TYPES) or _OOM_TEXT.search(text)):
                 continue
             kind = "host" if etype == "host_oom_suspected" else _kind_of(text, "cuda" if etype == "cuda_oom" else "cpu")
+            source = "suspected" if etype == "host_oom_suspected" else "event"
             figs = parse_allocator_figures(text + " " + str(d.get("traceback") or "")[-2000:])
             figs.update({k: v for k, v in d.items() if k.endswith("_gb") and isinstance(v, (int, float))})
             step = row.get("step")
-            found.append(OomOccurrence(float(row["timestamp"]), kind, "event", (d.get("message") or etype)[:500],
+            found.append(OomOccurrence(float(row["timestamp"]), kind, source, (d.get("message") or etype)[:500],
                                        figs, None if _isnan(step) or step is None else int(step),
                                        row.get("memory_snapshot_id")))
     kinds = {"cuda_oom": "cuda", "mps_oom": "mps", "cpu_oom": "cpu", "host_oom_kill": "host"}
@@ -491,10 +496,14 @@ def training_window(data: JobData, skip_first: int = 5) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class DataWait:
+    """Data wait over the training window (warm-up steps excluded: they wait for workers to start)."""
+
     share: float
     data_seconds: float
     step_seconds: float
     steps: int
+    first_step: int | None = None
+    warmup_steps_excluded: int = 0
 
 
 def data_wait(data: JobData) -> DataWait | None:
@@ -505,7 +514,9 @@ def data_wait(data: JobData) -> DataWait | None:
     if ok.sum() < 3:
         return None
     d, s = float(dt[ok].sum()), float(st[ok].sum())
-    return DataWait(min(1.0, d / s), d, s, int(ok.sum()))
+    sn = col(steps, "step")
+    first = int(sn[ok][0]) if np.isfinite(sn[ok][0]) else None
+    return DataWait(min(1.0, d / s), d, s, int(ok.sum()), first, len(main_rank_steps(data)) - len(steps))
 
 
 def current_batch_size(data: JobData) -> int | None:
@@ -527,7 +538,7 @@ class BatchFit:
     def max_batch(self, theta: float = 0.85) -> int:
         if self.per_sample_gb <= 0:
             return 0
-        return int(math.floor((theta * self.total_gb - self.static_gb) / self.per_sample_gb))
+        return math.floor((theta * self.total_gb - self.static_gb) / self.per_sample_gb)
 
 
 _STATIC_EVENTS = ("model_loaded", "static_memory", "setup_done")
@@ -544,38 +555,45 @@ def batch_memory_fit(data: JobData, series: MemorySeries | None = None) -> Batch
     series = series or memory_domain(data)
     if series is None or not series.total:
         return None
-    return memo(data, f"batch_fit:{series.kind}:{id(series)}", lambda: _batch_memory_fit(data, series))
+    total = float(series.total)
+    return memo(data, f"batch_fit:{series.kind}:{id(series)}", lambda: _batch_memory_fit(data, series, total))
 
 
-def _batch_memory_fit(data: JobData, series: MemorySeries) -> BatchFit | None:
+def _batch_memory_fit(data: JobData, series: MemorySeries, total: float) -> BatchFit | None:
     steps = main_rank_steps(data)
     bs = col(steps, "batch_size")
     ts = col(steps, "timestamp")
     if not np.isfinite(bs).any():
         return None
+    # Each sample belongs to the step whose interval [end - step_time, end] holds it (steps sorted by time);
+    # a batch size's point is the peak over its own steps' samples, so 4 -> 8 -> 4 does not mix them.
     st = col(steps, "step_time_seconds")
-    start = np.where(np.isfinite(st), ts - st, ts)
+    order = np.argsort(ts, kind="stable")
+    ts_o, bs_o = ts[order], bs[order]
+    med = float(np.nanmedian(st)) if np.isfinite(st).any() else 0.0
+    start_o = ts_o - np.where(np.isfinite(st[order]), st[order], med)
+    t = series.timestamps
+    idx = np.searchsorted(ts_o, t, side="left")
+    inside = idx < ts_o.size
+    j = np.clip(idx, 0, max(ts_o.size - 1, 0))
+    inside &= (start_o[j] <= t) & np.isfinite(series.used) & np.isfinite(bs_o[j]) & (bs_o[j] > 0)
     points: dict[int, float] = {}
-    fb = finite(bs)
-    for b in (int(x) for x in np.unique(fb[fb > 0])):
-        sel = np.isfinite(bs) & (bs == b)
-        lo, hi = np.nanmin(start[sel]), np.nanmax(ts[sel])
-        inside = (series.timestamps >= lo) & (series.timestamps <= hi) & np.isfinite(series.used)
-        if inside.any():
-            points[b] = float(series.used[inside].max())
+    if inside.any():
+        frame = pd.DataFrame({"bs": bs_o[j][inside].astype(int), "used": series.used[inside]})
+        points = {int(k): float(v) for k, v in frame.groupby("bs")["used"].max().items()}
     if len(points) >= 2:
         x = np.array(list(points), dtype=float)
         y = np.array(list(points.values()))
         slope, intercept = np.polyfit(x, y, 1)
         if slope > 0:
-            return BatchFit(float(intercept), float(slope), series.total, series.kind, "fit",
+            return BatchFit(float(intercept), float(slope), total, series.kind, "fit",
                             tuple(points.items()))
     b = current_batch_size(data)
     peak = points.get(b) if b is not None else None
     static = _static_memory(data, series)
     if b is None or peak is None or static is None or peak <= static or b <= 0:
         return None
-    return BatchFit(static, (peak - static) / b, series.total, series.kind, "static_snapshot", ((b, peak),))
+    return BatchFit(static, (peak - static) / b, total, series.kind, "static_snapshot", ((b, peak),))
 
 
 def _static_memory(data: JobData, series: MemorySeries) -> float | None:
@@ -605,9 +623,9 @@ def _static_time(data: JobData) -> float | None:
     if ev is not None and not ev.empty:
         for row in ev.to_dict("records"):
             d = details_of(row)
-            if row["event_type"] in _STATIC_EVENTS or _phase_name(d) in _STATIC_PHASES:
-                if t0 is None or row["timestamp"] <= t0 + 1e-6:
-                    cand = float(row["timestamp"])
+            static = row["event_type"] in _STATIC_EVENTS or _phase_name(d) in _STATIC_PHASES
+            if static and (t0 is None or row["timestamp"] <= t0 + 1e-6):
+                cand = float(row["timestamp"])
     return cand if cand is not None else t0
 
 

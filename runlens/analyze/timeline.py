@@ -88,8 +88,7 @@ def build_timeline(data: JobData, *, total_memory_gb: float | None = None, gpu_t
         "thresholds": thresholds,
         "training": training,
         "events": timeline_events(data, max_events),
-        "raw_counts": {"samples": int(len(data.samples)), "steps": int(len(data.steps)),
-                       "events": int(len(data.events))},
+        "raw_counts": {"samples": len(data.samples), "steps": len(data.steps), "events": len(data.events)},
         "peaks": peaks,   # addition to the contract: raw maxima per series, {"value", "x"}
     }
 
@@ -188,7 +187,8 @@ def _col(frame: pd.DataFrame | None, name: str) -> np.ndarray:
         return np.empty(0)
     if name not in frame.columns:
         return np.full(len(frame), np.nan)
-    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    values: np.ndarray = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+    return values
 
 
 def _min(a: np.ndarray) -> float | None:

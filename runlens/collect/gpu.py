@@ -23,8 +23,9 @@ import logging
 import os
 import platform as _platform
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from runlens.units import bytes_to_gib
 

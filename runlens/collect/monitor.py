@@ -58,6 +58,7 @@ from typing import Any, Callable, Deque, Iterable, Iterator, Mapping, TypeVar
 
 from runlens.collect.config import ConfigSource, check_setting_names, load_config, resolve_settings, to_jsonable
 from runlens.collect.cost import CostLedger, runlens_thread_cpu
+from runlens.collect.watchdog import Progress
 from runlens.dialects import detect_dialect
 from runlens.redact import redact
 from runlens.settings import Settings
@@ -222,6 +223,7 @@ class _Phase:
         self._previous = mon._phase
         mon._phase = self._name
         mon._last_progress = t
+        mon._phase_marks.append(t)   # the watchdog leaves intervals with a phase change out of calibration
         mon._record_event("phase_start", {"name": self._name, **self._details})
         mon._ledger.add("phase", _perf() - t)
         return self
@@ -232,6 +234,8 @@ class _Phase:
         t = _perf()
         mon._phase = self._previous
         mon._last_progress = t
+        mon._phase_marks.append(t)
+        mon._phase_durations[self._name] = t - self._t0   # a phase's next budget is at least 5x this
         details: dict[str, Any] = {"name": self._name, "duration_seconds": t - self._t0}
         if exc_type is not None:
             details["error"] = exc_type.__name__
@@ -318,6 +322,10 @@ class Monitor:
         self._last_step: Any = None
         self._phase: str | None = None
         self._loader_waiting_since: float | None = None
+        self._phase_marks: Deque[float] = collections.deque(maxlen=100_000)   # perf_counter of phase changes
+        self._phase_durations: dict[str, float] = {}
+        self._watchdog: Any = None
+        self._stacks_path: Path | None = None
         # Hot-path state.
         self._put_step: Callable[[Any], None] | None = None
         self._nudge_writer: Callable[[], None] = _no_op
@@ -402,10 +410,14 @@ class Monitor:
         self._state = _STATE_RUNNING
         self._install_signal_handlers()
         atexit.register(self._atexit)
+        self._start_watchdog()
+        wd = self._watchdog
         self._record_event("monitor_attached" if self.attached else "start", {
             "argv": list(sys.argv), "pid": self._pid, "host": self._host, "rank": self._rank,
             "world_size": self._world_size, "settings": self._settings_snapshot(),
             "python": sys.executable,
+            "stacks_file": str(wd.stacks_path) if wd is not None and wd.stacks_path else None,
+            "stack_signal": wd.registered_signal if wd is not None else None,
         })
         # step() appends straight to the writer's deque (atomic under the GIL, no function call) and nudges
         # the writer on its 1-in-64 timed calls; see BatchWriter.nudge.
@@ -421,7 +433,7 @@ class Monitor:
     def _open(self) -> None:
         from runlens.collect.environment import describe_environment
         from runlens.errors import StoreUnavailable
-        from runlens.store import open_store
+        from runlens.store import new_job_id, open_store
         from runlens.store.writer import BatchWriter
 
         attach_id = os.environ.get("RUNLENS_JOB_ID", "").strip() or None
@@ -429,6 +441,12 @@ class Monitor:
         store = self._store = open_store(db, create=True)
         self.settings = self.settings.replace(db=store.url)  # the store actually used, for the job's record
         environment = describe_environment()
+        job_id = attach_id or new_job_id(self.name)
+        self._stacks_path = self._plan_stacks_path(job_id, store.url)
+        if self._stacks_path is not None:
+            # Stored with the job so the analyzer (and runlens collect) can find the C timer's dumps.
+            self.settings = self.settings.replace(stacks_dir=str(self._stacks_path.parent))
+            environment = {**(environment or {}), "stacks_file": str(self._stacks_path)}
         self._started_wall = _time()
         config_fields = {"config": self.config, "config_dialect": detect_dialect(self.config),
                          "config_path": self.config_path}
@@ -438,7 +456,7 @@ class Monitor:
             **config_fields,
         }
         if attach_id is None:
-            self.job_id = store.create_job(name=self.name, **fields)
+            self.job_id = store.create_job(name=self.name, job_id=job_id, **fields)
         else:
             if not store.job_exists(attach_id):
                 try:
@@ -536,6 +554,7 @@ class Monitor:
         self._state = _STATE_CLOSING
         self._put_step = None
         t0 = _perf()
+        self._stop_watchdog()   # a closing run is not a stalled one
         writer = self._writer
         try:
             self._record_event("end" if self._owns_lifecycle else "monitor_detached", {
@@ -581,6 +600,7 @@ class Monitor:
                 os.kill(os.getpid(), signum)
 
     def _teardown_quietly(self) -> None:
+        self._stop_watchdog()
         if self._sampler_thread is not None:
             with contextlib.suppress(Exception):
                 self._sampler_thread.stop(timeout=EVENT_SAMPLE_WAIT)
@@ -672,6 +692,67 @@ class Monitor:
         with contextlib.suppress(Exception):
             signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+    # -- the hang watchdog ---------------------------------------------------------------------------
+
+    def _plan_stacks_path(self, job_id: str, store_url: str) -> Path | None:
+        """Where faulthandler's dumps go: ``stacks_dir`` (``runlens collect`` points it at the job's log folder),
+        else ``runlens-runs/<job_id>/`` next to a SQLite store, else in the working directory."""
+        if not self.settings.hang_detection:
+            return None
+        base = self.settings.stacks_dir
+        if base:
+            folder = Path(base).expanduser()
+        else:
+            root = Path.cwd()
+            if store_url.startswith("sqlite"):
+                with contextlib.suppress(Exception):
+                    from sqlalchemy.engine import make_url
+
+                    database = make_url(store_url).database
+                    if database and database != ":memory:" and not database.startswith("file:"):
+                        root = Path(database).expanduser().resolve().parent
+            folder = root / "runlens-runs" / job_id
+        return folder.resolve() / f"stacks-{self._pid}.txt"
+
+    def _start_watchdog(self) -> None:
+        if not self.settings.hang_detection:
+            return
+        try:
+            from runlens.collect.watchdog import HangSettings, Watchdog
+
+            wd = Watchdog(self._progress_snapshot, HangSettings.from_settings(self.settings), self._watchdog_emit,
+                          flush=self._watchdog_flush, stacks_path=self._stacks_path,
+                          stack_signal=self.settings.stack_signal, phase_durations=self._phase_durations)
+            wd.phase_marks = self._phase_marks
+            self._watchdog = wd.start()
+        except Exception as exc:   # stall detection is a feature, not a reason to stop the run
+            self._warn("watchdog", f"hang detection is off for this run: {exc}")
+            self._watchdog = None
+
+    def _stop_watchdog(self) -> None:
+        wd, self._watchdog = self._watchdog, None
+        if wd is not None:
+            with contextlib.suppress(Exception):
+                wd.stop(timeout=2.0)
+
+    def _progress_snapshot(self) -> Any:
+        """The watchdog's view of progress: plain attributes the training thread writes (no lock, no call on
+        the hot path)."""
+        return Progress(self._last_progress, self._last_step, self._phase, self._loader_waiting_since,
+                        self._steps_logged)
+
+    def _watchdog_emit(self, event_type: str, details: dict[str, Any], at: float | None) -> None:
+        if self._state != _STATE_RUNNING:
+            return
+        self._record_event(event_type, to_jsonable(details), at=at)
+
+    def _watchdog_flush(self) -> None:
+        """A stall's evidence goes to the store now: the process may be killed next."""
+        if self._state != _STATE_RUNNING or self._writer is None:
+            return
+        self._wait_for_event_samples(2.0)
+        self._writer.flush(timeout=5.0)
 
     # -- the training-thread API ---------------------------------------------------------------------
 
@@ -766,11 +847,11 @@ class Monitor:
         s = self._last_step
         return int(s) if isinstance(s, int) else None  # a tensor step is not resolved on this thread
 
-    def _record_event(self, event_type: str, details: dict[str, Any] | None) -> None:
+    def _record_event(self, event_type: str, details: dict[str, Any] | None, at: float | None = None) -> None:
         writer = self._writer
         if writer is None:
             return
-        row = {"timestamp": _time(), "event_type": event_type, "details": details, "host": self._host,
+        row = {"timestamp": _time() if at is None else at, "event_type": event_type, "details": details, "host": self._host,
                "rank": self._rank, "step": self._int_step()}
         sampler = self._sampler_thread
         if sampler is None:
@@ -840,6 +921,9 @@ class Monitor:
         non-finite bookkeeping runs only when a quick check says some value is nan or inf.
         """
         step, at, loss, lr, grad_norm, batch_size, tokens, step_time, data_time, extras = raw
+        wd = self._watchdog
+        if wd is not None:
+            wd.observe_step(at, step_time)   # calibration input, off the training thread
         if loss is not None and type(loss) is not float:
             loss = _number_or_none(loss)
         if lr is not None and type(lr) is not float:

@@ -31,8 +31,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -316,7 +317,7 @@ class SamplerThread:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def start(self) -> "SamplerThread":
+    def start(self) -> SamplerThread:
         self._thread.start()
         return self
 

@@ -34,8 +34,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Protocol, Sequence
+from typing import Any, BinaryIO, Protocol
 
 from runlens.collect.config import load_config, resolve_settings
 from runlens.collect.sampler import Sample, SamplerThread, SystemSampler
@@ -52,6 +53,8 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TEE_GRACE_SECONDS = 3.0        # after the child exits, how long a grandchild may keep its pipes open
 PROGRESS_LOG_EVERY = 10.0      # a \r progress bar reaches log.txt at most this often (ClearML: 10 s)
 MAX_LINE_BYTES = 1 << 20       # a line longer than this is cut into pieces in log.txt
+TEE_COALESCE_SECONDS = 0.05    # at most ~20 tee wake-ups a second: one per printed line cost ~70 µs of CPU each
+READ_CHUNK = 65536
 
 
 class CommandNotStarted(RunlensError):
@@ -81,13 +84,18 @@ class ArrivalSink(Protocol):
 
 
 def _arrival_writer(log_path: str) -> ArrivalSink | None:
-    """The analyzer's arrival-time sidecar for ``log_path`` (None if this runlens has no log parser yet)."""
+    """The analyzer's arrival-time sidecar (``<log>.times``); None when it cannot be written (the log goes on)."""
     try:
         from runlens.analyze.logparse import ArrivalWriter
-    except ImportError:
+    except ImportError:   # a runlens without the log parser: log.txt without arrival times
         logger.debug("no runlens.analyze.logparse.ArrivalWriter: log.txt is kept without arrival times")
         return None
-    writer: ArrivalSink = ArrivalWriter(log_path)
+    try:
+        writer: ArrivalSink = ArrivalWriter(log_path)
+    except OSError as exc:
+        logger.warning("cannot write the log's arrival times next to %s (%s); the log goes on without them",
+                       log_path, exc.strerror or exc)
+        return None
     return writer
 
 
@@ -186,16 +194,19 @@ class LogTee:
         streams: (pipe read fd, terminal fd or None) pairs.
         log_file: log.txt opened for binary append.
         arrival: the arrival sidecar, or None.
+        first_line: the 1-based number the first new line gets (lines already in an appended log + 1).
     """
 
     def __init__(self, streams: Sequence[tuple[int, int | None]], log_file: BinaryIO,
                  arrival: ArrivalSink | None = None, *, clock: Callable[[], float] = time.time,
                  progress_every: float = PROGRESS_LOG_EVERY, max_line: int = MAX_LINE_BYTES,
+                 coalesce: float = TEE_COALESCE_SECONDS, first_line: int = 1,
                  name: str = "runlens-collect-tee") -> None:
         self.log_file = log_file
+        self.coalesce = coalesce
         self.arrival = arrival
         self.clock = clock
-        self.lines = 0
+        self.lines = first_line - 1     # line numbers continue an existing log (``--log`` to a used file)
         self.bytes = 0
         self.cpu_seconds = 0.0
         self._terminal: dict[int, int | None] = dict(streams)
@@ -204,7 +215,7 @@ class LogTee:
         self._arrival_failed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> "LogTee":
+    def start(self) -> LogTee:
         self._thread.start()
         return self
 
@@ -244,7 +255,7 @@ class LogTee:
         try:
             stop_by: float | None = None
             while sel.get_map():
-                events = sel.select(timeout=0.1)
+                events = sel.select(timeout=0.5)   # the timeout only bounds how late a stop is noticed
                 if self._stop.is_set():
                     # Told to stop (a grandchild holds the pipes open): drain what is there, for a second at most.
                     stop_by = stop_by or time.monotonic() + 1.0
@@ -252,21 +263,30 @@ class LogTee:
                         break
                 if not events:
                     continue
+                round_start = time.monotonic()
                 t = self.clock()
+                more = False
                 for key, _ in events:
                     fd = int(key.fd)
                     try:
-                        data = os.read(fd, 65536)
+                        data = os.read(fd, READ_CHUNK)
                     except OSError:
                         data = b""
                     if not data:
                         sel.unregister(fd)
                         self._asm[fd].close(t)
                         continue
+                    more = more or len(data) == READ_CHUNK
                     self.bytes += len(data)
                     self._to_terminal(fd, data)
                     self._asm[fd].feed(data, t)
                 self.log_file.flush()
+                if not more and self.coalesce > 0:
+                    # Let a chatty child's lines pile up in the pipe for a moment and take them in one read:
+                    # 50 ms is invisible on a terminal; a full pipe (``more``) is read again at once.
+                    pause = self.coalesce - (time.monotonic() - round_start)
+                    if pause > 0:
+                        time.sleep(pause)   # not Event.wait: a timed sleep is the cheaper wake-up
         finally:
             t = self.clock()
             for fd, asm in self._asm.items():
@@ -453,10 +473,22 @@ def absolute_db_url(url: str) -> str:
     return prefix + str(Path(path).resolve()) + sep + query
 
 
-def _open_log(path: Path) -> BinaryIO:
+def _open_log(path: Path) -> tuple[BinaryIO, int]:
+    """Open the log for appending; returns it and the number of lines already in it (an existing ``--log``
+    file is continued, never truncated, and the arrival sidecar's line numbers must match its lines)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "ab")
+        fh = open(path, "a+b")
+        fh.seek(0)
+        lines = 0
+        last = b"\n"
+        while chunk := fh.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+        if last != b"\n":           # finish a last line that has no newline, so ours start on their own
+            fh.write(b"\n")
+            lines += 1
+        return fh, lines
     except OSError as exc:
         raise LogNotWritable(str(path), exc.strerror or str(exc)) from None
 
@@ -502,7 +534,7 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
     job_id = new_job_id(name)
     log_path = Path(log).expanduser() if log else Path("runlens-runs") / job_id / "log.txt"
     log_path = log_path.resolve()
-    log_file = _open_log(log_path)
+    log_file, existing_lines = _open_log(log_path)
     argv = redact_argv(cmd)
     try:
         store.create_job(job_id=job_id, name=name, argv=argv, config=snapshot, config_path=config_path,
@@ -520,7 +552,7 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
     for hook in tick_hooks:
         supervisor.add_tick_hook(hook)
     try:
-        return _supervise(supervisor, writer, settings, argv, log_path, log_file)
+        return _supervise(supervisor, writer, settings, argv, log_path, log_file, existing_lines)
     except BaseException as exc:
         if supervisor.proc is None and not isinstance(exc, CommandNotStarted):   # e.g. Ctrl-C before the spawn
             writer.update_job(status="never_started", ended_at=time.time(),
@@ -536,7 +568,7 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
 
 
 def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, argv: list[str],
-               log_path: Path, log_file: BinaryIO) -> int:
+               log_path: Path, log_file: BinaryIO, existing_lines: int) -> int:
     arrival = _arrival_writer(str(log_path))
     supervisor.install_signal_handlers()
     try:
@@ -552,7 +584,7 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
         writer.update_job(pid=proc.pid, started_at=started, status="running")
         assert proc.stdout is not None and proc.stderr is not None
         tee = LogTee([(proc.stdout.fileno(), _fileno(sys.stdout)), (proc.stderr.fileno(), _fileno(sys.stderr))],
-                     log_file, arrival).start()
+                     log_file, arrival, first_line=existing_lines + 1).start()
 
         state: dict[str, Any] = {"last_key": None, "start_written": False}
         lock = threading.Lock()

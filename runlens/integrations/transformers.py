@@ -76,8 +76,7 @@ class _LoopView:
     The loop is the nearest caller frame whose code has both ``tr_loss_step`` and ``grad_norm`` locals (the
     names are the same in transformers 4.40 to 5.x, in ``_inner_training_loop`` or ``_run_epoch``). Its code
     object is remembered, so later lookups compare identities while walking the few frames of the callback
-    handler. ``frame.f_locals`` is a snapshot (Python <= 3.12) or a read-only use of the proxy (3.13+); nothing
-    is written back.
+    handler. Nothing is written into the loop's variables (see ``_read_locals``).
     """
 
     __slots__ = ("_code", "failed")
@@ -106,8 +105,24 @@ class _LoopView:
         f = self.frame()
         if f is None:
             return None
-        local = f.f_locals
+        return _read_locals(f, names)
+
+
+# Python <= 3.12: ``frame.f_locals`` is a dict snapshot cached on the frame until it returns, holding references
+# to every local (the step's batch on the device, among them) until the next read: one extra batch of device
+# memory during the next step. Clearing the snapshot after reading drops them; CPython only copies a snapshot
+# back into the frame when a trace function ran, and then skips missing names. From 3.13 (PEP 667) f_locals is
+# a live proxy that holds nothing and must not be cleared (that would delete the frame's variables).
+_SNAPSHOT_LOCALS = sys.version_info < (3, 13)
+
+
+def _read_locals(frame: FrameType, names: tuple[str, ...]) -> tuple[Any, ...]:
+    local = frame.f_locals
+    try:
         return tuple(local.get(n) for n in names)
+    finally:
+        if _SNAPSHOT_LOCALS:
+            local.clear()
 
 
 def _describe_loop() -> str:
@@ -117,7 +132,7 @@ def _describe_loop() -> str:
         if f is None:
             break
         if f.f_code.co_name in ("evaluation_loop", "prediction_loop"):
-            description = f.f_locals.get("description")
+            (description,) = _read_locals(f, ("description",))
             return "predict" if isinstance(description, str) and "predict" in description.lower() else "eval"
         f = f.f_back
     return "eval"

@@ -35,14 +35,14 @@ class Noise(Dataset):  # type: ignore[type-arg]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=int(os.environ.get("TINY_STEPS", 20)))
-    p.add_argument("--workers", type=int, default=int(os.environ.get("TINY_WORKERS", 2)))
+    p.add_argument("--steps", type=int, default=int(os.environ.get("TINY_STEPS", "20")))
+    p.add_argument("--workers", type=int, default=int(os.environ.get("TINY_WORKERS", "2")))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--samples", type=int, default=4096)
-    p.add_argument("--sleep", type=float, default=float(os.environ.get("TINY_SLEEP", 0.0)))
-    p.add_argument("--exit-code", type=int, default=int(os.environ.get("TINY_EXIT_CODE", 0)))
+    p.add_argument("--sleep", type=float, default=float(os.environ.get("TINY_SLEEP", "0")))
+    p.add_argument("--exit-code", type=int, default=int(os.environ.get("TINY_EXIT_CODE", "0")))
     p.add_argument("--monitor", action="store_true", help="record through runlens.Monitor")
     p.add_argument("--name", default="tiny")
     p.add_argument("--pidfile", default=None)

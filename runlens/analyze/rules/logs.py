@@ -10,8 +10,9 @@ to training.nonfinite.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, precision_change, resolve
@@ -180,7 +181,7 @@ def _log_finding(category: str, data: JobData) -> list[Finding]:
 def _with_setting(f: Finding, fix: Fix, data: JobData, message: str) -> Finding:
     if fix.path:
         path, value = fix.path, fix.value
-        if fix.path == "env:HF_HUB_OFFLINE" and re.search(r"wandb", message, re.I):
+        if fix.path == "env:HF_HUB_OFFLINE" and re.search(r"wandb", message, re.IGNORECASE):
             path, value = "env:WANDB_MODE", "offline"
         f.config_key = path.split(":", 1)[1]
         f.config_path = path

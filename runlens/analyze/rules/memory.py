@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,8 @@ SLOWDOWN = 1.2          # step time ×1.2 after swap began counts as a slow-down
 WORKER_SHARE = 0.15     # §5.3 M4: workers ≥ 15 % of used memory
 SHM_MIN_GB = 1.0        # /dev/shm below this with workers > 0 (ai-toolkit#515: 1 GB failed); docker's is 64 MB
 FRAG_RATIO, FRAG_GB = 0.1, 1.0   # §3.6: reserved-but-unallocated > 10 % of capacity or > 1 GiB
-GC_SLOWDOWN = "~20 % slower steps"  # HF docs, perf_train_gpu_one / grad_checkpointing
+GC_SLOWDOWN = "~20 % slower steps"
+SUSPECTED = ("exit", "suspected")   # OOM signs that are a SIGKILL, not an allocator's own failure  # HF docs, perf_train_gpu_one / grad_checkpointing
 
 
 # -- the shared view of memory pressure ------------------------------------------------------------------
@@ -80,7 +82,7 @@ class Pressure:
 
     @property
     def oom(self) -> m.OomOccurrence | None:
-        real = [o for o in self.ooms if o.source != "exit"]
+        real = [o for o in self.ooms if o.source not in SUSPECTED]
         return real[0] if real else (self.ooms[0] if self.ooms else None)
 
 
@@ -135,10 +137,10 @@ def _pressure(data: JobData) -> Pressure:
     p.swap = _swap(data)
     levels: list[str] = []
     for o in p.ooms:
-        if o.source == "exit":
+        if o.source in SUSPECTED:
             # SIGKILL is the kernel's OOM killer most often, but also a scheduler or a user: only critical
             # when memory was high.
-            high = (p.ram and (p.ram.peak_ratio or 0) >= warn) or any(x.source != "exit" for x in p.ooms)
+            high = (p.ram and (p.ram.peak_ratio or 0) >= warn) or any(x.source not in SUSPECTED for x in p.ooms)
             levels.append("critical" if high else "warning")
             p.reasons.append("killed by SIGKILL (exit 137)")
         else:
@@ -198,7 +200,8 @@ def oom(data: JobData) -> list[Finding]:
     dom = p.domain
     figs = o.details
     ev: dict[str, Any] = {"timestamp": o.timestamp, "step": step, "phase": phase, "kind": o.kind,
-                          "source": o.source, "message": o.message, "occurrences": sum(x.count for x in p.ooms)}
+                          "source": o.source, "message": o.message,
+                          "occurrences": sum(x.count for x in p.ooms if x.source not in SUSPECTED) or 1}
     parts = [f"OOM at step {step}" if step is not None else "OOM before the first step", f"({phase})"]
     if o.kind == "cuda" and figs.get("total_capacity_gb"):
         total = figs["total_capacity_gb"]
@@ -217,6 +220,13 @@ def oom(data: JobData) -> list[Finding]:
     if figs.get("tried_to_allocate_gb") is not None:
         parts.append(f"an allocation of {m.fmt_gb(figs['tried_to_allocate_gb'])} GB failed")
     ev.update({k: v for k, v in figs.items() if k.endswith("_gb")})
+    # A CPU allocation that fails while the machine's RAM is far from full hit a limit of its own: the
+    # process's address space (ulimit -v / RLIMIT_AS) or a container's memory limit.
+    own_limit = (o.kind == "cpu" and dom is not None and dom.kind == "system" and dom.peak_ratio is not None
+                 and dom.peak_ratio < data.settings.memory_warning_threshold)
+    if own_limit:
+        parts.append("the machine's RAM was not full, so a per-process or container limit was hit")
+        ev["likely_cause"] = "a per-process (ulimit -v, RLIMIT_AS) or container memory limit"
     impact = "; ".join([" ".join(parts[:2])] + parts[2:])
 
     levers = sorted(_quantified_levers(data, p), key=lambda f: -(f.impact_value or 0))
@@ -225,7 +235,7 @@ def oom(data: JobData) -> list[Finding]:
                 title=f"Training ran out of memory {where} ({phase})", action="", impact=impact,
                 category="memory", evidence=ev,
                 impact_value=figs.get("tried_to_allocate_gb") or (dom.peak if dom else None), impact_unit="GB",
-                confidence=0.6 if o.source == "exit" else 1.0)
+                confidence=0.6 if o.source in SUSPECTED else 1.0)
     if levers:
         best = levers[0]
         f.action = (f"Apply the largest measured lever first: {best.title.lower()} "
@@ -240,6 +250,9 @@ def oom(data: JobData) -> list[Finding]:
         elif bs and bs > 1:
             apply_ref(f, resolve(data, "batch_size"), max(1, bs // 2), measured=bs)
             f.action = f"Halve the batch size ({bs} -> {max(1, bs // 2)}) and raise gradient accumulation to match."
+        elif own_limit:
+            f.action = ("Raise the process's memory limit (ulimit -v, the container's or job scheduler's memory "
+                        "request), or reduce what the process holds at that point.")
         else:
             f.action = ("Reduce what the process holds at that point (smaller model or inputs, fewer copies "
                         "kept alive), or run where more memory is available.")
@@ -253,7 +266,7 @@ def peak(data: JobData) -> list[Finding]:
     """M2: peak memory against the warning (0.85) / critical (0.95) thresholds, RAM and discrete GPU apart."""
     p = pressure(data)
     warn, crit = data.settings.memory_warning_threshold, data.settings.memory_critical_threshold
-    oom_kinds = {o.kind for o in p.ooms if o.source != "exit"}
+    oom_kinds = {o.kind for o in p.ooms if o.source not in SUSPECTED}
     out: list[Finding] = []
     for ser, rid, label in ((p.ram, "memory.peak", "System memory"), (p.gpu, "memory.gpu_peak", "GPU memory")):
         if ser is None or ser.peak_ratio is None or ser.peak_ratio < warn:
@@ -499,7 +512,7 @@ def _gradient_checkpointing(data: JobData, p: Pressure) -> Finding | None:
     f = _lever(data, p, "memory.gradient_checkpointing", "Enable gradient checkpointing",
                "Turn gradient checkpointing on" + (f" ({ref.hint})" if ref.path is None and ref.hint else "") + ".",
                f"Cuts most of the ~{m.fmt_gb(act)} GB of activation memory; {GC_SLOWDOWN}", act,
-               {"activation_gb": act}, severity="warning" if p.level == "warning" else p.level, confidence=0.5)
+               {"activation_gb": act}, confidence=0.5)
     return apply_ref(f, ref, True)
 
 
@@ -554,6 +567,7 @@ def _sampling_peak(data: JobData, p: Pressure) -> Finding | None:
         return None
     first_step = m.finite(m.col(m.main_rank_steps(data), "timestamp"))
     before_training = p.oom is not None and (not first_step.size or (p.oom.timestamp or 0) < first_step.min())
+    rec: Any
     if data.dialect == AITOOLKIT and before_training:
         ref, rec = resolve(data, "skip_first_sample"), True
         action = "Skip the baseline samples before training (or sample at a lower resolution)."
@@ -574,9 +588,12 @@ def _sampling_peak(data: JobData, p: Pressure) -> Finding | None:
 
 def _fragmentation(data: JobData, p: Pressure) -> Finding | None:
     """M14: the CUDA OOM message says much memory was reserved but unallocated (PyTorch's own hint)."""
-    frag = [(o, o.details.get("reserved_unallocated_gb"), o.details.get("total_capacity_gb")) for o in p.ooms]
-    frag = [(o, r, t) for o, r, t in frag if isinstance(r, (int, float))
-            and (r > FRAG_GB or (isinstance(t, (int, float)) and t > 0 and r / t > FRAG_RATIO))]
+    frag: list[tuple[m.OomOccurrence, float, float | None]] = []
+    for o in p.ooms:
+        r, t = o.details.get("reserved_unallocated_gb"), o.details.get("total_capacity_gb")
+        t = float(t) if isinstance(t, (int, float)) and t > 0 else None
+        if isinstance(r, (int, float)) and (r > FRAG_GB or (t is not None and r / t > FRAG_RATIO)):
+            frag.append((o, float(r), t))
     if not frag:
         return None
     o, r, t = max(frag, key=lambda x: x[1])
@@ -587,7 +604,7 @@ def _fragmentation(data: JobData, p: Pressure) -> Finding | None:
     tail = f" ({r / t:.0%} of {m.fmt_gb(t)} GB)" if t else ""
     f = _lever(data, p, "memory.fragmentation", "Allocator fragmentation",
                "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the environment of the run.",
-               f"{m.fmt_gb(r)} GB reserved but unallocated at the OOM{tail}", float(r),
+               f"{m.fmt_gb(r)} GB reserved but unallocated at the OOM{tail}", r,
                {"reserved_unallocated_gb": r, "total_capacity_gb": t, "timestamp": o.timestamp},
                severity="warning")
     f.config_key = "PYTORCH_CUDA_ALLOC_CONF"
@@ -622,7 +639,7 @@ fragmentation = rule("memory.fragmentation", "memory")(_one(_fragmentation))
 
 # -- M15 shared memory -----------------------------------------------------------------------------------
 
-_SHM_TEXT = re.compile(r"shm|shared memory|bus error", re.I)
+_SHM_TEXT = re.compile(r"shm|shared memory|bus error", re.IGNORECASE)
 
 
 def _shm_size_gb(data: JobData) -> float | None:

@@ -61,7 +61,8 @@ def input_bound(data: JobData) -> list[Finding]:
     rec = min(max(cores - 2, 1), n + 2) if cores else n + 2
     level = "HIGHLY" if dw.share >= HIGHLY_INPUT_BOUND else "moderately"
     ev = {"data_wait_share": dw.share, "data_wait_seconds": dw.data_seconds, "step_seconds": dw.step_seconds,
-          "steps": dw.steps, "num_workers": n, "cpu_count": cores, "band": level}
+          "steps": dw.steps, "from_step": dw.first_step, "warmup_steps_excluded": dw.warmup_steps_excluded,
+          "num_workers": n, "cpu_count": cores, "band": level}
     f = Finding(id="throughput.input_bound", severity="warning",
                 title=f"Training is input-bound ({_fmt_pct(dw.share)} of step time waiting for data)",
                 action="", impact=f"Up to -{_fmt_pct(dw.share)} step time "

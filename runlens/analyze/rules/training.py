@@ -55,7 +55,8 @@ def nonfinite(steps: pd.DataFrame, column: str) -> np.ndarray:
     for extra in (f"x_nonfinite.{column}", f"x_{column}_nonfinite"):
         if extra in steps.columns:
             mask |= steps[extra].notna().to_numpy() & (steps[extra].astype(str) != "False").to_numpy()
-    return mask
+    out: np.ndarray = mask
+    return out
 
 
 def _nonfinite_text(steps: pd.DataFrame, i: int, column: str) -> str:
@@ -168,7 +169,7 @@ def nonfinite_loss(data: JobData) -> list[Finding]:
                           "value": _nonfinite_text(steps, i, "loss" if what == "loss" else "gradient_norm"),
                           "steps_recorded": n, "nonfinite_steps": int(bad.sum()),
                           "last_finite_losses": [float(x) for x in before[-5:]], "log_mentions": len(logs)}
-    sn, _, fl = _finite_loss(data)
+    sn = _finite_loss(data)[0]
     eps = [e for e in _episodes(data) if not e.recovered]
     onset = None
     if eps and sn[eps[-1].start] <= step:
