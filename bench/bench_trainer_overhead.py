@@ -37,8 +37,18 @@ EXAMPLE = ROOT / "examples" / "hf_trainer.py"
 
 def run_once(with_runlens: bool, steps: int, workdir: Path, index: int) -> dict[str, Any]:
     out = workdir / f"run-{index}"
-    cmd = [sys.executable, str(EXAMPLE), "--steps", str(steps), "--out", str(out), "--logging-steps", "10",
-           "--db", str(workdir / f"runlens-{index}.db")]
+    cmd = [
+        sys.executable,
+        str(EXAMPLE),
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--logging-steps",
+        "10",
+        "--db",
+        str(workdir / f"runlens-{index}.db"),
+    ]
     if not with_runlens:
         cmd.append("--no-runlens")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -83,8 +93,11 @@ def end_to_end(pairs: int, steps: int) -> dict[str, Any]:
                 result = run_once(arm == "with", steps, workdir, index)
                 index += 1
                 rows[arm].append(result)
-                print(f"  pair {pair + 1} {arm:>7}: train_runtime {result['train_runtime']:.2f} s, "
-                      f"{result['train_samples_per_second']:.1f} samples/s", flush=True)
+                print(
+                    f"  pair {pair + 1} {arm:>7}: train_runtime {result['train_runtime']:.2f} s, "
+                    f"{result['train_samples_per_second']:.1f} samples/s",
+                    flush=True,
+                )
     summary: dict[str, Any] = {}
     for arm, results in rows.items():
         summary[arm] = {
@@ -95,10 +108,15 @@ def end_to_end(pairs: int, steps: int) -> dict[str, Any]:
     base, ours = summary["without"], summary["with"]
     summary["runtime_overhead"] = ours["train_runtime_median"] / base["train_runtime_median"] - 1
     summary["throughput_overhead"] = 1 - ours["samples_per_second_median"] / base["samples_per_second_median"]
-    summary["pair_ratio_median"] = statistics.median(
-        b["train_runtime"] / a["train_runtime"] for a, b in zip(rows["without"], rows["with"])) - 1
+    summary["pair_ratio_median"] = (
+        statistics.median(
+            b["train_runtime"] / a["train_runtime"] for a, b in zip(rows["without"], rows["with"])
+        )
+        - 1
+    )
     summary["thread_cpu_share"] = statistics.median(
-        r["thread_cpu_seconds"] / r["train_runtime"] for r in rows["with"])
+        r["thread_cpu_seconds"] / r["train_runtime"] for r in rows["with"]
+    )
     return summary
 
 
@@ -118,7 +136,9 @@ def hook_cost(steps: int) -> dict[str, Any]:
         if name.startswith("on_"):
             original = getattr(RunlensCallback, name)
 
-            def timed(self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            def timed(
+                self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any
+            ) -> Any:
                 t0 = time.perf_counter()
                 try:
                     return _original(self, *args, **kwargs)
@@ -132,8 +152,16 @@ def hook_cost(steps: int) -> dict[str, Any]:
         cb = Timed(name="bench", db=str(Path(tmp) / "runlens.db"))
         trainer = hf_trainer.build_trainer(args, [cb])
         output = trainer.train()
-    per_step_hooks = ("on_step_begin", "on_substep_end", "on_optimizer_step", "on_step_end", "on_log",
-                      "on_epoch_begin", "on_epoch_end", "on_pre_optimizer_step")
+    per_step_hooks = (
+        "on_step_begin",
+        "on_substep_end",
+        "on_optimizer_step",
+        "on_step_end",
+        "on_log",
+        "on_epoch_begin",
+        "on_epoch_end",
+        "on_pre_optimizer_step",
+    )
     hot = sum(sum(spent.get(h, [])) for h in per_step_hooks)
     lifecycle = {h: sum(v) for h, v in spent.items() if h not in per_step_hooks}
     step_seconds = output.metrics["train_runtime"] / steps
@@ -161,16 +189,27 @@ def main() -> None:
         print(json.dumps({"end_to_end": e2e, "hooks": hooks}, indent=2))
         return
     w, o = e2e["without"], e2e["with"]
-    print(f"  train_runtime median: without {w['train_runtime_median']:.2f} s, with {o['train_runtime_median']:.2f} s"
-          f" -> {e2e['runtime_overhead']:+.2%}")
-    print(f"  samples/s median:     without {w['samples_per_second_median']:.1f}, "
-          f"with {o['samples_per_second_median']:.1f} -> {e2e['throughput_overhead']:+.2%} throughput cost")
-    print(f"  per-pair runtime ratio, median: {e2e['pair_ratio_median']:+.2%}; runlens threads' CPU: "
-          f"{e2e['thread_cpu_share']:.2%} of train_runtime")
-    print(f"  hooks: {hooks['per_step_hook_us']:.1f} us per optimizer step (on_step_end median "
-          f"{hooks['on_step_end_median_us']:.1f} us) against a {hooks['step_time_ms']:.1f} ms step "
-          f"= {hooks['per_step_share']:.3%}")
-    print("  one-off hooks (s): " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(hooks["lifecycle_seconds"].items())))
+    print(
+        f"  train_runtime median: without {w['train_runtime_median']:.2f} s, with {o['train_runtime_median']:.2f} s"
+        f" -> {e2e['runtime_overhead']:+.2%}"
+    )
+    print(
+        f"  samples/s median:     without {w['samples_per_second_median']:.1f}, "
+        f"with {o['samples_per_second_median']:.1f} -> {e2e['throughput_overhead']:+.2%} throughput cost"
+    )
+    print(
+        f"  per-pair runtime ratio, median: {e2e['pair_ratio_median']:+.2%}; runlens threads' CPU: "
+        f"{e2e['thread_cpu_share']:.2%} of train_runtime"
+    )
+    print(
+        f"  hooks: {hooks['per_step_hook_us']:.1f} us per optimizer step (on_step_end median "
+        f"{hooks['on_step_end_median_us']:.1f} us) against a {hooks['step_time_ms']:.1f} ms step "
+        f"= {hooks['per_step_share']:.3%}"
+    )
+    print(
+        "  one-off hooks (s): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in sorted(hooks["lifecycle_seconds"].items()))
+    )
 
 
 if __name__ == "__main__":

@@ -101,8 +101,13 @@ def build_trainer(args: argparse.Namespace, callbacks: list[TrainerCallback]) ->
         disable_tqdm=True,
         seed=0,
     )
-    return Trainer(model=model, args=training_args, train_dataset=RandomTokens(2048, 0),
-                   eval_dataset=RandomTokens(64, 1), callbacks=callbacks)
+    return Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=RandomTokens(2048, 0),
+        eval_dataset=RandomTokens(64, 1),
+        callbacks=callbacks,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

@@ -41,7 +41,9 @@ from runlens.integrations.lightning import RunlensCallback
 
 
 class Regression(pl.LightningModule):  # type: ignore[misc]
-    def __init__(self, dim: int = 32, hidden: int = 128, lr: float = 1e-2, fail_at_step: int | None = None) -> None:
+    def __init__(
+        self, dim: int = 32, hidden: int = 128, lr: float = 1e-2, fail_at_step: int | None = None
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
@@ -78,8 +80,13 @@ class RegressionData(pl.LightningDataModule):  # type: ignore[misc]
         self.val_set = TensorDataset(x[4096:], y[4096:])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=256)
@@ -100,22 +107,37 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")   # 2 workers on a laptop is on purpose
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # 2 workers on a laptop is on purpose
     pl.seed_everything(0, verbose=False)
     every = max(1, args.steps // 2)
     runlens_cb = RunlensCallback(name="lightning-example", db=args.db)
     logger = CSVLogger(str(out), name="logs")
     trainer = pl.Trainer(
-        max_steps=args.steps, val_check_interval=every, check_val_every_n_epoch=None, log_every_n_steps=1,
-        gradient_clip_val=1.0, accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=1, default_root_dir=str(out),
-        callbacks=[runlens_cb, ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=every,
-                                               save_top_k=-1)],
+        max_steps=args.steps,
+        val_check_interval=every,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=1,
+        gradient_clip_val=1.0,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        default_root_dir=str(out),
+        callbacks=[
+            runlens_cb,
+            ModelCheckpoint(dirpath=str(out / "checkpoints"), every_n_train_steps=every, save_top_k=-1),
+        ],
     )
     model = Regression(fail_at_step=args.fail_at_step)
     trainer.fit(model, datamodule=RegressionData(batch_size=args.batch_size, num_workers=args.num_workers))
-    result = {"job_id": runlens_cb.job_id, "global_step": trainer.global_step,
-              "metrics_csv": os.path.join(logger.log_dir, "metrics.csv"), "pid": os.getpid()}
+    result = {
+        "job_id": runlens_cb.job_id,
+        "global_step": trainer.global_step,
+        "metrics_csv": os.path.join(logger.log_dir, "metrics.csv"),
+        "pid": os.getpid(),
+    }
     print(json.dumps(result), flush=True)
     return result
 

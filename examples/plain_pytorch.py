@@ -37,7 +37,9 @@ class Regression(Dataset):
     """y = x·w + noise, with a fixed w: a task a small MLP learns in a few dozen steps."""
 
     def __init__(self, n: int, dim: int, seed: int = 0) -> None:
-        w = torch.randn(dim, 1, generator=torch.Generator().manual_seed(1234))   # the same task for every split
+        w = torch.randn(
+            dim, 1, generator=torch.Generator().manual_seed(1234)
+        )  # the same task for every split
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, dim, generator=g)
         self.y = self.x @ w + 0.1 * torch.randn(n, 1, generator=g)
@@ -70,16 +72,26 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "model": {"dim": 32, "hidden": 128},
         "data": {"batch_size": args.batch_size, "num_workers": args.num_workers},
         "optimizer": {"learning_rate": args.lr, "max_grad_norm": 1.0},
-        "train": {"steps": args.steps, "eval_every": max(1, args.steps // 3), "save_every": max(1, args.steps // 2),
-                  "precision": "bf16-autocast"},
+        "train": {
+            "steps": args.steps,
+            "eval_every": max(1, args.steps // 3),
+            "save_every": max(1, args.steps // 2),
+            "precision": "bf16-autocast",
+        },
         "monitoring": {"sample_interval": 1.0},
     }
-    loader = DataLoader(Regression(4096, 32), batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.num_workers, persistent_workers=args.num_workers > 0, drop_last=True)
+    loader = DataLoader(
+        Regression(4096, 32),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.num_workers,
+        persistent_workers=args.num_workers > 0,
+        drop_last=True,
+    )
     val = DataLoader(Regression(512, 32, seed=1), batch_size=128)
     model = nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    scaler = torch.amp.GradScaler("cpu")   # a no-op scale for bf16, kept to show the pattern used with fp16
+    scaler = torch.amp.GradScaler("cpu")  # a no-op scale for bf16, kept to show the pattern used with fp16
     train_cfg = config["train"]
 
     step = 0
@@ -92,25 +104,35 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
-                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), 1.0)   # the norm before clipping
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the norm before clipping
                 scaler.step(opt)
                 scaler.update()
                 step += 1
                 if step == args.fail_at_step:
                     raise RuntimeError(f"injected failure at step {step}")
-                mon.step(step, loss=loss.detach(), lr=opt.param_groups[0]["lr"], grad_norm=grad_norm,
-                         batch_size=len(x), loss_scale=scaler.get_scale())
+                mon.step(
+                    step,
+                    loss=loss.detach(),
+                    lr=opt.param_groups[0]["lr"],
+                    grad_norm=grad_norm,
+                    batch_size=len(x),
+                    loss_scale=scaler.get_scale(),
+                )
                 if step % train_cfg["eval_every"] == 0:
                     with mon.phase("eval"):
                         model.eval()
                         with torch.no_grad():
-                            val_loss = sum(nn.functional.mse_loss(model(vx), vy).item() for vx, vy in val) / len(val)
+                            val_loss = sum(
+                                nn.functional.mse_loss(model(vx), vy).item() for vx, vy in val
+                            ) / len(val)
                         model.train()
                     mon.event("eval_metrics", step=step, val_loss=val_loss)
                 if step % train_cfg["save_every"] == 0:
                     path = out / f"checkpoint-{step}.pt"
                     with mon.phase("save"):
-                        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, path)
+                        torch.save(
+                            {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, path
+                        )
                     mon.event("checkpoint_saved", path=str(path), step=step)
                 if step >= args.steps:
                     break

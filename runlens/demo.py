@@ -83,22 +83,33 @@ def scenario_config(scenario: str, steps: int | None = None, cache_mb: int | Non
         return {
             "name": "demo-healthy",
             "model": {"hidden": 512},
-            "data": {"num_workers": 0, "batch_size": 128, "worker_cache_mb": 0,
-                     "sample_delay_ms": 0},
-            "optimizer": {"learning_rate": 0.03, "momentum": 0.9, "warmup_steps": max(1, steps // 10),
-                          "max_grad_norm": 5.0},
+            "data": {"num_workers": 0, "batch_size": 128, "worker_cache_mb": 0, "sample_delay_ms": 0},
+            "optimizer": {
+                "learning_rate": 0.03,
+                "momentum": 0.9,
+                "warmup_steps": max(1, steps // 10),
+                "max_grad_norm": 5.0,
+            },
             "train": {"steps": steps, "eval_every": every, "save_every": 2 * every},
             "monitoring": {"sample_interval": 1.0},
         }
     return {
         "name": "demo-troubled",
         "model": {"hidden": 512},
-        "data": {"num_workers": TROUBLED_WORKERS, "batch_size": 64, "prefetch_factor": 2,
-                 "worker_cache_mb": cache_mb if cache_mb is not None else worker_cache_mb(),
-                 "sample_delay_ms": 1.0},
+        "data": {
+            "num_workers": TROUBLED_WORKERS,
+            "batch_size": 64,
+            "prefetch_factor": 2,
+            "worker_cache_mb": cache_mb if cache_mb is not None else worker_cache_mb(),
+            "sample_delay_ms": 1.0,
+        },
         # Stable below ~0.09 for this model; the warm-up crosses that about two thirds of the way in.
-        "optimizer": {"learning_rate": 0.15, "momentum": 0.9, "warmup_steps": max(1, steps * 3 // 4),
-                      "max_grad_norm": None},
+        "optimizer": {
+            "learning_rate": 0.15,
+            "momentum": 0.9,
+            "warmup_steps": max(1, steps * 3 // 4),
+            "max_grad_norm": None,
+        },
         "train": {"steps": steps, "eval_every": every, "save_every": 2 * every},
         "monitoring": {"sample_interval": 1.0},
     }
@@ -106,8 +117,10 @@ def scenario_config(scenario: str, steps: int | None = None, cache_mb: int | Non
 
 _HEADER = {
     "healthy": "# runlens demo, healthy scenario: a small regression MLP, well configured.\n",
-    "troubled": ("# runlens demo, troubled scenario: the same job, badly configured. runlens is not told what is\n"
-                 "# wrong; it measures the run and says what to change (see the report).\n"),
+    "troubled": (
+        "# runlens demo, troubled scenario: the same job, badly configured. runlens is not told what is\n"
+        "# wrong; it measures the run and says what to change (see the report).\n"
+    ),
 }
 
 
@@ -119,8 +132,15 @@ def write_config(path: Path, scenario: str, config: dict[str, Any]) -> Path:
     return path
 
 
-def run_demo(scenario: str = "troubled", *, db: str | None = None, out: str | os.PathLike[str] = DEFAULT_OUT,
-             steps: int | None = None, backend: str = "auto", echo: Callable[[str], None] = print) -> DemoResult:
+def run_demo(
+    scenario: str = "troubled",
+    *,
+    db: str | None = None,
+    out: str | os.PathLike[str] = DEFAULT_OUT,
+    steps: int | None = None,
+    backend: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> DemoResult:
     """Run the demo job under ``runlens collect``, analyse it and write the HTML report.
 
     Args:
@@ -145,15 +165,35 @@ def run_demo(scenario: str = "troubled", *, db: str | None = None, out: str | os
     config = scenario_config(scenario, steps)
     config_path = write_config(out_dir / f"{scenario}.yaml", scenario, config)
     name = str(config["name"])
-    cmd = [sys.executable, "-m", "runlens", "collect", "--name", name, "--config", str(config_path),
-           "--db", db_url, "--log", str(run_dir / "log.txt"), "--",
-           sys.executable, "-m", "runlens.demo_train", "--config", str(config_path), "--out", str(run_dir),
-           "--backend", backend]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runlens",
+        "collect",
+        "--name",
+        name,
+        "--config",
+        str(config_path),
+        "--db",
+        db_url,
+        "--log",
+        str(run_dir / "log.txt"),
+        "--",
+        sys.executable,
+        "-m",
+        "runlens.demo_train",
+        "--config",
+        str(config_path),
+        "--out",
+        str(run_dir),
+        "--backend",
+        backend,
+    ]
     echo(f"runlens demo ({scenario}): training a small model on this machine's CPU under `runlens collect`")
     echo(f"  config: {config_path}")
     started = time.time()
     env = dict(os.environ)
-    env.pop("RUNLENS_JOB_ID", None)   # a demo run inside a recorded job is its own job
+    env.pop("RUNLENS_JOB_ID", None)  # a demo run inside a recorded job is its own job
     exit_code = subprocess.call(cmd, env=env)
     store = open_store(db_url, create=False)
     try:

@@ -79,6 +79,7 @@ class WorkerCache:
 
 # -- PyTorch ---------------------------------------------------------------------------------------------
 
+
 def train_torch(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
     import torch
     from torch import nn
@@ -101,7 +102,7 @@ def train_torch(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
         def __getitem__(self, indices: list[int]) -> tuple[Any, Any]:
             WorkerCache.build(cache_mb)
             if delay:
-                time.sleep(delay * len(indices))   # "decoding" the samples
+                time.sleep(delay * len(indices))  # "decoding" the samples
             idx = torch.as_tensor(indices)
             # index_select, not x[list]: advanced indexing with a Python list is ~40x slower on CPU.
             return self.x.index_select(0, idx), self.y.index_select(0, idx)
@@ -110,22 +111,33 @@ def train_torch(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
     # about it would be printed twice and say what the report says with numbers.
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     torch.manual_seed(SEED)
-    torch.set_num_threads(1)   # the demo shares two cores with its DataLoader workers
+    torch.set_num_threads(1)  # the demo shares two cores with its DataLoader workers
     workers = int(data_cfg.get("num_workers") or 0)
     dataset = Batches(*make_data(N_TRAIN, SEED))
     batches = BatchSampler(RandomSampler(dataset), batch_size=int(data_cfg["batch_size"]), drop_last=True)
-    loader = DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers,
-                        persistent_workers=workers > 0,
-                        prefetch_factor=int(data_cfg.get("prefetch_factor") or 2) if workers else None)
+    loader = DataLoader(
+        dataset,
+        sampler=batches,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=int(data_cfg.get("prefetch_factor") or 2) if workers else None,
+    )
     vx, vy = (torch.from_numpy(a) for a in make_data(N_VAL, SEED + 1))
     hidden = int(model_cfg["hidden"])
-    model = nn.Sequential(nn.Linear(INPUT_DIM, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                          nn.Linear(hidden, 1))
+    model = nn.Sequential(
+        nn.Linear(INPUT_DIM, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+    )
     peak, warmup = float(opt_cfg["learning_rate"]), int(opt_cfg.get("warmup_steps") or 0)
-    opt = torch.optim.SGD(model.parameters(), lr=learning_rate(1, peak, warmup),
-                          momentum=float(opt_cfg.get("momentum") or 0.0))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=learning_rate(1, peak, warmup), momentum=float(opt_cfg.get("momentum") or 0.0)
+    )
     max_norm = opt_cfg.get("max_grad_norm")
-    steps, eval_every, save_every = int(train_cfg["steps"]), int(train_cfg["eval_every"]), int(train_cfg["save_every"])
+    steps, eval_every, save_every = (
+        int(train_cfg["steps"]),
+        int(train_cfg["eval_every"]),
+        int(train_cfg["save_every"]),
+    )
     print_every = max(1, steps // 10)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +153,9 @@ def train_torch(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # clip_grad_norm_ returns the norm before clipping; max_norm=inf measures without clipping.
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float(max_norm) if max_norm else math.inf)
+            grad_norm = nn.utils.clip_grad_norm_(
+                model.parameters(), float(max_norm) if max_norm else math.inf
+            )
             opt.step()
             mon.step(step, loss=loss.detach(), lr=lr, grad_norm=grad_norm, batch_size=len(x))
             if step % print_every == 0 or step == steps:
@@ -153,7 +167,9 @@ def train_torch(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
             if step % save_every == 0 or step == steps:
                 path = ckpt_dir / "last.pt"
                 with mon.phase("save"):
-                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, path)
+                    torch.save(
+                        {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, path
+                    )
                 mon.event("checkpoint_saved", path=str(path), step=step)
             if step >= steps:
                 break
@@ -179,8 +195,9 @@ def _pool_batch(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class NumpyLoader:
     """Batches from a pool of worker processes (or the main process with 0 workers), reshuffled every epoch."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, workers: int, delay: float,
-                 cache_mb: int) -> None:
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int, workers: int, delay: float, cache_mb: int
+    ) -> None:
         self.x, self.y, self.batch_size, self.workers = x, y, batch_size, workers
         self.delay, self.cache_mb = delay, cache_mb
         self.rng = np.random.default_rng(SEED)
@@ -193,7 +210,10 @@ class NumpyLoader:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         order = self.rng.permutation(len(self.x))
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+        batches = [
+            order[i : i + self.batch_size]
+            for i in range(0, len(order) - self.batch_size + 1, self.batch_size)
+        ]
         if self.pool is None:
             _pool_init(self.x, self.y, self.delay, self.cache_mb)
             yield from map(_pool_batch, batches)
@@ -214,7 +234,10 @@ class NumpyMLP:
         dims = [(INPUT_DIM, hidden), (hidden, hidden), (hidden, 1)]
         self.params = []
         for i, o in dims:
-            self.params += [rng.uniform(-1, 1, (i, o)).astype(np.float32) / math.sqrt(i), np.zeros(o, np.float32)]
+            self.params += [
+                rng.uniform(-1, 1, (i, o)).astype(np.float32) / math.sqrt(i),
+                np.zeros(o, np.float32),
+            ]
         self.velocity = [np.zeros_like(p) for p in self.params]
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -227,11 +250,11 @@ class NumpyMLP:
         with np.errstate(all="ignore"):
             pred, (a0, h1, h2) = self.forward(x)
             diff = pred - y
-            loss = float(np.mean(diff ** 2))
+            loss = float(np.mean(diff**2))
             d3 = 2 * diff / len(x)
             w1, b1, w2, b2, w3, b3 = self.params
-            d2 = (d3 @ w3.T) * (1 - h2 ** 2)
-            d1 = (d2 @ w2.T) * (1 - h1 ** 2)
+            d2 = (d3 @ w3.T) * (1 - h2**2)
+            d1 = (d2 @ w2.T) * (1 - h1**2)
             grads = [a0.T @ d1, d1.sum(0), h1.T @ d2, d2.sum(0), h2.T @ d3, d3.sum(0)]
         return loss, grads
 
@@ -245,13 +268,22 @@ class NumpyMLP:
 
 def train_numpy(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
     data_cfg, opt_cfg, train_cfg, model_cfg = cfg["data"], cfg["optimizer"], cfg["train"], cfg["model"]
-    loader = NumpyLoader(*make_data(N_TRAIN, SEED), int(data_cfg["batch_size"]), int(data_cfg.get("num_workers") or 0),
-                         float(data_cfg.get("sample_delay_ms") or 0) / 1000.0, int(data_cfg.get("worker_cache_mb") or 0))
+    loader = NumpyLoader(
+        *make_data(N_TRAIN, SEED),
+        int(data_cfg["batch_size"]),
+        int(data_cfg.get("num_workers") or 0),
+        float(data_cfg.get("sample_delay_ms") or 0) / 1000.0,
+        int(data_cfg.get("worker_cache_mb") or 0),
+    )
     vx, vy = make_data(N_VAL, SEED + 1)
     model = NumpyMLP(int(model_cfg["hidden"]))
     peak, warmup = float(opt_cfg["learning_rate"]), int(opt_cfg.get("warmup_steps") or 0)
     momentum, max_norm = float(opt_cfg.get("momentum") or 0.0), opt_cfg.get("max_grad_norm")
-    steps, eval_every, save_every = int(train_cfg["steps"]), int(train_cfg["eval_every"]), int(train_cfg["save_every"])
+    steps, eval_every, save_every = (
+        int(train_cfg["steps"]),
+        int(train_cfg["eval_every"]),
+        int(train_cfg["save_every"]),
+    )
     print_every = max(1, steps // 10)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +320,7 @@ def train_numpy(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
 
 # -- entry point -----------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="The training job behind `runlens demo`.")
     p.add_argument("--config", required=True, help="the scenario's config.yaml (written by `runlens demo`)")
@@ -305,11 +338,14 @@ def main(argv: list[str] | None = None) -> int:
             backend = "numpy"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    preload()   # imports before the Monitor starts, so its start-up cost is its own
+    preload()  # imports before the Monitor starts, so its start-up cost is its own
     data = cfg["data"]
-    print(f"runlens demo: training a {cfg['model']['hidden']}-unit MLP with {backend} for {cfg['train']['steps']} "
-          f"steps; {data['num_workers']} DataLoader workers, batch {data['batch_size']}, "
-          f"peak learning rate {cfg['optimizer']['learning_rate']}", flush=True)
+    print(
+        f"runlens demo: training a {cfg['model']['hidden']}-unit MLP with {backend} for {cfg['train']['steps']} "
+        f"steps; {data['num_workers']} DataLoader workers, batch {data['batch_size']}, "
+        f"peak learning rate {cfg['optimizer']['learning_rate']}",
+        flush=True,
+    )
     with runlens.Monitor(name=cfg.get("name") or "demo", config=args.config) as mon:
         result = (train_torch if backend == "torch" else train_numpy)(cfg, out, mon)
         result["job_id"] = mon.job_id

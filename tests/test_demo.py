@@ -23,8 +23,14 @@ needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reas
 
 
 def run_demo_cli(tmp_path: Path, env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "runlens", "demo", "--out", str(tmp_path / "demo"), *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runlens", "demo", "--out", str(tmp_path / "demo"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     return proc.stdout
@@ -47,7 +53,9 @@ def report_path(stdout: str) -> Path:
 
 
 @needs_torch
-def test_troubled_demo_findings_follow_from_its_measurements(tmp_path: Path, child_env: dict[str, str]) -> None:
+def test_troubled_demo_findings_follow_from_its_measurements(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
     """The troubled run really diverges, waits for data and holds worker memory; the report says so with the
     stored numbers: worker PSS from the samples, the data-wait share from the steps, the divergence step."""
     stdout = run_demo_cli(tmp_path, child_env, "--scenario", "troubled", "--steps", "160")
@@ -90,8 +98,14 @@ def test_troubled_demo_findings_follow_from_its_measurements(tmp_path: Path, chi
         assert ev["num_workers"] == 4
 
     rec = recs["training.nonfinite"]
-    first_bad = next(s["step"] for s in steps if s["loss"] is None or s["gradient_norm"] is None
-                     or not np.isfinite(s["gradient_norm"]) or (s["extras"] or {}).get("nonfinite"))
+    first_bad = next(
+        s["step"]
+        for s in steps
+        if s["loss"] is None
+        or s["gradient_norm"] is None
+        or not np.isfinite(s["gradient_norm"])
+        or (s["extras"] or {}).get("nonfinite")
+    )
     assert rec["evidence"]["step"] == first_bad
     assert rec["config_path"] == "optimizer.learning_rate" and rec["current_value"] == 0.15
     assert rec["recommended_value"] < 0.15
@@ -115,7 +129,9 @@ def test_healthy_demo_is_good(tmp_path: Path, child_env: dict[str, str]) -> None
 def test_numpy_backend_runs_without_torch(tmp_path: Path, child_env: dict[str, str]) -> None:
     """`runlens demo` from a bare install: the NumPy model and its multiprocessing loader are recorded too,
     worker memory included."""
-    stdout = run_demo_cli(tmp_path, child_env, "--scenario", "troubled", "--steps", "60", "--backend", "numpy")
+    stdout = run_demo_cli(
+        tmp_path, child_env, "--scenario", "troubled", "--steps", "60", "--backend", "numpy"
+    )
     assert "with numpy" in stdout
     store, job, analysis = stored_analysis(tmp_path)
     assert analysis["summary"]["steps_completed"] == 60
@@ -130,9 +146,9 @@ def test_worker_cache_is_sized_from_memory_and_capped() -> None:
         def __init__(self, total_gb: float, available_gb: float) -> None:
             self.total, self.available = total_gb * 2**30, available_gb * 2**30
 
-    assert worker_cache_mb(4, VM(24, 22)) == 256                 # 2 GB used -> the 1 GB floor
-    assert worker_cache_mb(4, VM(64, 32)) == 1024                # 32 GB used -> the 4 GB cap
-    assert worker_cache_mb(4, VM(16, 2)) == 128                  # little free -> a quarter of it
+    assert worker_cache_mb(4, VM(24, 22)) == 256  # 2 GB used -> the 1 GB floor
+    assert worker_cache_mb(4, VM(64, 32)) == 1024  # 32 GB used -> the 4 GB cap
+    assert worker_cache_mb(4, VM(16, 2)) == 128  # little free -> a quarter of it
     cfg = scenario_config("troubled", steps=100, cache_mb=300)
     assert cfg["data"]["worker_cache_mb"] == 300 and cfg["optimizer"]["warmup_steps"] == 75
     with pytest.raises(ValueError):

@@ -36,14 +36,19 @@ def _has(module: str) -> bool:
 
 
 needs_torch = pytest.mark.skipif(not _has("torch"), reason="needs torch (pip install 'runlens[torch]')")
-needs_transformers = pytest.mark.skipif(not (_has("transformers") and _has("accelerate")),
-                                        reason="needs transformers and accelerate (pip install 'runlens[transformers]')")
-needs_lightning = pytest.mark.skipif(not (_has("lightning") or _has("pytorch_lightning")),
-                                     reason="needs Lightning (pip install 'runlens[lightning]')")
+needs_transformers = pytest.mark.skipif(
+    not (_has("transformers") and _has("accelerate")),
+    reason="needs transformers and accelerate (pip install 'runlens[transformers]')",
+)
+needs_lightning = pytest.mark.skipif(
+    not (_has("lightning") or _has("pytorch_lightning")),
+    reason="needs Lightning (pip install 'runlens[lightning]')",
+)
 
 
-def run_example(script: str, tmp_path: Path, env: dict[str, str], *args: str,
-                expect_rc: int = 0) -> tuple[dict[str, Any] | None, str]:
+def run_example(
+    script: str, tmp_path: Path, env: dict[str, str], *args: str, expect_rc: int = 0
+) -> tuple[dict[str, Any] | None, str]:
     """Run ``examples/<script>`` with ``--db``/``--out`` in ``tmp_path``; returns (last-line JSON, output)."""
     db = tmp_path / "runlens.db"
     cmd = [sys.executable, str(EXAMPLES / script), "--db", str(db), "--out", str(tmp_path / "out"), *args]
@@ -58,7 +63,7 @@ def _last_json(stdout: str) -> dict[str, Any] | None:
         if line.startswith("{"):
             try:
                 return dict(json.loads(line))
-            except ValueError:   # the Trainer prints its log dicts with repr()
+            except ValueError:  # the Trainer prints its log dicts with repr()
                 continue
     return None
 
@@ -70,7 +75,11 @@ def only_job(store: Store) -> dict[str, Any]:
 
 
 def events(store: Store, job_id: str, *types: str) -> list[dict[str, Any]]:
-    return [e for e in store.rows("training_events", job_id, order_by="timestamp") if not types or e["event_type"] in types]
+    return [
+        e
+        for e in store.rows("training_events", job_id, order_by="timestamp")
+        if not types or e["event_type"] in types
+    ]
 
 
 def phase_names(store: Store, job_id: str, kind: str) -> list[str]:
@@ -93,7 +102,7 @@ def assert_recommendations_resolve(store: Store, job: dict[str, Any], tmp_path: 
     for rec in with_path:
         path = str(rec["config_path"])
         if job["config_dialect"] == HUGGINGFACE and path.startswith(HF_PREFIX + "."):
-            path = path[len(HF_PREFIX) + 1:]   # TrainingArguments snapshots are flat
+            path = path[len(HF_PREFIX) + 1 :]  # TrainingArguments snapshots are flat
         found, value = get_path(config, path)
         if rec.get("current_value_source") == "config":
             assert found and value == rec["current_value"], (rec, value)
@@ -111,9 +120,11 @@ def close(a: float | None, b: float | None, rel: float = 1e-5) -> bool:
 
 # -- plain PyTorch -------------------------------------------------------------------------------------------
 
+
 @needs_torch
-def test_plain_pytorch_loop_records_steps_phases_data_wait_and_loss_scale(tmp_path: Path,
-                                                                          child_env: dict[str, str]) -> None:
+def test_plain_pytorch_loop_records_steps_phases_data_wait_and_loss_scale(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
     """The Monitor pattern in a real loop: one row per optimizer step with loss, lr, the clip_grad_norm_ norm,
     data wait from mon.loader, the GradScaler scale; eval and save phases; workers sampled."""
     result, _ = run_example("plain_pytorch.py", tmp_path, child_env, "--steps", "30")
@@ -140,8 +151,9 @@ def test_plain_pytorch_loop_records_steps_phases_data_wait_and_loss_scale(tmp_pa
 @needs_torch
 def test_plain_pytorch_failure_is_failed_with_traceback(tmp_path: Path, child_env: dict[str, str]) -> None:
     """An exception at step 5 inside `with Monitor` ends the job failed, the traceback naming the raise site."""
-    _, output = run_example("plain_pytorch.py", tmp_path, child_env, "--steps", "30", "--fail-at-step", "5",
-                            expect_rc=1)
+    _, output = run_example(
+        "plain_pytorch.py", tmp_path, child_env, "--steps", "30", "--fail-at-step", "5", expect_rc=1
+    )
     assert "injected failure at step 5" in output
     store = open_store(str(tmp_path / "runlens.db"), create=False)
     job = only_job(store)
@@ -155,14 +167,26 @@ def test_plain_pytorch_failure_is_failed_with_traceback(tmp_path: Path, child_en
 
 # -- Hugging Face Trainer ----------------------------------------------------------------------------------
 
+
 @needs_transformers
 def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_env: dict[str, str]) -> None:
     """Every optimizer step is stored with exactly the loss, learning rate and grad norm the Trainer logged
     (gradient accumulation 2, so micro-batch losses are summed; clipping at 0.5, so the norm is the pre-clip
     one), the batch sizes, eval and save phases, and the TrainingArguments as a Hugging Face config whose paths
     resolve."""
-    result, _ = run_example("hf_trainer.py", tmp_path, child_env, "--steps", "20", "--batch-size", "4",
-                            "--grad-accum", "2", "--max-grad-norm", "0.5")
+    result, _ = run_example(
+        "hf_trainer.py",
+        tmp_path,
+        child_env,
+        "--steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--max-grad-norm",
+        "0.5",
+    )
     assert result is not None and result["global_step"] == 20
     store = open_store(str(tmp_path / "runlens.db"), create=False)
     job = only_job(store)
@@ -170,7 +194,7 @@ def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_
     steps = {s["step"]: s for s in store.rows("step_metrics", job["job_id"], order_by="step")}
     assert sorted(steps) == list(range(1, result["global_step"] + 1))
     logged = [h for h in result["log_history"] if "loss" in h]
-    assert len(logged) == result["global_step"]          # logging_steps=1
+    assert len(logged) == result["global_step"]  # logging_steps=1
     for h in logged:
         s = steps[h["step"]]
         assert close(s["loss"], h["loss"]), (h, s)
@@ -181,11 +205,15 @@ def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_
     assert_phases_paired(store, job["job_id"], "eval", "save")
     saved = events(store, job["job_id"], "checkpoint_saved")
     assert [e["details"]["step"] for e in saved] == [10, 20]
-    assert Path(saved[-1]["details"]["path"]).is_dir()   # save_total_limit=1 removed the earlier one
+    assert Path(saved[-1]["details"]["path"]).is_dir()  # save_total_limit=1 removed the earlier one
     assert events(store, job["job_id"], "eval_metrics")[0]["details"]["eval_loss"] > 0
     assert detect_dialect(job["config"]) == job["config_dialect"] == HUGGINGFACE
     ref = resolve_config(job["config"], HUGGINGFACE, "batch_size")
-    assert (ref.path, ref.current_value, ref.source) == ("TrainingArguments.per_device_train_batch_size", 4, "config")
+    assert (ref.path, ref.current_value, ref.source) == (
+        "TrainingArguments.per_device_train_batch_size",
+        4,
+        "config",
+    )
     ref = resolve_config(job["config"], HUGGINGFACE, "gradient_accumulation")
     assert (ref.current_value, ref.source) == (2, "config")
     # max_grad_norm=0.5 against norms of ~1-1.6: the clipping rule names TrainingArguments.learning_rate.
@@ -196,8 +224,9 @@ def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_
 def test_hf_trainer_failure_is_failed_with_traceback(tmp_path: Path, child_env: dict[str, str]) -> None:
     """TrainerCallback has no exception hook: an exception that ends the program is still recorded (the
     Monitor's atexit hook) with the raise site, and the job is failed."""
-    _, output = run_example("hf_trainer.py", tmp_path, child_env, "--steps", "12", "--fail-at-step", "5",
-                            expect_rc=1)
+    _, output = run_example(
+        "hf_trainer.py", tmp_path, child_env, "--steps", "12", "--fail-at-step", "5", expect_rc=1
+    )
     assert "injected failure at step 5" in output
     store = open_store(str(tmp_path / "runlens.db"), create=False)
     job = only_job(store)
@@ -205,12 +234,16 @@ def test_hf_trainer_failure_is_failed_with_traceback(tmp_path: Path, child_env: 
     exc = events(store, job["job_id"], "exception")
     assert len(exc) == 1
     tb = exc[0]["details"]["traceback"]
-    assert "hf_trainer.py" in tb and 'raise RuntimeError(f"injected failure at step {state.global_step}")' in tb
+    assert (
+        "hf_trainer.py" in tb and 'raise RuntimeError(f"injected failure at step {state.global_step}")' in tb
+    )
     assert max(s["step"] for s in store.rows("step_metrics", job["job_id"])) == 5
 
 
 @needs_transformers
-def test_hf_train_helper_records_an_exception_the_caller_catches(tmp_path: Path, child_env: dict[str, str]) -> None:
+def test_hf_train_helper_records_an_exception_the_caller_catches(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
     """runlens.integrations.transformers.train(): a caught exception is recorded and the job failed, even
     though the program goes on and exits 0."""
     script = tmp_path / "caught.py"
@@ -226,8 +259,14 @@ try:
 except RuntimeError as exc:
     print("caught:", exc)
 """)
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=child_env, capture_output=True,
-                          text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "caught: injected failure at step 3" in proc.stdout
     store = open_store(str(tmp_path / "runlens.db"), create=False)
@@ -238,6 +277,7 @@ except RuntimeError as exc:
 
 
 # -- Lightning -------------------------------------------------------------------------------------------
+
 
 def _lightning_logged(metrics_csv: str) -> dict[int, float]:
     """train_loss per step from the CSVLogger; Lightning logs step N-1 for the N-th optimizer step."""
@@ -268,7 +308,7 @@ def test_lightning_callback_matches_logged_metrics(tmp_path: Path, child_env: di
     for step, s in steps.items():
         assert close(s["learning_rate"], 1e-2 * 0.5 ** ((step - 1) // 10)), (step, s)
         assert s["batch_size"] == 32 and s["gradient_norm"] > 0
-    assert any(s["gradient_norm"] > 1.0 for s in steps.values())   # measured before gradient_clip_val=1.0
+    assert any(s["gradient_norm"] > 1.0 for s in steps.values())  # measured before gradient_clip_val=1.0
     assert_phases_paired(store, job["job_id"], "sanity_check", "eval", "save")
     saved = events(store, job["job_id"], "checkpoint_saved")
     assert [e["details"]["step"] for e in saved] == [12, 24]
@@ -278,8 +318,12 @@ def test_lightning_callback_matches_logged_metrics(tmp_path: Path, child_env: di
     config = job["config"]
     assert detect_dialect(config) == job["config_dialect"] == LIGHTNING
     assert config["trainer"]["max_steps"] == 24 and config["model"]["lr"] == 1e-2
-    for concept, path, value in (("num_workers", "data.num_workers", 2), ("batch_size", "data.batch_size", 32),
-                                 ("learning_rate", "model.lr", 1e-2), ("max_grad_norm", "trainer.gradient_clip_val", 1.0)):
+    for concept, path, value in (
+        ("num_workers", "data.num_workers", 2),
+        ("batch_size", "data.batch_size", 32),
+        ("learning_rate", "model.lr", 1e-2),
+        ("max_grad_norm", "trainer.gradient_clip_val", 1.0),
+    ):
         ref = resolve_config(config, LIGHTNING, concept)
         assert (ref.path, ref.current_value, ref.source) == (path, value, "config"), ref
     # gradient_clip_val=1.0 against norms of ~2-20: the clipping rule names model.lr.
@@ -289,8 +333,9 @@ def test_lightning_callback_matches_logged_metrics(tmp_path: Path, child_env: di
 @needs_lightning
 def test_lightning_failure_is_failed_with_traceback(tmp_path: Path, child_env: dict[str, str]) -> None:
     """An exception in training_step at step 5 reaches on_exception: the job is failed with the traceback."""
-    _, output = run_example("lightning_example.py", tmp_path, child_env, "--steps", "24", "--fail-at-step", "5",
-                            expect_rc=1)
+    _, output = run_example(
+        "lightning_example.py", tmp_path, child_env, "--steps", "24", "--fail-at-step", "5", expect_rc=1
+    )
     assert "injected failure at step 5" in output
     store = open_store(str(tmp_path / "runlens.db"), create=False)
     job = only_job(store)
@@ -304,10 +349,15 @@ def test_lightning_failure_is_failed_with_traceback(tmp_path: Path, child_env: d
 
 # -- without the frameworks ----------------------------------------------------------------------------------
 
+
 def test_runlens_imports_no_framework(child_env: dict[str, str]) -> None:
     """`import runlens` and the CLI never import transformers or Lightning (the integrations are opt-in)."""
-    code = ("import sys, runlens, runlens.cli, runlens.integrations, runlens.demo\n"
-            "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, runlens, runlens.cli, runlens.integrations, runlens.demo\n"
+        "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -10,16 +10,37 @@ from runlens.cli import cli, handle_errors
 
 
 @cli.command("demo")
-@click.option("--scenario", type=click.Choice(["troubled", "healthy"]), default="troubled", show_default=True,
-              help="troubled: a run with real problems for runlens to find; healthy: the same run done right.")
-@click.option("--db", "db", metavar="URL", default=None,
-              help="Store URL or SQLite path (default: <out>/runlens.db).")
-@click.option("--out", "out", metavar="DIR", default="runlens-demo", show_default=True,
-              help="Folder for the config, the job's log, checkpoints and the HTML report.")
-@click.option("--steps", type=click.IntRange(min=20), default=None,
-              help="Optimizer steps (default: 400 troubled, 600 healthy).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "numpy"]), default="auto", show_default=True,
-              help="Train with PyTorch, or NumPy when PyTorch is not installed.")
+@click.option(
+    "--scenario",
+    type=click.Choice(["troubled", "healthy"]),
+    default="troubled",
+    show_default=True,
+    help="troubled: a run with real problems for runlens to find; healthy: the same run done right.",
+)
+@click.option(
+    "--db", "db", metavar="URL", default=None, help="Store URL or SQLite path (default: <out>/runlens.db)."
+)
+@click.option(
+    "--out",
+    "out",
+    metavar="DIR",
+    default="runlens-demo",
+    show_default=True,
+    help="Folder for the config, the job's log, checkpoints and the HTML report.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=20),
+    default=None,
+    help="Optimizer steps (default: 400 troubled, 600 healthy).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "numpy"]),
+    default="auto",
+    show_default=True,
+    help="Train with PyTorch, or NumPy when PyTorch is not installed.",
+)
 @handle_errors
 def demo_command(scenario: str, db: str | None, out: str, steps: int | None, backend: str) -> None:
     """Train a small model on this CPU under `runlens collect`, analyse it and write the HTML report.

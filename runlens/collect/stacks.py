@@ -508,7 +508,7 @@ def format_threads(threads: Sequence[ThreadStack], processes: Sequence[ProcessSt
         lines.append(" ".join(desc))
         if st is not None and st.stack_error:
             lines.append(f"  no stacks: {st.stack_error}")
-        for t in by_pid.get(pid, []):
+        for t in sorted(by_pid.get(pid, []), key=lambda t: not t.main):
             flags = [x for x in ("main" if t.main else None, "holds the GIL" if t.owns_gil else None,
                                  None if t.active is None else ("active" if t.active else "idle")) if x]
             name = t.name or (f"0x{t.thread_id:x}" if t.thread_id else "thread")
@@ -527,14 +527,16 @@ def format_threads(threads: Sequence[ThreadStack], processes: Sequence[ProcessSt
 
 # -- gathering it all ------------------------------------------------------------------------------------
 
-def gather(root_pid: int, *, own_threads: list[ThreadStack] | None = None, dumps: Mapping[int, Dump] | None = None,
+def gather(root_pid: int, *, own_threads: list[ThreadStack] | None = None, own_source: str = "sys._current_frames",
+           dumps: Mapping[int, Dump] | None = None,
            py_spy: bool = True, py_spy_self: bool = False, watchdog_starved: bool = False,
            budget: float = PY_SPY_TOTAL_BUDGET, main_pid: int | None = None) -> Evidence:
     """Collect the evidence of a stall of the process tree under ``root_pid``.
 
     Args:
         root_pid: the training process (or the wrapper's child).
-        own_threads: stacks already taken from inside the root process (``current_threads``).
+        own_threads: stacks already taken from inside this process (``current_threads``, or a faulthandler dump
+            when that is the better evidence); ``own_source`` names where they came from.
         dumps: faulthandler dumps by pid, taken by the C timer or the on-demand signal.
         py_spy: run py-spy on each process that has no stacks yet (and on the root when ``py_spy_self``).
         watchdog_starved: the in-process Python watchdog could not run (see ``label_cause``).
@@ -561,7 +563,7 @@ def gather(root_pid: int, *, own_threads: list[ThreadStack] | None = None, dumps
         threads: list[ThreadStack] | None = None
         source = None
         if pid == os.getpid() and own_threads is not None and not py_spy_self:
-            threads, source = own_threads, "sys._current_frames"
+            threads, source = own_threads, own_source
         elif py_spy and exe is not None and time.monotonic() < deadline and st.status not in ("Z", "gone"):
             result = py_spy_dump(pid, timeout=min(PY_SPY_TIMEOUT, max(1.0, deadline - time.monotonic())), exe=exe)
             if result.threads is not None:
@@ -575,7 +577,7 @@ def gather(root_pid: int, *, own_threads: list[ThreadStack] | None = None, dumps
             if st.stack_error:
                 ev.notes.append(f"pid {pid}: {st.stack_error}; stacks from faulthandler")
         if threads is None and pid == os.getpid() and own_threads is not None:
-            threads, source = own_threads, "sys._current_frames"
+            threads, source = own_threads, own_source
         if threads is not None:
             for t in threads:
                 t.pid = pid

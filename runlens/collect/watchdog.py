@@ -250,6 +250,7 @@ class Watchdog:
         self._armed_deadline: float | None = None
         self._suspect: dict[str, Any] | None = None
         self._last_tick = 0.0
+        self._last_tick_before: float | None = None
         self._poll = POLL_MAX
         self._failed = False
 
@@ -389,7 +390,7 @@ class Watchdog:
     def _tick(self) -> None:
         now = self._clock()
         gap = now - self._last_tick
-        self._last_tick = now
+        self._last_tick_before, self._last_tick = self._last_tick, now
         p = self._progress()
         timeout, kind = self.current_timeout(p)
         dumps = self._read_dumps()
@@ -428,19 +429,35 @@ class Watchdog:
         return d
 
     def _fire(self, p: Progress, now: float, timeout: float, kind: str, starved: bool) -> None:
-        """Soft timeout: gather the evidence and record ``hang_suspected``."""
+        """Soft timeout: gather the evidence and record ``hang_suspected``.
+
+        When this thread was starved past the deadline (a native call held the GIL and has just let go), the C
+        timer's dump, taken at the deadline while the loop was stuck, is the evidence and its time the
+        detection time."""
         detected_at = self._wall()
         since = now - p.last_progress
         self._mark(MARK_SUSPECTED)
         self._suspect = {"since": p.last_progress, "timeout": timeout, "kind": kind, "phase": self._phase_label(p)}
+        me = threading.get_ident()
+        own = [t for t in st.current_threads() if t.thread_id != me]
+        source = "sys._current_frames"
+        dump = self._latest_timeout_dump
+        late: dict[str, Any] = {}
+        if starved:
+            late = {"detected_late": True, "watchdog_starved_seconds": now - (self._last_tick_before or now)}
+            if dump is not None:
+                own, source = dump.threads, "faulthandler"
+                _name_threads(own)
+                detected_at -= max(0.0, since - timeout)
+                since = timeout
         details = self._base_details(p, since, timeout, kind)
+        details.update(late)
         if p.loader_waiting_since is not None:
             details["in_loader"] = True
             details["loader_wait_seconds"] = now - p.loader_waiting_since
-        me = threading.get_ident()
-        own = [t for t in st.current_threads() if t.thread_id != me]
-        dumps = {os.getpid(): self._latest_timeout_dump} if self._latest_timeout_dump else None
-        ev = st.gather(os.getpid(), own_threads=own, dumps=dumps, py_spy=self._py_spy, watchdog_starved=starved)
+        dumps = {os.getpid(): dump} if dump else None
+        ev = st.gather(os.getpid(), own_threads=own, own_source=source, dumps=dumps, py_spy=self._py_spy,
+                       watchdog_starved=starved)
         if p.loader_waiting_since is not None and ev.cause in ("unknown", "lock", "sleep"):
             ev.cause = "dataloader"   # waiting inside mon.loader(...): the data pipeline owes the next batch
         details.update(ev.to_details())

@@ -34,8 +34,13 @@ def preload() -> None:
     import runlens.store.writer  # noqa: F401
 
 
-def open_monitor(name: str | None, config: Mapping[str, Any] | None, dialect: str, db: str | None,
-                 settings: Mapping[str, Any]) -> Any:
+def open_monitor(
+    name: str | None,
+    config: Mapping[str, Any] | None,
+    dialect: str,
+    db: str | None,
+    settings: Mapping[str, Any],
+) -> Any:
     """Start a Monitor for a framework's run, its config snapshot recognised as ``dialect``.
 
     The snapshot's dialect is what turns a finding into an exact config path (``TrainingArguments.

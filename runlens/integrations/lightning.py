@@ -59,10 +59,26 @@ _perf = time.perf_counter
 # Trainer attributes that make up the "trainer" section of the snapshot (the effective values: what the Trainer
 # resolved its arguments to). research/analysis.md §5.1 names the ones recommendations point at.
 TRAINER_FIELDS = (
-    "max_epochs", "min_epochs", "max_steps", "min_steps", "accumulate_grad_batches", "gradient_clip_val",
-    "gradient_clip_algorithm", "precision", "num_devices", "num_nodes", "world_size", "val_check_interval",
-    "check_val_every_n_epoch", "limit_train_batches", "limit_val_batches", "log_every_n_steps",
-    "num_sanity_val_steps", "fast_dev_run", "reload_dataloaders_every_n_epochs", "default_root_dir",
+    "max_epochs",
+    "min_epochs",
+    "max_steps",
+    "min_steps",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "precision",
+    "num_devices",
+    "num_nodes",
+    "world_size",
+    "val_check_interval",
+    "check_val_every_n_epoch",
+    "limit_train_batches",
+    "limit_val_batches",
+    "log_every_n_steps",
+    "num_sanity_val_steps",
+    "fast_dev_run",
+    "reload_dataloaders_every_n_epochs",
+    "default_root_dir",
 )
 # DataLoader settings worth reading off a DataModule that keeps them as attributes but not as hparams.
 LOADER_FIELDS = ("batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
@@ -83,8 +99,16 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         **settings: runlens settings for the Monitor (``sample_interval=1.0``, ...).
     """
 
-    def __init__(self, name: str | None = None, *, db: str | None = None, monitor: Any = None,
-                 all_ranks: bool = False, grad_norm: bool = True, **settings: Any) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        db: str | None = None,
+        monitor: Any = None,
+        all_ranks: bool = False,
+        grad_norm: bool = True,
+        **settings: Any,
+    ) -> None:
         preload()
         self.name = name
         self.db = db
@@ -92,7 +116,9 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         self.compute_grad_norm = grad_norm
         self.settings = settings
         self.monitor: Any = monitor
-        self.job_id: str | None = getattr(monitor, "job_id", None)   # kept after the run, for scripts and tests
+        self.job_id: str | None = getattr(
+            monitor, "job_id", None
+        )  # kept after the run, for scripts and tests
         self._owns_monitor = False
         self._phase: PhaseSlot | None = None
         self._loss: Any = None
@@ -110,17 +136,30 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         if self.monitor is None:
             if not (trainer.is_global_zero or self.all_ranks):
                 return
-            self.monitor = open_monitor(self.name or type(pl_module).__name__,
-                                        lightning_snapshot(trainer, pl_module), LIGHTNING, self.db, self.settings)
+            self.monitor = open_monitor(
+                self.name or type(pl_module).__name__,
+                lightning_snapshot(trainer, pl_module),
+                LIGHTNING,
+                self.db,
+                self.settings,
+            )
             self._owns_monitor = True
         self.job_id = self.monitor.job_id
         self._phase = PhaseSlot(self.monitor)
         self._last_global_step = trainer.global_step
-        self._batch_multiplier = max(1, int(trainer.accumulate_grad_batches or 1)) * max(1, trainer.world_size)
-        self.monitor.event("fit_begin", framework="lightning", version=getattr(pl, "__version__", None),
-                           global_step=trainer.global_step, max_steps=trainer.max_steps,
-                           max_epochs=trainer.max_epochs, world_size=trainer.world_size,
-                           accumulate_grad_batches=trainer.accumulate_grad_batches)
+        self._batch_multiplier = max(1, int(trainer.accumulate_grad_batches or 1)) * max(
+            1, trainer.world_size
+        )
+        self.monitor.event(
+            "fit_begin",
+            framework="lightning",
+            version=getattr(pl, "__version__", None),
+            global_step=trainer.global_step,
+            max_steps=trainer.max_steps,
+            max_epochs=trainer.max_epochs,
+            world_size=trainer.world_size,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+        )
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._phase is None:
@@ -130,8 +169,9 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         self.monitor.event("fit_end", global_step=trainer.global_step, epoch=trainer.current_epoch)
         self._release()
 
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
-                     exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException
+    ) -> None:
         if self._phase is None:
             return
         self._save_open = False
@@ -161,10 +201,11 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._phase is not None:
             self._end_save(trainer)
-            self._idle_since = _perf()   # the epoch's iter(dataloader) (worker start-up) comes next
+            self._idle_since = _perf()  # the epoch's iter(dataloader) (worker start-up) comes next
 
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
+    ) -> None:
         if self._phase is None:
             return
         now = _perf()
@@ -178,8 +219,9 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         except Exception:
             self._batch_size = None
 
-    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
-                                 optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any
+    ) -> None:
         if self._phase is None:
             return
         try:
@@ -189,21 +231,28 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         if self.compute_grad_norm:
             self._grad_norm = total_grad_norm(pl_module)
 
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._phase is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor):
             loss = loss.detach()
-            self._loss = loss if self._loss is None else self._loss + loss   # device ops, no sync
+            self._loss = loss if self._loss is None else self._loss + loss  # device ops, no sync
         step = trainer.global_step
-        if step != self._last_global_step:   # an optimizer step happened in this batch
+        if step != self._last_global_step:  # an optimizer step happened in this batch
             self._last_global_step = step
             bs = self._batch_size
-            self.monitor.step(step, loss=self._loss, lr=self._lr, grad_norm=self._grad_norm, batch_size=bs,
-                              effective_batch_size=bs * self._batch_multiplier if bs else None,
-                              epoch=trainer.current_epoch)
+            self.monitor.step(
+                step,
+                loss=self._loss,
+                lr=self._lr,
+                grad_norm=self._grad_norm,
+                batch_size=bs,
+                effective_batch_size=bs * self._batch_multiplier if bs else None,
+                epoch=trainer.current_epoch,
+            )
             self._loss = self._grad_norm = self._lr = None
         self._idle_since = _perf()
 
@@ -232,8 +281,9 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
             self.monitor.event("eval_metrics", step=trainer.global_step, **metrics)
         self._idle_since = _perf()
 
-    def on_save_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict[str, Any]
+    ) -> None:
         if self._phase is None:
             return
         # The file is written after this hook returns; the phase ends at the next hook we see.
@@ -261,6 +311,7 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
 
 # -- helpers -------------------------------------------------------------------------------------------
 
+
 def total_grad_norm(module: torch.nn.Module) -> Any:
     """The 2-norm of all gradients together, as a device tensor (no ``.item()``: no sync on the training thread).
 
@@ -271,7 +322,7 @@ def total_grad_norm(module: torch.nn.Module) -> Any:
     if not grads:
         return None
     try:
-        get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)   # torch >= 2.6
+        get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
         if get_total_norm is not None:
             return get_total_norm(grads, 2.0)
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _perf = time.perf_counter
-CHECKPOINT_PREFIX = "checkpoint"   # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
+CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 
 
 class _LoopView:
@@ -126,7 +126,7 @@ def _read_locals(frame: FrameType, names: tuple[str, ...]) -> tuple[Any, ...]:
 
 
 def _describe_loop() -> str:
-    """"eval" or "predict" for the evaluation loop that is running (its ``description`` argument)."""
+    """ "eval" or "predict" for the evaluation loop that is running (its ``description`` argument)."""
     f: FrameType | None = sys._getframe(2)
     for _ in range(10):
         if f is None:
@@ -151,15 +151,24 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
         **settings: runlens settings for the Monitor (``sample_interval=1.0``, ...).
     """
 
-    def __init__(self, name: str | None = None, *, db: str | None = None, monitor: Any = None,
-                 all_ranks: bool = False, **settings: Any) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        db: str | None = None,
+        monitor: Any = None,
+        all_ranks: bool = False,
+        **settings: Any,
+    ) -> None:
         preload()
         self.name = name
         self.db = db
         self.all_ranks = all_ranks
         self.settings = settings
         self.monitor: Any = monitor
-        self.job_id: str | None = getattr(monitor, "job_id", None)   # kept after the run, for scripts and tests
+        self.job_id: str | None = getattr(
+            monitor, "job_id", None
+        )  # kept after the run, for scripts and tests
         self._owns_monitor = False
         self._phase: PhaseSlot | None = PhaseSlot(monitor) if monitor is not None else None
         self._loop = _LoopView()
@@ -169,22 +178,28 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
         self._idle_since: float | None = None
         self._planned: list[str] = []
         self._warned = False
-        self._batch_multiplier = 1   # gradient accumulation x processes, fixed for a run
+        self._batch_multiplier = 1  # gradient accumulation x processes, fixed for a run
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def _active(self) -> bool:
         return self._phase is not None
 
-    def on_train_begin(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                       **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         if self.monitor is None:
             if not (state.is_world_process_zero or self.all_ranks):
                 return
-            name = self.name or args.run_name or os.path.basename(os.path.normpath(args.output_dir or "")) \
+            name = (
+                self.name
+                or args.run_name
+                or os.path.basename(os.path.normpath(args.output_dir or ""))
                 or "hf-trainer"
-            self.monitor = open_monitor(name, training_arguments_snapshot(args), HUGGINGFACE, self.db,
-                                        self.settings)
+            )
+            self.monitor = open_monitor(
+                name, training_arguments_snapshot(args), HUGGINGFACE, self.db, self.settings
+            )
             self._owns_monitor = True
         self.job_id = self.monitor.job_id
         self._phase = PhaseSlot(self.monitor)
@@ -193,19 +208,27 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
         accumulation = max(1, int(args.gradient_accumulation_steps or 1))
         self._batch_multiplier = world_size * accumulation
         per_device = _per_device_batch(args, state)
-        self.monitor.event("train_begin", framework="transformers", global_step=state.global_step,
-                           max_steps=state.max_steps, num_train_epochs=state.num_train_epochs,
-                           per_device_batch_size=per_device,
-                           effective_batch_size=per_device * self._batch_multiplier if per_device else None,
-                           world_size=world_size, gradient_accumulation_steps=accumulation)
+        self.monitor.event(
+            "train_begin",
+            framework="transformers",
+            global_step=state.global_step,
+            max_steps=state.max_steps,
+            num_train_epochs=state.num_train_epochs,
+            per_device_batch_size=per_device,
+            effective_batch_size=per_device * self._batch_multiplier if per_device else None,
+            world_size=world_size,
+            gradient_accumulation_steps=accumulation,
+        )
 
-    def on_train_end(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                     **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         if not self._active():
             return
         self._phase.close()  # type: ignore[union-attr]
-        self.monitor.event("train_end", global_step=state.global_step, epoch=state.epoch,
-                           total_flos=state.total_flos)
+        self.monitor.event(
+            "train_end", global_step=state.global_step, epoch=state.epoch, total_flos=state.total_flos
+        )
         if self._owns_monitor:
             self.monitor.close()
             self.monitor = None
@@ -226,13 +249,15 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
 
     # -- steps ---------------------------------------------------------------------------------------
 
-    def on_epoch_begin(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                       **kwargs: Any) -> None:
+    def on_epoch_begin(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         if self._active():
-            self._idle_since = _perf()   # iter(train_dataloader) (worker start-up) comes next
+            self._idle_since = _perf()  # iter(train_dataloader) (worker start-up) comes next
 
-    def on_step_begin(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                      **kwargs: Any) -> None:
+    def on_step_begin(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         if not self._active():
             return
         now = _perf()
@@ -244,8 +269,9 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
             self._idle_since = None
         self._substep_loss = None
 
-    def on_substep_end(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                       **kwargs: Any) -> None:
+    def on_substep_end(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         # A micro-batch of gradient accumulation: keep its loss (a device tensor; adding does not sync).
         if not self._active():
             return
@@ -254,15 +280,17 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
             loss = values[0]
             self._substep_loss = loss if self._substep_loss is None else self._substep_loss + loss
 
-    def on_optimizer_step(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                          **kwargs: Any) -> None:
+    def on_optimizer_step(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         # After optimizer.step(), before the scheduler steps: the learning rate this step used (what the Trainer
         # logs as learning_rate).
         if self._active():
             self._lr = _learning_rate(kwargs.get("lr_scheduler"), kwargs.get("optimizer"))
 
-    def on_step_end(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                    **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         if not self._active():
             return
         loss = grad_norm = None
@@ -282,14 +310,22 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
         if seen:
             tokens, self._tokens_seen = seen - self._tokens_seen, seen
         batch = _per_device_batch(args, state)
-        self.monitor.step(state.global_step, loss=loss, lr=lr, grad_norm=grad_norm, batch_size=batch,
-                          tokens=tokens, effective_batch_size=batch * self._batch_multiplier if batch else None,
-                          epoch=state.epoch)
+        self.monitor.step(
+            state.global_step,
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            batch_size=batch,
+            tokens=tokens,
+            effective_batch_size=batch * self._batch_multiplier if batch else None,
+            epoch=state.epoch,
+        )
         self._plan(control)
         self._idle_since = _perf()
 
-    def on_epoch_end(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                     **kwargs: Any) -> None:
+    def on_epoch_end(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         if self._active():
             self._plan(control)
             self._idle_since = _perf()
@@ -300,26 +336,41 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
         """What the Trainer does after this step, from the flags DefaultFlowCallback just set: log, then
         evaluate, then save. The first phase opens now, or after the log (whose ``.item()`` waits for the
         step's device work, which belongs to the step, not to the eval)."""
-        self._planned = [p for p, flag in (("eval", control.should_evaluate), ("save", control.should_save)) if flag]
+        self._planned = [
+            p for p, flag in (("eval", control.should_evaluate), ("save", control.should_save)) if flag
+        ]
         if self._planned and not control.should_log:
             self._phase.open(self._planned.pop(0))  # type: ignore[union-attr]
 
-    def on_log(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-               logs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: "TrainingArguments",
+        state: "TrainerState",
+        control: "TrainerControl",
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not self._active():
             return
         if self._planned and logs is not None and "loss" in logs:  # the training log comes before eval/save
             self._phase.open(self._planned.pop(0))  # type: ignore[union-attr]
         self._idle_since = _perf()
 
-    def on_prediction_step(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                           **kwargs: Any) -> None:
+    def on_prediction_step(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         # evaluate()/predict() called outside the training loop's plan: open the phase at its first batch.
         if self._active() and not self._phase.is_open:  # type: ignore[union-attr]
             self._phase.open(_describe_loop(), unplanned=True)  # type: ignore[union-attr]
 
-    def on_evaluate(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                    metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_evaluate(
+        self,
+        args: "TrainingArguments",
+        state: "TrainerState",
+        control: "TrainerControl",
+        metrics: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not self._active():
             return
         self._phase.close()  # type: ignore[union-attr]
@@ -327,20 +378,27 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
             self.monitor.event("eval_metrics", step=state.global_step, **_scalars(metrics))
         if self._planned and self._planned[0] == "save":
             self._phase.open(self._planned.pop(0))  # type: ignore[union-attr]
-        elif control.should_save:   # save_strategy="best": decided after the evaluation
+        elif control.should_save:  # save_strategy="best": decided after the evaluation
             self._phase.open("save")  # type: ignore[union-attr]
         self._idle_since = _perf()
 
-    def on_predict(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                   metrics: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_predict(
+        self,
+        args: "TrainingArguments",
+        state: "TrainerState",
+        control: "TrainerControl",
+        metrics: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not self._active():
             return
         self._phase.close()  # type: ignore[union-attr]
         if metrics:
             self.monitor.event("predict_metrics", step=state.global_step, **_scalars(metrics))
 
-    def on_save(self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl",
-                **kwargs: Any) -> None:
+    def on_save(
+        self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
+    ) -> None:
         if not self._active():
             return
         name = self._phase.close()  # type: ignore[union-attr]
@@ -352,11 +410,14 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
     def _warn_once(self) -> None:
         if not self._warned:
             self._warned = True
-            log.warning("runlens: this transformers version's training loop does not expose the per-step loss "
-                        "and gradient norm; steps are recorded without them")
+            log.warning(
+                "runlens: this transformers version's training loop does not expose the per-step loss "
+                "and gradient norm; steps are recorded without them"
+            )
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
 
 def training_arguments_snapshot(args: "TrainingArguments") -> dict[str, Any]:
     """``TrainingArguments.to_dict()``: flat, enums as their values, tokens already masked by transformers (the
@@ -394,6 +455,7 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- attaching -----------------------------------------------------------------------------------------
 
+
 def attach(trainer: "Trainer", **kwargs: Any) -> RunlensCallback:
     """Add a ``RunlensCallback`` to an existing ``trainer`` (or return the one it has).
 
@@ -409,8 +471,9 @@ def attach(trainer: "Trainer", **kwargs: Any) -> RunlensCallback:
     return callback
 
 
-def train(trainer: "Trainer", *args: Any, runlens_options: Mapping[str, Any] | None = None,
-          **kwargs: Any) -> Any:
+def train(
+    trainer: "Trainer", *args: Any, runlens_options: Mapping[str, Any] | None = None, **kwargs: Any
+) -> Any:
     """``trainer.train(*args, **kwargs)`` recorded by runlens, including an exception the caller catches.
 
     Args:
