@@ -108,11 +108,9 @@ def end_to_end(pairs: int, steps: int) -> dict[str, Any]:
     base, ours = summary["without"], summary["with"]
     summary["runtime_overhead"] = ours["train_runtime_median"] / base["train_runtime_median"] - 1
     summary["throughput_overhead"] = 1 - ours["samples_per_second_median"] / base["samples_per_second_median"]
+    pairs = zip(rows["without"], rows["with"], strict=True)
     summary["pair_ratio_median"] = (
-        statistics.median(
-            b["train_runtime"] / a["train_runtime"] for a, b in zip(rows["without"], rows["with"])
-        )
-        - 1
+        statistics.median(b["train_runtime"] / a["train_runtime"] for a, b in pairs) - 1
     )
     summary["thread_cpu_share"] = statistics.median(
         r["thread_cpu_seconds"] / r["train_runtime"] for r in rows["with"]
@@ -190,8 +188,8 @@ def main() -> None:
         return
     w, o = e2e["without"], e2e["with"]
     print(
-        f"  train_runtime median: without {w['train_runtime_median']:.2f} s, with {o['train_runtime_median']:.2f} s"
-        f" -> {e2e['runtime_overhead']:+.2%}"
+        f"  train_runtime median: without {w['train_runtime_median']:.2f} s, "
+        f"with {o['train_runtime_median']:.2f} s -> {e2e['runtime_overhead']:+.2%}"
     )
     print(
         f"  samples/s median:     without {w['samples_per_second_median']:.1f}, "

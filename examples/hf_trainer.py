@@ -12,8 +12,8 @@ It records every optimizer step (loss, learning rate, gradient norm, batch size)
 phases, and the TrainingArguments as the config snapshot, so a recommendation names
 ``TrainingArguments.per_device_train_batch_size`` and the value this run used.
 
-The last line printed is JSON: the job id, the Trainer's ``global_step`` and its ``log_history`` (tests compare
-them with what runlens stored).
+The last line printed is JSON: the job id, the Trainer's ``global_step`` and its ``log_history`` (tests
+compare them with what runlens stored).
 """
 
 from __future__ import annotations

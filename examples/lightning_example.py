@@ -4,16 +4,17 @@
     runlens analyze <job id printed on the last line>
 
 A small LightningModule and a DataModule that keeps ``batch_size`` and ``num_workers`` as hyperparameters
-(``save_hyperparameters()``), validation every few steps and a ``ModelCheckpoint``. The runlens part is one line:
+(``save_hyperparameters()``), validation every few steps and a ``ModelCheckpoint``. The runlens part is one
+line:
 
     Trainer(..., callbacks=[RunlensCallback()])
 
 It records every optimizer step (loss, learning rate, gradient norm before clipping, batch size), the
-validation and checkpoint phases, and the Trainer/DataModule/model hyperparameters as the config snapshot, so a
-recommendation names ``data.num_workers`` with the value this run used.
+validation and checkpoint phases, and the Trainer/DataModule/model hyperparameters as the config snapshot, so
+a recommendation names ``data.num_workers`` with the value this run used.
 
-The last line printed is JSON: the job id, the Trainer's ``global_step`` and where its CSVLogger wrote the logged
-metrics (tests compare them with what runlens stored).
+The last line printed is JSON: the job id, the Trainer's ``global_step`` and where its CSVLogger wrote the
+logged metrics (tests compare them with what runlens stored).
 """
 
 from __future__ import annotations

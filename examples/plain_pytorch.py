@@ -9,8 +9,8 @@ What each runlens line is for:
   background writer and system sampler; ``with`` records the end, or the exception with its traceback.
 * ``mon.loader(loader)`` times how long each step waited for its batch (``data_time_seconds``): the
   input-bound diagnosis needs it, and only the loop can measure it.
-* ``clip_grad_norm_`` already computes the total gradient norm before clipping; pass its return value (a tensor:
-  runlens reads it on its own thread, so the step never waits for the device).
+* ``clip_grad_norm_`` already computes the total gradient norm before clipping; pass its return value (a
+  tensor: runlens reads it on its own thread, so the step never waits for the device).
 * Mixed precision: the GradScaler's scale is passed as an extra scalar, so a collapsing scale (fp16 overflow)
   shows up next to the loss. (On CUDA ``get_scale()`` reads the device; call it every N steps there.)
 * ``mon.phase("eval")`` / ``mon.phase("save")`` mark time that is not training, so it is neither counted as a

@@ -4,16 +4,17 @@ What a newcomer's first command has to show is the point of runlens: a run with 
 recommendations that come from measuring them. So the demo does what a user would do:
 
 1. writes the scenario's ``config.yaml`` into the output folder;
-2. runs ``runlens collect --config config.yaml -- python -m runlens.demo_train ...`` as a child process, so the
-   wrapper samples the process tree (DataLoader workers included) and the Monitor inside records every step;
+2. runs ``runlens collect --config config.yaml -- python -m runlens.demo_train ...`` as a child process, so
+   the wrapper samples the process tree (DataLoader workers included) and the Monitor inside records every
+   step;
 3. analyses the job (``runlens.analyze.api.analyze_job``), writes the HTML report and prints the summary.
 
 Scenarios (``runlens.demo_train`` says how each problem really happens):
 
 * ``troubled`` (the default): four DataLoader workers that each build their own cache of decoded samples, a
-  slow per-sample decode, and a learning-rate warm-up past the point where SGD is stable. Expected findings: the
-  run diverged (with the learning rate to use instead), it is input-bound (its measured share of step time),
-  and the workers' measured memory (what fewer workers would save).
+  slow per-sample decode, and a learning-rate warm-up past the point where SGD is stable. Expected findings:
+  the run diverged (with the learning rate to use instead), it is input-bound (its measured share of step
+  time), and the workers' measured memory (what fewer workers would save).
 * ``healthy``: the same job well configured; the report should be good, at most informational notes.
 
 The workers' cache is sized from this machine's memory (a quarter of what is in use now, between 1 and 4 GB in
@@ -38,7 +39,7 @@ DEFAULT_OUT = "runlens-demo"
 DEFAULT_STEPS = {"troubled": 400, "healthy": 600}
 TROUBLED_WORKERS = 4
 
-__all__ = ["DEFAULT_OUT", "DemoResult", "SCENARIOS", "run_demo", "scenario_config", "worker_cache_mb"]
+__all__ = ["DEFAULT_OUT", "SCENARIOS", "DemoResult", "run_demo", "scenario_config", "worker_cache_mb"]
 
 
 @dataclass
@@ -57,8 +58,8 @@ def worker_cache_mb(workers: int = TROUBLED_WORKERS, vm: Any = None) -> int:
     """Per-worker cache size for the troubled scenario, from the memory in use and free right now.
 
     The analyzer calls workers a memory lever when they hold at least 15 % of the memory in use
-    (research/analysis.md §5.3 M4); a quarter of the current use in all clears that on any machine, and the caps
-    keep the demo harmless (at most 4 GB, at most a quarter of what is available).
+    (research/analysis.md §5.3 M4); a quarter of the current use in all clears that on any machine, and the
+    caps keep the demo harmless (at most 4 GB, at most a quarter of what is available).
     """
     if vm is None:
         import psutil
@@ -79,7 +80,8 @@ def scenario_config(scenario: str, steps: int | None = None, cache_mb: int | Non
     every = max(1, steps // 4)
     if scenario == "healthy":
         # The data are in memory and a batch is one index_select (~0.1 ms): loading in the training process is
-        # the right setting here; a worker would cost more (receiving each batch from it, ~1 ms) than it saves.
+        # the right setting here; a worker would cost more (receiving each batch from it, ~1 ms) than it
+        # saves.
         return {
             "name": "demo-healthy",
             "model": {"hidden": 512},

@@ -1,21 +1,22 @@
-"""The training job behind ``runlens demo``: a small regression model trained on the CPU, instrumented with the
-Monitor exactly as the README shows, whose config decides whether it is healthy or troubled.
+"""The training job behind ``runlens demo``: a small regression model trained on the CPU, instrumented with
+the Monitor exactly as the README shows, whose config decides whether it is healthy or troubled.
 
     python -m runlens.demo_train --config config.yaml --out DIR
 
 Nothing in here fakes a measurement. The troubled scenario's problems really happen and runlens measures them:
 
 * ``data.worker_cache_mb``: every DataLoader worker builds its own in-memory cache of "decoded" samples (a
-  common pattern that multiplies memory by ``num_workers``); the pages are written, so they are private to each
-  worker and show in its PSS.
+  common pattern that multiplies memory by ``num_workers``); the pages are written, so they are private to
+  each worker and show in its PSS.
 * ``data.sample_delay_ms``: each sample takes this long to "decode" (a sleep, like waiting on disk or a
   JPEG decoder), so with too few workers the loop waits for its batches.
-* ``optimizer.learning_rate``: SGD with momentum on a least-squares problem is stable only below a learning rate
-  set by the data's curvature; warming up past it makes the loss grow geometrically until it overflows to inf
-  and then NaN.
+* ``optimizer.learning_rate``: SGD with momentum on a least-squares problem is stable only below a learning
+  rate set by the data's curvature; warming up past it makes the loss grow geometrically until it overflows to
+  inf and then NaN.
 
-It uses PyTorch when installed, else NumPy (a hand-written MLP and a ``multiprocessing`` pool as the loader), so
-``runlens demo`` works from a bare ``pip install runlens``. It ships inside the package so it runs from a wheel.
+It uses PyTorch when installed, else NumPy (a hand-written MLP and a ``multiprocessing`` pool as the loader),
+so ``runlens demo`` works from a bare ``pip install runlens``. It ships inside the package so it runs from a
+wheel.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def train_torch(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
     cache_mb = int(data_cfg.get("worker_cache_mb") or 0)
 
     class Batches(Dataset):  # type: ignore[type-arg]
-        """Reads a whole batch per call (like a packed or sharded dataset): the per-sample Python overhead of a
-        map-style dataset would make even the healthy run wait for data on a two-core machine."""
+        """Reads a whole batch per call (like a packed or sharded dataset): the per-sample Python overhead of
+        a map-style dataset would make even the healthy run wait for data on a two-core machine."""
 
         def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
             self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
@@ -151,7 +152,7 @@ def train_torch(cfg: dict[str, Any], out: Path, mon: Any) -> dict[str, Any]:
                 group["lr"] = lr
             loss = nn.functional.mse_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call,unused-ignore]
             # clip_grad_norm_ returns the norm before clipping; max_norm=inf measures without clipping.
             grad_norm = nn.utils.clip_grad_norm_(
                 model.parameters(), float(max_norm) if max_norm else math.inf
@@ -193,7 +194,8 @@ def _pool_batch(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class NumpyLoader:
-    """Batches from a pool of worker processes (or the main process with 0 workers), reshuffled every epoch."""
+    """Batches from a pool of worker processes (or the main process with 0 workers), reshuffled every
+    epoch."""
 
     def __init__(
         self, x: np.ndarray, y: np.ndarray, batch_size: int, workers: int, delay: float, cache_mb: int
@@ -252,7 +254,7 @@ class NumpyMLP:
             diff = pred - y
             loss = float(np.mean(diff**2))
             d3 = 2 * diff / len(x)
-            w1, b1, w2, b2, w3, b3 = self.params
+            w2, w3 = self.params[2], self.params[4]
             d2 = (d3 @ w3.T) * (1 - h2**2)
             d1 = (d2 @ w2.T) * (1 - h1**2)
             grads = [a0.T @ d1, d1.sum(0), h1.T @ d2, d2.sum(0), h2.T @ d3, d3.sum(0)]
@@ -260,7 +262,7 @@ class NumpyMLP:
 
     def step(self, grads: list[np.ndarray], lr: float, momentum: float) -> None:
         with np.errstate(all="ignore"):
-            for p, v, g in zip(self.params, self.velocity, grads):
+            for p, v, g in zip(self.params, self.velocity, grads, strict=True):
                 v *= momentum
                 v += g
                 p -= lr * v
@@ -341,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     preload()  # imports before the Monitor starts, so its start-up cost is its own
     data = cfg["data"]
     print(
-        f"runlens demo: training a {cfg['model']['hidden']}-unit MLP with {backend} for {cfg['train']['steps']} "
-        f"steps; {data['num_workers']} DataLoader workers, batch {data['batch_size']}, "
-        f"peak learning rate {cfg['optimizer']['learning_rate']}",
+        f"runlens demo: training a {cfg['model']['hidden']}-unit MLP with {backend} for "
+        f"{cfg['train']['steps']} steps; {data['num_workers']} DataLoader workers, "
+        f"batch {data['batch_size']}, peak learning rate {cfg['optimizer']['learning_rate']}",
         flush=True,
     )
     with runlens.Monitor(name=cfg.get("name") or "demo", config=args.config) as mon:

@@ -1,6 +1,6 @@
-"""``runlens demo`` end to end, as a newcomer runs it: a real CPU training job under ``runlens collect``, analysed,
-with an HTML report. The troubled run's recommendations must come from its measurements: the figures in their
-evidence and impact are compared with the samples and steps stored for the job."""
+"""``runlens demo`` end to end, as a newcomer runs it: a real CPU training job under ``runlens collect``,
+analysed, with an HTML report. The troubled run's recommendations must come from its measurements: the figures
+in their evidence and impact are compared with the samples and steps stored for the job."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_healthy_demo_is_good(tmp_path: Path, child_env: dict[str, str]) -> None
     """The same job well configured: health good, nothing above an informational note."""
     stdout = run_demo_cli(tmp_path, child_env, "--scenario", "healthy", "--steps", "200")
     assert report_path(stdout).exists()
-    _, job, analysis = stored_analysis(tmp_path)
+    _, _, analysis = stored_analysis(tmp_path)
     severities = [r["severity"] for r in analysis["recommendations"]]
     assert analysis["summary"]["health_score"] == "good", analysis["recommendations"]
     assert set(severities) <= {"info"}

@@ -1,6 +1,6 @@
 """The framework integrations, run for real: each example in ``examples/`` trains on the CPU as a subprocess,
-and what runlens stored is compared with what the framework itself reports (its step count, its logged loss and
-learning rate), plus phases, the config snapshot's dialect, and failure capture.
+and what runlens stored is compared with what the framework itself reports (its step count, its logged loss
+and learning rate), plus phases, the config snapshot's dialect, and failure capture.
 
 Each example prints a JSON line last (job id, the framework's global_step, its log); the store is a real
 SQLite file in ``tmp_path``.
@@ -94,7 +94,8 @@ def assert_phases_paired(store: Store, job_id: str, *names: str) -> None:
 
 
 def assert_recommendations_resolve(store: Store, job: dict[str, Any], tmp_path: Path) -> list[dict[str, Any]]:
-    """Analyse the job; every recommendation's config path exists in the snapshot (or is marked as a default)."""
+    """Analyse the job; every recommendation's config path exists in the snapshot (or is marked as a
+    default)."""
     result = analyze_job(store, job["job_id"], html_path=tmp_path / "report.html")
     recs = result.analysis["recommendations"]
     config = job["config"]
@@ -150,7 +151,8 @@ def test_plain_pytorch_loop_records_steps_phases_data_wait_and_loss_scale(
 
 @needs_torch
 def test_plain_pytorch_failure_is_failed_with_traceback(tmp_path: Path, child_env: dict[str, str]) -> None:
-    """An exception at step 5 inside `with Monitor` ends the job failed, the traceback naming the raise site."""
+    """An exception at step 5 inside `with Monitor` ends the job failed, the traceback naming the raise
+    site."""
     _, output = run_example(
         "plain_pytorch.py", tmp_path, child_env, "--steps", "30", "--fail-at-step", "5", expect_rc=1
     )
@@ -172,8 +174,8 @@ def test_plain_pytorch_failure_is_failed_with_traceback(tmp_path: Path, child_en
 def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_env: dict[str, str]) -> None:
     """Every optimizer step is stored with exactly the loss, learning rate and grad norm the Trainer logged
     (gradient accumulation 2, so micro-batch losses are summed; clipping at 0.5, so the norm is the pre-clip
-    one), the batch sizes, eval and save phases, and the TrainingArguments as a Hugging Face config whose paths
-    resolve."""
+    one), the batch sizes, eval and save phases, and the TrainingArguments as a Hugging Face config whose
+    paths resolve."""
     result, _ = run_example(
         "hf_trainer.py",
         tmp_path,

@@ -110,8 +110,12 @@ def goodput(data: JobData) -> Goodput:
     step_lo = ts - st
 
     phases = _merge(_phase_intervals(data, start, end, _col(steps, "timestamp")))
-    phase_cov = _coverage(phases)
     hangs = _merge(_hang_intervals(data, start, end, _col(steps, "timestamp")))
+    # A stall is its own lost time even inside an eval or checkpoint phase (a hang in eval that ends in a kill
+    # must not read as "eval"); inside a step it is already the step's excess over the median.
+    hangs = _subtract(hangs, _merge((step_lo, ts)))
+    phases = _subtract(phases, hangs)
+    phase_cov = _coverage(phases)
 
     # Steps: compute time = step time - data wait - any phase that ran inside the step's interval.
     overlap = phase_cov(ts) - phase_cov(step_lo) if len(phases[0]) else np.zeros_like(ts)
@@ -129,11 +133,8 @@ def goodput(data: JobData) -> Goodput:
 
     eval_seconds = float((phases[1] - phases[0]).sum()) if len(phases[0]) else 0.0
 
-    # Hangs: the part no step and no phase accounts for (inside a step it is already the stall excess).
-    covered = _coverage(_merge((np.concatenate([step_lo, phases[0]]), np.concatenate([ts, phases[1]]))))
-    hang_seconds = 0.0
-    if len(hangs[0]):
-        hang_seconds = float(((hangs[1] - hangs[0]) - (covered(hangs[1]) - covered(hangs[0]))).sum())
+    # Hangs: the part no step accounts for (phases gave theirs up above).
+    hang_seconds = float((hangs[1] - hangs[0]).sum()) if len(hangs[0]) else 0.0
 
     # Start-up: start -> the first step began, minus phases (a baseline sample) and hangs inside it.
     first = float(step_lo.min()) if step_lo.size else end
@@ -298,6 +299,31 @@ def _merge(iv: Intervals) -> Intervals:
     ends = np.full(starts.size, -np.inf)
     np.maximum.at(ends, group, hi)
     return starts, ends
+
+
+def _subtract(a: Intervals, b: Intervals) -> Intervals:
+    """``a`` minus ``b``, both merged (sorted, disjoint): what of ``a`` no interval of ``b`` covers."""
+    a_lo, a_hi = a
+    b_lo, b_hi = b
+    if a_lo.size == 0 or b_lo.size == 0:
+        return a_lo, a_hi
+    lo: list[float] = []
+    hi: list[float] = []
+    for s, e in zip(a_lo.tolist(), a_hi.tolist()):
+        cur = s
+        k = int(np.searchsorted(b_hi, cur, side="right"))   # the first b interval ending after cur
+        while k < b_lo.size and b_lo[k] < e:
+            if b_lo[k] > cur:
+                lo.append(cur)
+                hi.append(float(b_lo[k]))
+            cur = max(cur, float(b_hi[k]))
+            if cur >= e:
+                break
+            k += 1
+        if cur < e:
+            lo.append(cur)
+            hi.append(e)
+    return np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
 
 
 def _coverage(merged: Intervals) -> Any:

@@ -1,14 +1,15 @@
 """What the framework adapters share: opening a Monitor for a framework's run, and holding a phase open across
 two hooks.
 
-Framework callbacks are pairs of hooks (``on_validation_start`` ... ``on_validation_end``), not ``with`` blocks,
-so the adapters need a phase they can open in one hook and close in another. (The framework also owns the
-DataLoader, so the adapters time the data wait as the gap between the hook that ends one step and the hook that
-starts the next, and hand it to ``Monitor.add_data_wait``.) Nothing here imports a framework.
+Framework callbacks are pairs of hooks (``on_validation_start`` ... ``on_validation_end``), not ``with``
+blocks, so the adapters need a phase they can open in one hook and close in another. (The framework also owns
+the DataLoader, so the adapters time the data wait as the gap between the hook that ends one step and the hook
+that starts the next, and hand it to ``Monitor.add_data_wait``.) Nothing here imports a framework.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from typing import Any, Mapping
@@ -27,11 +28,14 @@ def preload() -> None:
     A callback starts its Monitor inside ``trainer.train()``/``fit()``, where that second would land in the
     framework's own runtime figures; constructing the callback happens before, with the rest of the set-up.
     """
-    import runlens.collect.environment  # noqa: F401
-    import runlens.collect.monitor  # noqa: F401
-    import runlens.collect.sampler  # noqa: F401
-    import runlens.store  # noqa: F401
-    import runlens.store.writer  # noqa: F401
+    for module in (
+        "runlens.collect.environment",
+        "runlens.collect.monitor",
+        "runlens.collect.sampler",
+        "runlens.store",
+        "runlens.store.writer",
+    ):
+        importlib.import_module(module)
 
 
 def open_monitor(
@@ -67,7 +71,7 @@ class PhaseSlot:
     changed the plan) must not swallow the rest of the run.
     """
 
-    __slots__ = ("_monitor", "_context", "name", "opened_at")
+    __slots__ = ("_context", "_monitor", "name", "opened_at")
 
     def __init__(self, monitor: Any) -> None:
         self._monitor = monitor

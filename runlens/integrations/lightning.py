@@ -13,17 +13,17 @@ What is recorded:
   rate of the first parameter group as the optimizer is about to use it, the total 2-norm of the gradients
   before clipping (``on_before_optimizer_step`` runs before Lightning clips; kept as a tensor, resolved on
   runlens's writer thread, so the step never waits for the device), the micro-batch size (``batch_size``), the
-  effective batch size (× ``accumulate_grad_batches`` × processes), the epoch, and the time the loop waited for
-  its batches;
+  effective batch size (× ``accumulate_grad_batches`` × processes), the epoch, and the time the loop waited
+  for its batches;
 * phases: ``sanity_check``, ``eval`` (``on_validation_start`` .. ``on_validation_end``) and ``save``
-  (``on_save_checkpoint`` until the next hook: Lightning calls it while building the checkpoint, before the file
-  is written, and has no hook after the write), with a ``checkpoint_saved`` event; validation metrics as an
-  ``eval_metrics`` event;
+  (``on_save_checkpoint`` until the next hook: Lightning calls it while building the checkpoint, before the
+  file is written, and has no hook after the write), with a ``checkpoint_saved`` event; validation metrics as
+  an ``eval_metrics`` event;
 * the config snapshot ``{"trainer": Trainer arguments, "model": LightningModule hparams, "data": DataModule
   hparams}`` (dialect ``lightning``), so recommendations name ``data.num_workers`` or
   ``trainer.accumulate_grad_batches``; the train DataLoader's actual settings as a ``dataloader`` event;
-* start and end (``on_fit_start`` / ``on_fit_end``) and the exception that ends ``fit`` (``on_exception``, with
-  its traceback; the job is marked failed).
+* start and end (``on_fit_start`` / ``on_fit_end``) and the exception that ends ``fit`` (``on_exception``,
+  with its traceback; the job is marked failed).
 
 Only the global-zero process records unless ``all_ranks=True``. Only ``fit`` is recorded;
 ``validate``/``test``/``predict`` on their own are not (pass ``monitor=`` to record into a Monitor of yours).
@@ -41,7 +41,7 @@ try:
 except ImportError:
     try:
         import pytorch_lightning as pl  # type: ignore[no-redef]
-        from pytorch_lightning.utilities.data import extract_batch_size  # type: ignore[no-redef]
+        from pytorch_lightning.utilities.data import extract_batch_size  # type: ignore[no-redef,unused-ignore]
     except ImportError as exc:  # pragma: no cover - exercised only without Lightning
         raise ImportError(
             "runlens.integrations.lightning needs Lightning: pip install 'runlens[lightning]'"
@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 _perf = time.perf_counter
 
-# Trainer attributes that make up the "trainer" section of the snapshot (the effective values: what the Trainer
-# resolved its arguments to). research/analysis.md §5.1 names the ones recommendations point at.
+# Trainer attributes that make up the "trainer" section of the snapshot (the effective values: what the
+# Trainer resolved its arguments to). research/analysis.md §5.1 names the ones recommendations point at.
 TRAINER_FIELDS = (
     "max_epochs",
     "min_epochs",
@@ -84,7 +84,7 @@ TRAINER_FIELDS = (
 LOADER_FIELDS = ("batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
 
 
-class RunlensCallback(pl.Callback):  # type: ignore[misc]
+class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
     """Record a Lightning ``fit`` with runlens.
 
     Args:
@@ -177,7 +177,8 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         self._save_open = False
         self._phase.close(exception)
         if self._owns_monitor:
-            # The Monitor records the exception with its traceback and marks the job failed; Lightning re-raises.
+            # The Monitor records the exception with its traceback and marks the job failed; Lightning
+            # re-raises.
             self.monitor.__exit__(type(exception), exception, exception.__traceback__)
             self.monitor = None
             self._owns_monitor = False
@@ -211,7 +212,8 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
         now = _perf()
         self._end_save(trainer)
         if self._idle_since is not None:
-            # Since the last hook of the previous batch the loop fetched this batch and moved it to the device.
+            # Since the last hook of the previous batch the loop fetched this batch and moved it to the
+            # device.
             self.monitor.add_data_wait(now - self._idle_since)
             self._idle_since = None
         try:
@@ -313,7 +315,8 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc]
 
 
 def total_grad_norm(module: torch.nn.Module) -> Any:
-    """The 2-norm of all gradients together, as a device tensor (no ``.item()``: no sync on the training thread).
+    """The 2-norm of all gradients together, as a device tensor (no ``.item()``: no sync on the training
+    thread).
 
     ``lightning.pytorch.utilities.grad_norm`` returns per-parameter norms and builds its total with
     ``torch.tensor(list_of_tensors)``, which copies every norm to the host; this stays on the device.
@@ -342,7 +345,7 @@ def lightning_snapshot(trainer: "pl.Trainer", pl_module: "pl.LightningModule") -
             continue
     trainer_section["accelerator"] = type(trainer.accelerator).__name__
     trainer_section["strategy"] = type(trainer.strategy).__name__
-    trainer_section["callbacks"] = [type(cb).__name__ for cb in trainer.callbacks]
+    trainer_section["callbacks"] = [type(cb).__name__ for cb in getattr(trainer, "callbacks", [])]
     model_section = _hparams(pl_module)
     data_section: dict[str, Any] = {}
     datamodule = getattr(trainer, "datamodule", None)
@@ -377,7 +380,8 @@ def dataloader_facts(loader: Any) -> dict[str, Any]:
 
 
 def last_checkpoint_path(trainer: "pl.Trainer") -> str | None:
-    """Where the checkpoint callback just wrote, when Lightning says (None for ``trainer.save_checkpoint``)."""
+    """Where the checkpoint callback just wrote, when Lightning says (None for
+    ``trainer.save_checkpoint``)."""
     for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
         # ModelCheckpoint keeps the file it saved last privately; its public paths are the fallback.
         for attr in ("_last_checkpoint_saved", "last_model_path", "best_model_path"):

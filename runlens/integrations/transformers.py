@@ -10,33 +10,34 @@ then catches (see "Exceptions" below).
 What is recorded:
 
 * every optimizer step: the loss (the sum of its micro-batches' losses, i.e. what ``Trainer`` logs with
-  ``logging_steps=1``), the learning rate the step used, the gradient norm before clipping, the per-device batch
-  size (``batch_size``), the effective batch size (× gradient accumulation × processes, extra
-  ``effective_batch_size``), tokens when ``include_num_input_tokens_seen`` is on, the epoch, and the time the step
-  waited for its batch;
-* phases: ``eval`` (from the end of the step that triggers it to ``on_evaluate``), ``save`` (to ``on_save``, with
-  a ``checkpoint_saved`` event naming the folder), ``predict``; evaluation metrics as an ``eval_metrics`` event;
+  ``logging_steps=1``), the learning rate the step used, the gradient norm before clipping, the per-device
+  batch size (``batch_size``), the effective batch size (× gradient accumulation × processes, extra
+  ``effective_batch_size``), tokens when ``include_num_input_tokens_seen`` is on, the epoch, and the time the
+  step waited for its batch;
+* phases: ``eval`` (from the end of the step that triggers it to ``on_evaluate``), ``save`` (to ``on_save``,
+  with a ``checkpoint_saved`` event naming the folder), ``predict``; evaluation metrics as an ``eval_metrics``
+  event;
 * the ``TrainingArguments`` (``to_dict()``, secrets redacted) as the config snapshot, dialect ``huggingface``,
   so recommendations name ``TrainingArguments.dataloader_num_workers`` and friends;
 * start and end (``on_train_begin`` / ``on_train_end``), and the exception that ends a run.
 
-Why the loop's locals: ``Trainer`` hands callbacks neither the step's loss nor its gradient norm; both live only
-in the training loop's local variables (``tr_loss_step``, ``grad_norm``) and reach callbacks every
+Why the loop's locals: ``Trainer`` hands callbacks neither the step's loss nor its gradient norm; both live
+only in the training loop's local variables (``tr_loss_step``, ``grad_norm``) and reach callbacks every
 ``logging_steps`` steps, averaged. Reading them once per step from the loop's frame (a few microseconds,
 ``_LoopView``) gives exact per-step values without subclassing or patching ``Trainer``. The names have been
-stable from transformers 4.40 to 5.x; if a future version renames them, the step is still recorded (time, batch
-size, learning rate) and a one-line warning says loss and gradient norm are missing. No tensor is read on the
-training thread: the Monitor resolves them on its writer thread.
+stable from transformers 4.40 to 5.x; if a future version renames them, the step is still recorded (time,
+batch size, learning rate) and a one-line warning says loss and gradient norm are missing. No tensor is read
+on the training thread: the Monitor resolves them on its writer thread.
 
-Exceptions: ``TrainerCallback`` has no exception hook. An exception that ends the program is still recorded with
-its traceback: the Monitor's ``atexit`` hook finds it in ``sys.last_value`` and marks the job failed (and under
-``runlens collect`` the wrapper sees the exit code too). An exception the caller catches and survives is
+Exceptions: ``TrainerCallback`` has no exception hook. An exception that ends the program is still recorded
+with its traceback: the Monitor's ``atexit`` hook finds it in ``sys.last_value`` and marks the job failed (and
+under ``runlens collect`` the wrapper sees the exit code too). An exception the caller catches and survives is
 invisible to a callback; use ``train(trainer)`` (or ``with runlens.Monitor() as mon:`` around
 ``trainer.train()`` with ``RunlensCallback(monitor=mon)``) to record it.
 
-``report_to``: transformers resolves ``report_to`` names through its own ``INTEGRATION_TO_CALLBACK`` dict, with
-no public way to register a new name; adding "runlens" there would mean patching transformers at import time,
-which runlens does not do. Pass ``callbacks=[RunlensCallback()]`` or call ``attach(trainer)``.
+``report_to``: transformers resolves ``report_to`` names through its own ``INTEGRATION_TO_CALLBACK`` dict,
+with no public way to register a new name; adding "runlens" there would mean patching transformers at import
+time, which runlens does not do. Pass ``callbacks=[RunlensCallback()]`` or call ``attach(trainer)``.
 
 Ranks: only the world's main process records unless ``all_ranks=True``; under ``runlens collect`` every rank
 that records writes into the wrapper's job with its ``RANK``.
@@ -55,7 +56,8 @@ try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - exercised only without transformers
     raise ImportError(
-        "runlens.integrations.transformers needs Hugging Face transformers: pip install 'runlens[transformers]'"
+        "runlens.integrations.transformers needs Hugging Face transformers: "
+        "pip install 'runlens[transformers]'"
     ) from exc
 
 from runlens.dialects import HUGGINGFACE
@@ -108,11 +110,12 @@ class _LoopView:
         return _read_locals(f, names)
 
 
-# Python <= 3.12: ``frame.f_locals`` is a dict snapshot cached on the frame until it returns, holding references
-# to every local (the step's batch on the device, among them) until the next read: one extra batch of device
-# memory during the next step. Clearing the snapshot after reading drops them; CPython only copies a snapshot
-# back into the frame when a trace function ran, and then skips missing names. From 3.13 (PEP 667) f_locals is
-# a live proxy that holds nothing and must not be cleared (that would delete the frame's variables).
+# Python <= 3.12: ``frame.f_locals`` is a dict snapshot cached on the frame until it returns, holding
+# references to every local (the step's batch on the device, among them) until the next read: one extra batch
+# of device memory during the next step. Clearing the snapshot after reading drops them; CPython only copies a
+# snapshot back into the frame when a trace function ran, and then skips missing names. From 3.13 (PEP 667)
+# f_locals is a live proxy that holds nothing and must not be cleared (that would delete the frame's
+# variables).
 _SNAPSHOT_LOCALS = sys.version_info < (3, 13)
 
 
@@ -138,7 +141,7 @@ def _describe_loop() -> str:
     return "eval"
 
 
-class RunlensCallback(TrainerCallback):  # type: ignore[misc]
+class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
     """Record a ``Trainer`` run with runlens.
 
     Args:
@@ -236,7 +239,8 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
             self._phase = None
 
     def record_exception(self, exc: BaseException) -> None:
-        """Record ``exc`` as the exception that ended the run and close the job as failed (``train()`` calls it)."""
+        """Record ``exc`` as the exception that ended the run and close the job as failed (``train()`` calls
+        it)."""
         if self.monitor is None:
             return
         if self._phase is not None:
@@ -283,8 +287,8 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
     def on_optimizer_step(
         self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
     ) -> None:
-        # After optimizer.step(), before the scheduler steps: the learning rate this step used (what the Trainer
-        # logs as learning_rate).
+        # After optimizer.step(), before the scheduler steps: the learning rate this step used (what the
+        # Trainer logs as learning_rate).
         if self._active():
             self._lr = _learning_rate(kwargs.get("lr_scheduler"), kwargs.get("optimizer"))
 
@@ -420,10 +424,10 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc]
 
 
 def training_arguments_snapshot(args: "TrainingArguments") -> dict[str, Any]:
-    """``TrainingArguments.to_dict()``: flat, enums as their values, tokens already masked by transformers (the
-    Monitor redacts secret-named keys again)."""
+    """``TrainingArguments.to_dict()``: flat, enums as their values, tokens already masked by transformers
+    (the Monitor redacts secret-named keys again)."""
     try:
-        return dict(args.to_dict())
+        return dict(args.to_dict())  # type: ignore[no-untyped-call,unused-ignore]
     except Exception:  # a subclass with an unserialisable field: fall back to the fields as they are
         import dataclasses
 
@@ -437,7 +441,8 @@ def _per_device_batch(args: "TrainingArguments", state: "TrainerState") -> int |
 
 
 def _learning_rate(scheduler: Any, optimizer: Any) -> float | None:
-    """The Trainer's own ``_get_learning_rate()``: the scheduler's last rate, else the optimizer's first group."""
+    """The Trainer's own ``_get_learning_rate()``: the scheduler's last rate, else the optimizer's first
+    group."""
     try:
         if scheduler is not None:
             return float(scheduler.get_last_lr()[0])

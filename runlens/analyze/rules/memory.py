@@ -609,7 +609,7 @@ def _fragmentation(data: JobData, p: Pressure) -> Finding | None:
                severity="warning")
     f.config_key = "PYTORCH_CUDA_ALLOC_CONF"
     f.config_path = "env:PYTORCH_CUDA_ALLOC_CONF"
-    f.current_value, f.current_value_source = (current, "config") if current else (None, "default")
+    f.current_value, f.current_value_source = (current, "config") if current else (None, "unknown")
     f.recommended_value = "expandable_segments:True"
     return f
 
