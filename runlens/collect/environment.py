@@ -126,6 +126,15 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _shm_total_gib(path: str = "/dev/shm") -> float | None:
+    """Size of /dev/shm, where DataLoader workers pass batches (Docker's default of 64 MB kills them)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return bytes_to_gib(st.f_blocks * st.f_frsize)
+
+
 def describe_environment(*, include_gpus: bool = True) -> dict[str, Any]:
     """A JSON-ready description of the host, the Python, torch (if imported), GPUs (if NVML) and key env vars.
 
@@ -154,6 +163,7 @@ def describe_environment(*, include_gpus: bool = True) -> dict[str, Any]:
     except Exception:
         env["memory_total_gb"] = env["swap_total_gb"] = None
     env["cgroup_memory_limit_gb"] = _cgroup_memory_limit_gib()
+    env["shm_total_gb"] = _shm_total_gib()
     env["torch"] = _torch_info()
     env["gpus"] = _nvml_gpus() if include_gpus else None
     env["env"] = selected_env()
