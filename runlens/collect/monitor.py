@@ -554,6 +554,11 @@ class Monitor:
         self._state = _STATE_CLOSING
         self._put_step = None
         t0 = _perf()
+        wd = self._watchdog
+        watchdog = None
+        if wd is not None:
+            with contextlib.suppress(Exception):
+                watchdog = wd.describe()
         self._stop_watchdog()   # a closing run is not a stalled one
         writer = self._writer
         try:
@@ -561,6 +566,7 @@ class Monitor:
                 "status": status, "reason": reason, "exit_code": exit_code, "exit_signal": exit_signal,
                 "steps_logged": self._steps_logged, "last_step": self._int_step(),
                 "duration_seconds": _time() - self._started_wall,
+                **({"watchdog": to_jsonable(watchdog)} if watchdog else {}),
             })
             self._wait_for_event_samples(EVENT_SAMPLE_WAIT)
             self._refresh_costs()  # thread CPU before the sampler thread is gone
@@ -743,7 +749,7 @@ class Monitor:
                         self._steps_logged)
 
     def _watchdog_emit(self, event_type: str, details: dict[str, Any], at: float | None) -> None:
-        if self._state != _STATE_RUNNING:
+        if self._state not in (_STATE_RUNNING, _STATE_CLOSING):   # closing: a last recovered event
             return
         self._record_event(event_type, to_jsonable(details), at=at)
 

@@ -271,6 +271,11 @@ class Watchdog:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if not self._thread.is_alive() and self._suspect is not None:
+            with contextlib.suppress(Exception):   # progress since the last poll ended the stall: say so
+                p = self._progress()
+                if self._window is not None and p.last_progress != self._window.last_progress:
+                    self._recovered(p)
         self._release_faulthandler()
         self._mark(MARK_CLOSED)
         for f in (self._reader, self._file):
@@ -359,6 +364,14 @@ class Watchdog:
             self.notes.append(f"faulthandler timer unavailable ({exc})")
             self._owner = False
 
+    def describe(self) -> dict[str, Any]:
+        """The detector's state for the run's end event: the step timeout it had reached and why, so the
+        analyzer can explain a verdict (or the absence of one)."""
+        timeout, kind = self.budget.step_timeout()
+        return {"step_timeout": timeout, "step_timeout_kind": kind, "slowest_step": self.budget.slowest(),
+                "step_intervals_seen": self.budget.seen, "c_timer": self.timer_armed,
+                "stack_signal": self.registered_signal, "notes": list(self.notes)}
+
     # -- calibration input (writer thread) -------------------------------------------------------------
 
     def observe_step(self, at: float, interval: float | None) -> None:
@@ -375,13 +388,20 @@ class Watchdog:
     # -- the thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stop.wait(self._poll):
+        # First tick at once (it arms the C timer), then every poll; the poll starts at a tenth of the shortest
+        # timeout this run can have, so the timer follows the first steps of a short-timeout run.
+        s = self.settings
+        self._poll = min(max(min(s.hang_timeout or s.uncalibrated_timeout, s.calibrated_min, s.startup_grace)
+                             / 10.0, POLL_MIN), POLL_MAX)
+        while True:
             try:
                 self._tick()
             except Exception:
                 if not self._failed:
                     self._failed = True
                     log.warning("runlens watchdog tick failed; it keeps running", exc_info=True)
+            if self._stop.wait(self._poll):
+                return
 
     def current_timeout(self, p: Progress) -> tuple[float, str]:
         last_duration = self._phase_durations.get(p.phase) if p.phase else None
@@ -406,7 +426,9 @@ class Watchdog:
         for d in dumps:
             if d.kind == "signal":
                 self._stacks_dumped(d)
-        self._poll = min(max(timeout / 10.0, POLL_MIN), POLL_MAX)
+        # A tenth of the timeout, and no slower than the step timeout's tenth, so the C timer is re-armed within
+        # a fraction of a step timeout of the last step even while a longer startup or phase budget applies.
+        self._poll = min(max(min(timeout, self.budget.step_timeout()[0]) / 10.0, POLL_MIN), POLL_MAX)
         deadline = p.last_progress + timeout
         if self._suspect is not None:
             return

@@ -627,7 +627,7 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
                              state["last_key"])
         writer.update_job(ended_at=ended, exit_code=end["exit_code"], exit_signal=end["exit_signal"],
                           status=end["status"], status_reason=end["status_reason"])
-        writer.put_costs(_cost_rows(ended, thread, tee))
+        writer.put_costs(_cost_rows(ended, thread, tee, writer))
         return int(end["exit_code"])
     finally:
         supervisor.restore_signal_handlers()
@@ -639,12 +639,15 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
         log_file.close()
 
 
-def _cost_rows(now: float, sampler: SamplerThread, tee: LogTee) -> list[dict[str, Any]]:
-    """The wrapper's own CPU, stored like the Monitor's thread costs (not on the training thread)."""
+def _cost_rows(now: float, sampler: SamplerThread, tee: LogTee, writer: Any) -> list[dict[str, Any]]:
+    """The wrapper's own CPU, stored like the Monitor's thread costs (not on the training thread), under names
+    of their own so a Monitor attached inside (``thread:runlens-writer``, ...) does not overwrite them."""
+    writer_cpu = float(getattr(getattr(writer, "stats", None), "cpu_seconds", 0.0) or 0.0)   # so far
     return [{"timestamp": now, "operation": f"thread:{name}", "calls": calls, "total_seconds": seconds,
              "on_training_thread": False, "host": None, "rank": None}
             for name, calls, seconds in (("runlens-collect-sampler", sampler.samples_taken, sampler.cpu_seconds),
-                                         ("runlens-collect-tee", tee.lines, tee.cpu_seconds))]
+                                         ("runlens-collect-tee", tee.lines, tee.cpu_seconds),
+                                         ("runlens-collect-writer", 0, writer_cpu))]
 
 
 def _fileno(stream: Any) -> int | None:
