@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from runlens.cli import cli, handle_errors
+from runlens.demo import DEFAULT_OUT
 
 
 @cli.command("demo")
@@ -24,7 +26,7 @@ from runlens.cli import cli, handle_errors
     "--out",
     "out",
     metavar="DIR",
-    default="runlens-demo",
+    default=DEFAULT_OUT,
     show_default=True,
     help="Folder for the config, the job's log, checkpoints and the HTML report.",
 )
@@ -55,9 +57,11 @@ def demo_command(scenario: str, db: str | None, out: str, steps: int | None, bac
     click.echo("")
     click.echo(format_summary(result.analysis, html_path=result.html_path, color=sys.stdout.isatty()))
     click.echo("")
+    shown_db = db or str(Path(out) / "runlens.db")
     click.echo("Next:")
     click.echo(f"  open {result.html_path}" if result.html_path else "  (no HTML report was written)")
-    click.echo(f"  runlens jobs --db {result.db_url}")
-    click.echo(f"  runlens analyze {result.job_id} --db {result.db_url} --json")
+    click.echo(f"  runlens jobs --db {shown_db}")
+    click.echo(f"  runlens analyze {result.job_id} --db {shown_db} --json")
     if scenario == "troubled":
-        click.echo(f"  runlens demo --scenario healthy --out {out}    # the same job, well configured")
+        same_out = "" if out == DEFAULT_OUT else f" --out {out}"
+        click.echo(f"  runlens demo --scenario healthy{same_out}    # the same job, well configured")
