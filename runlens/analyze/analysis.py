@@ -23,7 +23,7 @@ from runlens._version import __version__
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.contract import SCHEMA_VERSION
 from runlens.analyze.findings import Finding
-from runlens.analyze.health import goodput, health_score, run_window
+from runlens.analyze.health import goodput, health_score, monitoring_seconds, run_window
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import Rule, run_rules
 from runlens.analyze.timeline import build_timeline
@@ -89,6 +89,7 @@ def rank_recommendations(findings: Iterable[Finding]) -> list[Finding]:
         seen.add(f.id)
         f.primary = False
         ranked.append(f)
+    _settle_conflicts(ranked)
     levers = [f for f in ranked if f.memory_lever]
     feasible = [f for f in levers if _feasible(f)]
     if not feasible:
@@ -102,6 +103,23 @@ def rank_recommendations(findings: Iterable[Finding]) -> list[Finding]:
     ranked.remove(primary)
     ranked.insert(first, primary)
     return ranked
+
+
+def _settle_conflicts(ranked: list[Finding]) -> None:
+    """One value per config path: when two findings want different values for the same setting (more workers
+    for an input-bound run, fewer for a memory-bound one), the better-ranked finding keeps the change and the
+    other keeps its diagnosis but says which finding overrides it, so `recommend --apply` never has to pick."""
+    owner: dict[str, Finding] = {}
+    for f in ranked:
+        if not f.config_path or f.recommended_value is None:
+            continue
+        first = owner.setdefault(f.config_path, f)
+        if first is f or first.recommended_value == f.recommended_value:
+            continue
+        f.evidence["overridden_by"] = {"id": first.id, "recommended_value": first.recommended_value}
+        f.action = (f"{f.action} Not applied: {first.id} sets {f.config_path} to {first.recommended_value!r}, "
+                    f"which ranks higher.")
+        f.recommended_value = None
 
 
 def _feasible(f: Finding) -> bool:
@@ -138,7 +156,7 @@ def summarize(data: JobData, ranked: Sequence[Finding], wall: float | None) -> d
     step_numbers = pd.to_numeric(steps["step"], errors="coerce").dropna() if "step" in steps.columns else None
     errors, warnings = error_counts(data)
     gp = goodput(data)
-    on_thread = _on_thread_seconds(data)
+    on_thread = monitoring_seconds(data, include_one_off=False)
     status = str(data.job.get("status") or "unknown")
     return {
         "health_score": health_score(ranked),
@@ -315,16 +333,6 @@ def monitoring_cost(data: JobData, wall: float | None) -> list[dict[str, Any]]:
                      "share_of_wall": float(r["total_seconds"]) / wall if wall else None,
                      "on_training_thread": bool(r["on_training_thread"])})
     return rows
-
-
-def _on_thread_seconds(data: JobData) -> float:
-    c = data.costs
-    if c is None or c.empty or "total_seconds" not in c.columns:
-        return 0.0
-    sec = pd.to_numeric(c["total_seconds"], errors="coerce").fillna(0.0)
-    if "on_training_thread" in c.columns:
-        sec = sec[c["on_training_thread"].fillna(True).astype(bool).to_numpy()]
-    return float(sec.sum())
 
 
 def hangs(data: JobData) -> list[dict[str, Any]]:

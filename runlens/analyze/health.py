@@ -32,6 +32,7 @@ import pandas as pd
 from runlens.analyze.contract import SEVERITY_ORDER, Goodput
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
+from runlens.collect.cost import ONE_OFF_OPERATIONS
 
 __all__ = ["LOST_PARTS", "OVERHEAD_PHASES", "STALL_MADS", "goodput", "health_score", "main_rank", "run_window"]
 
@@ -147,7 +148,7 @@ def goodput(data: JobData) -> Goodput:
             startup -= float((hi - lo).sum())
         startup = max(0.0, startup)
 
-    monitoring = _monitoring_seconds(data)
+    monitoring = monitoring_seconds(data)
     parts = {"startup": startup, "data_wait": data_wait, "eval_and_checkpoints": eval_seconds,
              "stalls_and_hangs": stall_excess + max(0.0, hang_seconds), "monitoring": 0.0}
     other = wall - productive - sum(parts.values())
@@ -191,13 +192,19 @@ def _fit(wall: float, productive: float, parts: dict[str, float], other: float) 
     return productive, parts, other
 
 
-def _monitoring_seconds(data: JobData) -> float:
+def monitoring_seconds(data: JobData, *, include_one_off: bool = True) -> float:
+    """Monitoring time on the training thread. Goodput counts all of it (it is time the run lost); the
+    overhead ratio leaves out the one-off start and close, as the budget check in collect/cost.py does, so a
+    short run is not reported as mostly monitoring."""
     costs = data.costs
     if costs is None or costs.empty or "total_seconds" not in costs.columns:
         return 0.0
-    seconds = pd.to_numeric(costs["total_seconds"], errors="coerce").fillna(0.0)
+    keep = np.ones(len(costs), dtype=bool)
     if "on_training_thread" in costs.columns:
-        seconds = seconds[costs["on_training_thread"].fillna(True).astype(bool).to_numpy()]
+        keep &= costs["on_training_thread"].fillna(True).astype(bool).to_numpy()
+    if not include_one_off and "operation" in costs.columns:
+        keep &= ~costs["operation"].isin(ONE_OFF_OPERATIONS).to_numpy()
+    seconds = pd.to_numeric(costs["total_seconds"], errors="coerce").fillna(0.0)[keep]
     return float(seconds.clip(lower=0).sum())
 
 

@@ -172,10 +172,17 @@ def batch_headroom(data: JobData) -> list[Finding]:
 
 # -- P4 degradation, P5 stalls ---------------------------------------------------------------------------
 
-def _pace(data: JobData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(step, timestamp, step_time) of training steps, excluding steps that overlap eval/sampling/save phases."""
+def _pace(data: JobData, *, without_data_wait: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step, timestamp, step_time) of training steps, excluding steps that overlap eval/sampling/save phases.
+
+    ``without_data_wait`` subtracts each step's measured data wait, so time spent waiting for batches (the
+    input-bound rule's business) is not reported a second time as a stall.
+    """
     steps = m.training_window(data)
     st, ts, sn = m.col(steps, "step_time_seconds"), m.col(steps, "timestamp"), m.col(steps, "step")
+    if without_data_wait:
+        dw = m.col(steps, "data_time_seconds")
+        st = st - np.where(np.isfinite(dw), dw, 0.0)
     ok = np.isfinite(st) & (st > 0)
     ok &= ~m.overlaps(ts - np.nan_to_num(st), ts, *m.overhead_intervals(data))
     return sn[ok], ts[ok], st[ok]
@@ -224,8 +231,8 @@ def degradation(data: JobData) -> list[Finding]:
 @rule("throughput.stalls", "throughput")
 def stalls(data: JobData) -> list[Finding]:
     """P5: isolated steps far slower than the median (> median + 5·MAD and ≥ 2× median), ≥ 1 % of steps,
-    not explained by eval/sampling/save phases."""
-    sn, ts, st = _pace(data)
+    not explained by eval/sampling/save phases or by waiting for data."""
+    sn, ts, st = _pace(data, without_data_wait=True)
     n = st.size
     if n < 20:
         return []
