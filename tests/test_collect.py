@@ -217,12 +217,16 @@ def test_command_not_executable_is_exit_126(tmp_path: Path, env: dict[str, str])
 
 
 def test_stdout_and_stderr_are_teed_to_terminal_and_one_log(tmp_path: Path, env: dict[str, str]) -> None:
-    """Both streams reach the wrapper's own stdout/stderr and log.txt (lines whole, in arrival order)."""
+    """Both streams reach the wrapper's own stdout/stderr and log.txt (lines whole, in arrival order).
+
+    Two pipes carry no order between them: lines from both streams read in one 50 ms tee round are ordered
+    by stream, so the child spaces its lines well beyond that window (and beyond scheduling delays under load).
+    """
     child = script(tmp_path, """
         import sys, time
-        print('out 1'); time.sleep(0.05)
-        print('err 1', file=sys.stderr); time.sleep(0.05)
-        print('out 2'); time.sleep(0.05)
+        print('out 1'); time.sleep(0.4)
+        print('err 1', file=sys.stderr); time.sleep(0.4)
+        print('out 2'); time.sleep(0.4)
         sys.stdout.buffer.write(b'bytes \\xff\\xfe not utf-8\\n'); sys.stdout.flush()
         print('no newline at the end', end='')
     """)
