@@ -155,6 +155,9 @@ def shared_buffer() -> Iterator[bytearray]:
 def test_worker_memory_counts_shared_pages_once(shared_buffer: bytearray) -> None:
     """3 forked children with ~100 MB private each and a 300 MB buffer shared with the parent:
     PSS reports ~300 MB plus a share of the buffer, never 3 copies of it (summed RSS would be > 1.2 GB)."""
+    # Pages the parent already holds (the interpreter, and torch when an earlier test imported it) are shared
+    # with each child too; a child's PSS share of them is at most half.
+    parent_rest = max(40 * MiB, psutil.Process().memory_info().rss - 300 * MiB)
     kids = _Children(3, private_mb=100)
     try:
         sampler = SystemSampler(gpu=no_gpu(), pss_budget=None)
@@ -166,8 +169,8 @@ def test_worker_memory_counts_shared_pages_once(shared_buffer: bytearray) -> Non
     worker_bytes = row["worker_memory_gb"] * GiB
     assert worker_bytes >= 3 * 95 * MiB                       # the private memory is all there
     # PSS gives the 3 workers at most 3/4 of the buffer (the parent holds the rest) plus their share of
-    # the interpreter; summed RSS counts the buffer 3 times over.
-    assert worker_bytes < 300 * MiB + 300 * MiB + 3 * 40 * MiB
+    # the parent's other pages; summed RSS counts the buffer 3 times over.
+    assert worker_bytes < 300 * MiB + 300 * MiB * 3 / 4 + 3 * parent_rest / 2 + 3 * 20 * MiB
     assert rss_sum > 3 * (100 + 300) * MiB
     assert worker_bytes < rss_sum / 2
     assert sampler.last_tree is not None and sampler.last_tree.worker_metric == "pss"
@@ -605,7 +608,10 @@ def test_slow_samples_skip_missed_ticks_instead_of_bursting() -> None:
     thread.stop()
     gaps = [b - a for a, b in zip(fake.times, fake.times[1:])]
     assert thread.ticks_skipped >= 2 * (len(fake.times) - 1) - 1
-    assert all(g >= 0.29 for g in gaps), gaps     # 0.25 s of work + wait to the next 0.1 s tick
+    # 0.25 s of work + the wait to the next 0.1 s tick: ~0.3 s apart. A sample that started late (a loaded
+    # machine) can be followed after a little less, but never after less than the work itself.
+    assert all(g >= 0.25 for g in gaps), gaps
+    assert sorted(gaps)[len(gaps) // 2] >= 0.29, gaps
 
 
 def test_request_takes_an_extra_sample_without_moving_the_schedule() -> None:

@@ -31,13 +31,20 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from runlens.collect import stacks as st
 from runlens.collect.watchdog import (
-    MARK_CLOSED, MARK_RECOVERED, MARK_SUSPECTED, POLL_MAX, POLL_MIN, HangSettings, StallBudget,
+    MARK_CLOSED,
+    MARK_RECOVERED,
+    MARK_SUSPECTED,
+    POLL_MAX,
+    POLL_MIN,
+    HangSettings,
+    StallBudget,
 )
 from runlens.settings import Settings
 
@@ -65,7 +72,7 @@ class GuardConfig:
     flush_interval: float = 1.0
 
     @classmethod
-    def from_settings(cls, s: Settings) -> "GuardConfig":
+    def from_settings(cls, s: Settings) -> GuardConfig:
         return cls(hang=HangSettings.from_settings(s), hard_timeout=_positive(s.hard_timeout),
                    kill_grace=max(0.0, float(s.kill_grace)), no_output_timeout=_positive(s.no_output_timeout),
                    stacks_dir=Path(s.stacks_dir) if s.stacks_dir else None, flush_interval=float(s.flush_interval))
@@ -149,12 +156,14 @@ class StallGuard:
         self._evidenced_for: float | None = None   # progress time whose stall already has a hang_suspected
         self._failed = False
         self._own_sampler: Any = None
+        self.ticks = 0
+        self.cpu_seconds = 0.0
 
     @property
     def killed(self) -> bool:
         return self.outcome is not None
 
-    def start(self) -> "StallGuard":
+    def start(self) -> StallGuard:
         self._thread.start()
         return self
 
@@ -184,19 +193,31 @@ class StallGuard:
 
     # -- the loop --------------------------------------------------------------------------------------
 
+    def cost_row(self, now: float) -> dict[str, Any]:
+        """This thread's CPU, stored with the wrapper's other thread costs."""
+        return {"timestamp": now, "operation": "thread:runlens-collect-watchdog", "calls": self.ticks,
+                "total_seconds": self.cpu_seconds, "on_training_thread": False, "host": None, "rank": None}
+
     def _run(self) -> None:
+        cpu0 = time.thread_time()
         poll = GUARD_POLL_MIN
-        while not self._stop.wait(poll):
-            if self._child_gone():
-                return
-            try:
-                poll = self._tick()
-            except Exception:
-                if not self._failed:
-                    self._failed = True
-                    log.warning("runlens collect: the stall guard's check failed; it keeps running", exc_info=True)
-            if self.outcome is not None:
-                return
+        try:
+            while not self._stop.wait(poll):
+                if self._child_gone():
+                    return
+                try:
+                    poll = self._tick()
+                    self.ticks += 1
+                except Exception:
+                    if not self._failed:
+                        self._failed = True
+                        log.warning("runlens collect: the stall guard's check failed; it keeps running",
+                                    exc_info=True)
+                self.cpu_seconds = time.thread_time() - cpu0
+                if self.outcome is not None:
+                    return
+        finally:
+            self.cpu_seconds = time.thread_time() - cpu0
 
     def _child_gone(self) -> bool:
         proc = getattr(self.supervisor, "proc", None)
@@ -315,7 +336,8 @@ class StallGuard:
             try:
                 rows = self.store.rows("training_events", self.job_id, order_by="id", descending=True, limit=1,
                                        columns=cols, where={"event_type": etype})
-            except Exception:
+            except Exception:   # the store is busy or gone for a moment: the next poll asks again
+                log.debug("stall guard: reading %s events failed", etype, exc_info=True)
                 continue
             if rows:
                 out[etype] = rows[0]
@@ -458,8 +480,8 @@ class StallGuard:
         }
         if starved:
             details["watchdog_starved"] = True
-            details["evidence_notes"] = ["faulthandler's C timer fired but the Monitor's watchdog thread did not "
-                                         "answer: a native call is holding the GIL"]
+            details["evidence_notes"] = [("faulthandler's C timer fired but the Monitor's watchdog thread did not "
+                                          "answer: a native call is holding the GIL")]
         if stacks_file is not None:
             details["stacks_file"] = str(stacks_file.path)
             if stacks_file.timer_dump_at is not None:
@@ -505,4 +527,4 @@ class StallGuard:
         else:
             # The main process is gone; its DataLoader workers or helpers may not be.
             with contextlib.suppress(Exception):
-                os.killpg(proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+                os.killpg(proc.pid, signal.SIGKILL)

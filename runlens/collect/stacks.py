@@ -28,10 +28,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,8 @@ def py_spy_dump(pid: int, *, timeout: float = PY_SPY_TIMEOUT, exe: str | None = 
     if exe is None:
         return PySpyResult(None, "py-spy is not installed (pip install py-spy)")
     try:
-        proc = subprocess.run([exe, "dump", "--pid", str(pid), "--json"], capture_output=True, timeout=timeout,
-                              text=True, stdin=subprocess.DEVNULL)
+        proc = subprocess.run([exe, "dump", "--pid", str(pid), "--json"], check=False, capture_output=True,
+                              timeout=timeout, text=True, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return PySpyResult(None, f"py-spy did not answer within {timeout:.0f}s")
     except OSError as exc:
@@ -312,8 +313,8 @@ def process_tree(root: int) -> list[tuple[int, str]]:
             except Exception:
                 name = ""
             out.append((child.pid, "worker" if name == "pt_data_worker" else "child"))
-    except Exception:
-        pass
+    except Exception:   # the root is gone: its own entry is all there is
+        log.debug("cannot list the children of %s", root, exc_info=True)
     return out
 
 

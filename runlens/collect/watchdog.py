@@ -45,9 +45,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Deque, Mapping, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from runlens.collect import stacks as st
 from runlens.settings import Settings
@@ -84,7 +85,7 @@ class HangSettings:
     phase_budgets: Mapping[str, float] = field(default_factory=lambda: dict(Settings().phase_budgets))
 
     @classmethod
-    def from_settings(cls, s: Settings) -> "HangSettings":
+    def from_settings(cls, s: Settings) -> HangSettings:
         hang = s.hang_timeout if s.hang_timeout is not None and s.hang_timeout > 0 else None
         return cls(startup_grace=float(s.startup_grace), hang_timeout=float(hang) if hang is not None else None,
                    uncalibrated_timeout=float(s.uncalibrated_timeout), calibrated_min=float(s.calibrated_min),
@@ -122,7 +123,7 @@ class StallBudget:
 
     def __init__(self, settings: HangSettings) -> None:
         self.settings = settings
-        self.intervals: Deque[float] = collections.deque(maxlen=settings.calibration_window)
+        self.intervals: collections.deque[float] = collections.deque(maxlen=settings.calibration_window)
         self.seen = 0
         self._lock = threading.Lock()
 
@@ -186,7 +187,7 @@ Emit = Callable[[str, dict[str, Any], float | None], None]
 
 # faulthandler's timer and signal registration are process-wide: one Watchdog owns them at a time.
 _FH_LOCK = threading.Lock()
-_FH_OWNER: "Watchdog | None" = None
+_FH_OWNER: Watchdog | None = None
 
 
 def resolve_signal(name: str | None) -> int | None:
@@ -221,7 +222,7 @@ class Watchdog:
                  wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.budget = StallBudget(settings)
-        self.phase_marks: Deque[float] = collections.deque(maxlen=100_000)
+        self.phase_marks: collections.deque[float] = collections.deque(maxlen=100_000)
         self.stacks_path = Path(stacks_path) if stacks_path else None
         self.stack_signal_name = stack_signal or None
         self.registered_signal: str | None = None
@@ -256,7 +257,7 @@ class Watchdog:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    def start(self) -> "Watchdog":
+    def start(self) -> Watchdog:
         self._open_stacks_file()
         self._last_tick = self._clock()
         self._thread.start()
@@ -290,8 +291,9 @@ class Watchdog:
             return
         try:
             self.stacks_path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.stacks_path, "ab", buffering=0)
-            self._reader = open(self.stacks_path, "rb")
+            # Both stay open for the run: faulthandler writes by fd (§6, §10.2 row 11).
+            self._file = open(self.stacks_path, "ab", buffering=0)  # noqa: SIM115
+            self._reader = open(self.stacks_path, "rb")  # noqa: SIM115
         except OSError as exc:
             self.notes.append(f"no stacks file ({exc}); no C-level stall timer")
             self.stacks_path = None

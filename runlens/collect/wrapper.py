@@ -4,12 +4,14 @@ The zero-code hook. The wrapper creates the job, starts the child in its own pro
 over in its environment (``RUNLENS_JOB_ID``, ``RUNLENS_DB``: a ``Monitor`` inside attaches instead of making a
 second job), copies the child's stdout/stderr to the terminal as the bytes arrive and to the job's ``log.txt``
 line by line with each line's arrival time, samples the child's whole process tree, forwards Ctrl-C/SIGTERM to
-the child, records how it ended, and exits with the child's code.
+the child, watches it for stalls (``runlens.collect.hangguard``), records how it ended, and exits with the
+child's code, or 124 when runlens killed it for a hang.
 
     wrapper (this process)                         child's session / process group
       main thread:   spawn, forward signals, wait    CMD (pid = pgid)
       runlens-collect-tee:     pipes -> terminal + log.txt + arrival sidecar
       runlens-collect-sampler: SystemSampler(child pid) -> writer; ChildSupervisor.on_tick hooks
+      runlens-collect-watchdog: StallGuard: progress from the store, evidence, the hang kill
       runlens-writer:          the one thread that writes the store
 
 How it ended (``exit_code`` follows the shell: 128 + N for a death by signal N, which ``exit_signal`` holds):
@@ -18,6 +20,7 @@ How it ended (``exit_code`` follows the shell: 128 + N for a death by signal N, 
     SIGKILL, or exit 137        failed, "killed by SIGKILL (likely the host OOM killer)" + ``host_oom_suspected``
     another signal              failed, "killed by SIGTERM" (and whether runlens forwarded it)
     cannot start (127/126)      never_started, one line on stderr
+    killed by the stall guard   timed_out, "killed by runlens: no progress for ..."; the wrapper exits 124
 
 ``ChildSupervisor`` owns the child and is the hook point for a hang watchdog: ``add_tick_hook(fn)`` runs
 ``fn(sample, supervisor)`` after every sampler tick, and ``kill_group(sig, why)`` signals the whole group and
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from runlens.collect.config import load_config, resolve_settings
+from runlens.collect.hangguard import HANG_EXIT_CODE, GuardConfig, StallGuard
 from runlens.collect.sampler import Sample, SamplerThread, SystemSampler
 from runlens.dialects import detect_dialect
 from runlens.errors import RunlensError
@@ -451,14 +455,31 @@ def end_status(returncode: int, supervisor: ChildSupervisor | None = None) -> di
 # -- run_collect -------------------------------------------------------------------------------------------
 
 
-def child_environment(job_id: str, db_url: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: the job handed over, Python unbuffered and with faulthandler unless set."""
+def child_environment(job_id: str, db_url: str, environ: Mapping[str, str] | None = None, *,
+                      settings: Settings | None = None) -> dict[str, str]:
+    """The child's environment: the job handed over, Python unbuffered and with faulthandler unless set, and the
+    stall settings a Monitor inside must share with the wrapper (its stacks folder, a fixed stall timeout)."""
     env = dict(os.environ if environ is None else environ)
     env["RUNLENS_JOB_ID"] = job_id
     env["RUNLENS_DB"] = db_url
+    if settings is not None:
+        if settings.stacks_dir:
+            env["RUNLENS_STACKS_DIR"] = settings.stacks_dir
+        if settings.hang_timeout is not None:
+            env["RUNLENS_HANG_TIMEOUT"] = repr(float(settings.hang_timeout))
+        if settings.startup_grace != Settings().startup_grace:
+            env["RUNLENS_STARTUP_GRACE"] = repr(float(settings.startup_grace))
     env.setdefault("PYTHONUNBUFFERED", "1")     # otherwise a piped Python child block-buffers its prints
     env.setdefault("PYTHONFAULTHANDLER", "1")   # a segfault or a hang dump prints Python stacks to the log
     return env
+
+
+def stacks_dir_for(log_path: Path, job_id: str) -> Path:
+    """Where the child's Monitor keeps its faulthandler stacks files: the job's own folder by default
+    (``runlens-runs/<job_id>/``), else a folder named after a ``--log`` file, so two jobs never share one."""
+    if log_path.parent.name == job_id:
+        return log_path.parent
+    return log_path.parent / f"{log_path.name}.stacks"
 
 
 def absolute_db_url(url: str) -> str:
@@ -505,7 +526,9 @@ def _describe_environment() -> dict[str, Any] | None:
 
 def run_collect(cmd: list[str], *, name: str | None = None, config: str | None = None, db: str | None = None,
                 log: str | None = None, settings: Settings | None = None,
-                tick_hooks: Sequence[TickHook] = ()) -> int:
+                tick_hooks: Sequence[TickHook] = (), hang_timeout: float | None = None,
+                hard_timeout: float | None = None, kill_grace: float | None = None,
+                no_output_timeout: float | None = None) -> int:
     """Run ``cmd`` as a recorded job; returns the exit code the wrapper should exit with (the child's).
 
     Args:
@@ -515,7 +538,10 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
         db: the store URL or SQLite path (default: RUNLENS_DB, then ./runlens.db).
         log: where log.txt goes (default ./runlens-runs/<job_id>/log.txt).
         settings: all settings at once (tests); by default built from the config, env and ``db``.
-        tick_hooks: ``fn(sample, supervisor)`` run after every sample (a hang watchdog's entry point).
+        tick_hooks: ``fn(sample, supervisor)`` run after every sample.
+        hang_timeout, hard_timeout, kill_grace, no_output_timeout: the stall guard's settings (CLI flags; they
+            win over the config and the environment). See ``runlens.collect.hangguard``: a stall the guard kills
+            ends the job ``timed_out`` and makes this return ``HANG_EXIT_CODE`` (124).
 
     Raises:
         ConfigError: the config cannot be read. StoreUnavailable, SchemaTooNew: the store cannot be used.
@@ -529,11 +555,14 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
         settings = resolve_settings(snapshot, overrides={"db": db} if db else None)
     elif db:
         settings = settings.replace(db=db)
+    settings = settings.replace(hang_timeout=hang_timeout, hard_timeout=hard_timeout, kill_grace=kill_grace,
+                                no_output_timeout=no_output_timeout)
     name = name or os.path.basename(cmd[0]) or "run"
     store = open_store(settings.db)
     job_id = new_job_id(name)
     log_path = Path(log).expanduser() if log else Path("runlens-runs") / job_id / "log.txt"
     log_path = log_path.resolve()
+    settings = settings.replace(stacks_dir=str(stacks_dir_for(log_path, job_id)))
     log_file, existing_lines = _open_log(log_path)
     argv = redact_argv(cmd)
     try:
@@ -548,7 +577,7 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
 
     writer = BatchWriter(store, job_id, flush_interval=settings.flush_interval,
                          flush_rows=settings.flush_rows, max_rows=settings.buffer_max_rows).start()
-    supervisor = ChildSupervisor(cmd, child_environment(job_id, absolute_db_url(store.url)))
+    supervisor = ChildSupervisor(cmd, child_environment(job_id, absolute_db_url(store.url), settings=settings))
     for hook in tick_hooks:
         supervisor.add_tick_hook(hook)
     try:
@@ -606,14 +635,19 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
 
         sampler = SystemSampler(pid=proc.pid, include_children=True)
         thread = SamplerThread(sampler, settings.sample_interval, on_sample, name="runlens-collect-sampler").start()
+        guard = StallGuard(supervisor, writer.store, writer, writer.job_id, GuardConfig.from_settings(settings),
+                           output_bytes=lambda: tee.bytes, started=started).start()
         returncode = supervisor.wait()
         ended = time.time()
         duration = time.monotonic() - t0
+        guard.stop()
         thread.stop()
         start_event(None)
         tee.finish()
         sampler.close()
         end = end_status(returncode, supervisor)
+        if guard.outcome is not None:   # runlens killed it for a stall: timed_out, whatever signal ended it
+            end.update(status="timed_out", status_reason=guard.outcome.reason, oom_suspected=False)
         details = {"exit_code": end["exit_code"], "signal": end["signal"], "duration": duration,
                    "status": end["status"], "reason": end["status_reason"]}
         if supervisor.forwarded:
@@ -627,8 +661,8 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
                              state["last_key"])
         writer.update_job(ended_at=ended, exit_code=end["exit_code"], exit_signal=end["exit_signal"],
                           status=end["status"], status_reason=end["status_reason"])
-        writer.put_costs(_cost_rows(ended, thread, tee, writer))
-        return int(end["exit_code"])
+        writer.put_costs(_cost_rows(ended, thread, tee, writer) + [guard.cost_row(ended)])
+        return HANG_EXIT_CODE if guard.outcome is not None else int(end["exit_code"])
     finally:
         supervisor.restore_signal_handlers()
         if arrival is not None:

@@ -11,7 +11,8 @@ threads and process states, so evidence recorded by an older runlens is labelled
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
