@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
+from runlens.humanize import duration
 from runlens.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -274,14 +275,6 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(max(0.0, seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 def slack_payload(alert: Alert) -> dict[str, Any]:
     """Slack incoming-webhook JSON: ``text`` (notification and fallback) and Block Kit ``blocks``.
 
@@ -292,7 +285,7 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
     header = f"{alert.name or alert.job_id}: {alert.state}" + (" (recovered)" if alert.recovered else "")
     fields = [("Job", alert.job_id), ("State", f"{alert.previous_state or '-'} → {alert.state}"),
               ("Host", alert.host or "-"), ("PID", str(alert.pid) if alert.pid else "-"),
-              ("Phase", alert.phase or "-"), ("Duration", _duration(alert.duration_seconds)),
+              ("Phase", alert.phase or "-"), ("Duration", duration(alert.duration_seconds)),
               ("Last step", "-" if alert.last_step is None else str(alert.last_step)),
               ("Last loss", "-" if alert.last_loss is None else f"{alert.last_loss:.4g}")]
     blocks: list[dict[str, Any]] = [

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import psutil
 
+from runlens.humanize import duration
 from runlens.settings import Settings
 
 if TYPE_CHECKING:
@@ -162,17 +163,6 @@ class _Budgets:
         if self.heartbeat_interval is None:
             return None
         return 2 * self.heartbeat_interval + self.flush_interval
-
-
-def _fmt(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def signal_name(signum: int) -> str:
@@ -357,8 +347,8 @@ def compute_status(
                          {**details, "cause": "no_end_event", "settle": True})
 
     if alive_at is None and job.get("last_step") is None and now - started > budgets.startup_grace:
-        return RunStatus(NEVER_STARTED, f"no heartbeat and no step in {_fmt(now - started)} "
-                         f"(startup grace {_fmt(budgets.startup_grace)})", started + budgets.startup_grace,
+        return RunStatus(NEVER_STARTED, f"no heartbeat and no step in {duration(now - started)} "
+                         f"(startup grace {duration(budgets.startup_grace)})", started + budgets.startup_grace,
                          {**details, "cause": "never_started"})
 
     expects_beats = budgets.heartbeat_interval is not None
@@ -373,8 +363,8 @@ def compute_status(
     nothing = "no first step" if phase == "init" else "no progress"
     if live_stale and progress_stale:
         since = max(progress_ref + budget, (alive_at or started) + stale_after)
-        return RunStatus(TIMED_OUT, f"{nothing}{where} for {_fmt(progress_age)} (budget {_fmt(budget)}) "
-                         f"and no heartbeat for {_fmt(live_age)}", since, {**details, "cause": "stall"})
+        return RunStatus(TIMED_OUT, f"{nothing}{where} for {duration(progress_age)} (budget {duration(budget)}) "
+                         f"and no heartbeat for {duration(live_age)}", since, {**details, "cause": "stall"})
     if ev_type == "hang_suspected" and ev_at is not None and ev_at >= progress_ref:
         # The in-process watchdog has the calibrated budget and the stacks: its verdict is the better reason.
         d = ev.get("details") or {}
@@ -382,17 +372,17 @@ def compute_status(
         in_phase = f" in phase {stalled_in}" if stalled_in else where
         at_step = d.get("last_step", job.get("last_step"))
         return RunStatus(WARNING, f"stall suspected{in_phase} at step {at_step} "
-                         f"(no progress for {_fmt(progress_age)})", ev_at,
+                         f"(no progress for {duration(progress_age)})", ev_at,
                          {**details, "cause": "hang_suspected", "phase": stalled_in or phase})
     if progress_stale:
-        return RunStatus(WARNING, f"{nothing}{where} for {_fmt(progress_age)} (budget {_fmt(budget)})",
+        return RunStatus(WARNING, f"{nothing}{where} for {duration(progress_age)} (budget {duration(budget)})",
                          progress_ref + budget, {**details, "cause": "no_progress"})
     if live_stale:
-        return RunStatus(WARNING, f"no heartbeat for {_fmt(live_age)} (stale after {_fmt(stale_after)})",
+        return RunStatus(WARNING, f"no heartbeat for {duration(live_age)} (stale after {duration(stale_after)})",
                          (alive_at or started) + stale_after, {**details, "cause": "heartbeat_stale"})
     if live_late:
         assert late_after is not None
-        return RunStatus(WARNING, f"heartbeat late: last one {_fmt(live_age)} ago",
+        return RunStatus(WARNING, f"heartbeat late: last one {duration(live_age)} ago",
                          (alive_at or started) + late_after, {**details, "cause": "heartbeat_late"})
     reason = "starting" if phase == "init" else "training"
     if phase and phase != "init":

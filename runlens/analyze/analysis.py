@@ -25,6 +25,7 @@ from runlens.analyze.contract import SCHEMA_VERSION
 from runlens.analyze.findings import Finding
 from runlens.analyze.health import goodput, health_score, monitoring_seconds, run_window
 from runlens.analyze.jobdata import JobData
+from runlens.analyze.measures import col
 from runlens.analyze.registry import Rule, run_rules
 from runlens.analyze.timeline import build_timeline
 from runlens.redact import redact
@@ -182,11 +183,11 @@ def _ram_peak(data: JobData) -> tuple[float | None, float | None]:
     """Peak system RAM used (raw samples) and the memory the job could use: the host's RAM, or the container's
     limit when the collector recorded a smaller one (that limit is the wall an OOM kill hits)."""
     s = data.samples
-    used = _col(s, "used_memory_gb")
+    used = col(s, "used_memory_gb")
     if not np.isfinite(used).any():
-        used = _col(s, "total_memory_gb") - _col(s, "available_memory_gb")
+        used = col(s, "total_memory_gb") - col(s, "available_memory_gb")
     peak = float(np.nanmax(used)) if np.isfinite(used).any() else None
-    totals = _col(s, "total_memory_gb")
+    totals = col(s, "total_memory_gb")
     total = float(np.nanmax(totals)) if np.isfinite(totals).any() else None
     env = data.job.get("environment")
     limit = env.get("cgroup_memory_limit_gb") if isinstance(env, dict) else None
@@ -208,10 +209,10 @@ def _gpu_peak(data: JobData) -> tuple[float | None, float | None]:
             best = ratio.idxmax() if ratio.notna().any() else per["used"].idxmax()
             total = per.loc[best, "total"]
             return float(per.loc[best, "used"]), (float(total) if pd.notna(total) else None)
-    used = _col(data.samples, "gpu_memory_used_gb")
+    used = col(data.samples, "gpu_memory_used_gb")
     if not np.isfinite(used).any():
         return None, None
-    totals = _col(data.samples, "gpu_memory_total_gb")
+    totals = col(data.samples, "gpu_memory_total_gb")
     return float(np.nanmax(used)), (float(np.nanmax(totals)) if np.isfinite(totals).any() else None)
 
 
@@ -260,8 +261,8 @@ def memory_at(data: JobData, timestamps: Sequence[float | None]) -> list[float |
     """System RAM used at the sample nearest each timestamp, None when the nearest is more than two sample
     intervals away (the figure would describe another moment) or the timestamp is unknown."""
     s = data.samples
-    ts = _col(s, "timestamp")
-    used = _col(s, "used_memory_gb")
+    ts = col(s, "timestamp")
+    used = col(s, "used_memory_gb")
     ok = np.isfinite(ts) & np.isfinite(used)
     ts, used = ts[ok], used[ok]
     out: list[float | None] = [None] * len(timestamps)
@@ -425,11 +426,4 @@ def _attr(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
-def _col(frame: pd.DataFrame | None, name: str) -> np.ndarray:
-    if frame is None or len(frame) == 0:
-        return np.empty(0)
-    if name not in frame.columns:
-        return np.full(len(frame), np.nan)
-    values: np.ndarray = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-    return values
 

@@ -41,11 +41,20 @@ def num(values: Any) -> np.ndarray:
     return out
 
 
-def col(frame: pd.DataFrame, name: str) -> np.ndarray:
+def col(frame: pd.DataFrame | None, name: str) -> np.ndarray:
     """Column ``name`` as floats; all-NaN when the column is missing."""
     if frame is None or frame.empty or name not in frame.columns:
         return np.full(0 if frame is None else len(frame), np.nan)
     return num(frame[name])
+
+
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None (for JSON-bound figures read from rows and details)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def finite(a: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import pandas as pd
 from runlens.analyze.downsample import minmax_downsample
 from runlens.analyze.health import main_rank
 from runlens.analyze.jobdata import JobData
+from runlens.analyze.measures import col, finite_float
 
 __all__ = ["CRITICAL_EVENTS", "MAX_EVENTS", "MAX_POINTS", "build_timeline", "event_label", "event_severity"]
 
@@ -51,26 +52,26 @@ def build_timeline(data: JobData, *, total_memory_gb: float | None = None, gpu_t
     steps = main_rank(data.steps)
     memory: dict[str, dict[str, list[Any]]] = {}
     peaks: dict[str, dict[str, float]] = {}
-    s_ts = _col(samples, "timestamp")
+    s_ts = col(samples, "timestamp")
     for name, column in MEMORY_COLUMNS:
-        y = _col(samples, column)
+        y = col(samples, column)
         if name == "system_used_gb" and not np.isfinite(y).any():
-            y = _col(samples, "total_memory_gb") - _col(samples, "available_memory_gb")
+            y = col(samples, "total_memory_gb") - col(samples, "available_memory_gb")
         if not np.isfinite(y).any():
             continue   # a series never recorded (no GPU, no workers) is left out, not drawn as a flat zero
         memory[name] = _series(s_ts, y, max_points)
         peaks[name] = _peak(s_ts, y)
 
     training: dict[str, dict[str, list[Any]]] = {}
-    x_steps = _col(steps, "step")
+    x_steps = col(steps, "step")
     for name in TRAINING_COLUMNS:
-        y = _col(steps, name)
+        y = col(steps, name)
         if not np.isfinite(y).any():
             continue
         training[name] = _series(x_steps, y, max_points)
         peaks[name] = _peak(x_steps, y, x_name="step")
 
-    starts = [v for v in (_min(s_ts), _min(_col(steps, "timestamp")), _num(data.job.get("started_at")))
+    starts = [v for v in (_min(s_ts), _min(col(steps, "timestamp")), finite_float(data.job.get("started_at")))
               if v is not None]
     thresholds: dict[str, Any] = {
         "warning_ratio": data.settings.memory_warning_threshold,
@@ -182,13 +183,6 @@ def _primary_host(data: JobData) -> pd.DataFrame:
     return s[(s["host"] == host) | s["host"].isna()]
 
 
-def _col(frame: pd.DataFrame | None, name: str) -> np.ndarray:
-    if frame is None or len(frame) == 0:
-        return np.empty(0)
-    if name not in frame.columns:
-        return np.full(len(frame), np.nan)
-    values: np.ndarray = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-    return values
 
 
 def _min(a: np.ndarray) -> float | None:
@@ -196,9 +190,3 @@ def _min(a: np.ndarray) -> float | None:
     return float(a.min()) if a.size else None
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

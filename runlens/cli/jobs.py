@@ -10,28 +10,9 @@ from typing import Any
 import click
 
 from runlens.cli import cli, db_option, handle_errors
+from runlens.humanize import duration as format_duration
+from runlens.humanize import gb as format_gb
 from runlens.store import open_store
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def format_gb(value: float | None, total: float | None = None) -> str:
-    if value is None:
-        return "-"
-    if total:
-        return f"{value:.1f} / {total:.1f} GB"
-    return f"{value:.1f} GB"
 
 
 def render_table(headers: list[str], rows: list[list[str]]) -> str:
