@@ -248,6 +248,27 @@ def test_py_spy_failure_says_why() -> None:
     assert r.threads is None and "py-spy could not run" in (r.error or "")
 
 
+def test_without_py_spy_the_evidence_says_which_source_was_used_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No py-spy: this process's stacks come from sys._current_frames, the child has none, and both say why."""
+    monkeypatch.setattr(st, "py_spy_path", lambda: None)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ev = st.gather(os.getpid(), own_threads=st.current_threads())
+    finally:
+        child.kill()
+        child.wait()
+    assert ev.stack_source == "sys._current_frames"
+    (kid,) = [p for p in ev.processes if p.pid == child.pid]
+    assert kid.stack_error is not None and "py-spy is not installed" in kid.stack_error
+    assert any("py-spy is not installed" in n for n in ev.notes)
+    assert "test_without_py_spy_the_evidence_says_which_source_was_used_and_why" in ev.stacks_text
+
+
+def test_py_spy_permission_error_names_the_fix() -> None:
+    msg = st._py_spy_error("Error: Permission Denied: Try running again with elevated permissions by going 'sudo'")
+    assert "cannot attach" in msg and "SYS_PTRACE" in msg and "ptrace_scope" in msg
+
+
 # -- the hang rule and goodput on a hand-built job -------------------------------------------------------
 
 def _job(events: list[dict[str, Any]], *, status: str = "timed_out", n: int = 20, dt: float = 1.0,

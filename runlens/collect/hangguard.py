@@ -153,7 +153,7 @@ class StallGuard:
         self._last_step_id = 0
         self._progress_at: float | None = None
         self._monitor_seen = False
-        self._evidenced_for: float | None = None   # progress time whose stall already has a hang_suspected
+        self._evidence_at: float | None = None   # time of the latest hang_suspected (the Monitor's or ours)
         self._failed = False
         self._own_sampler: Any = None
         self.ticks = 0
@@ -252,29 +252,30 @@ class StallGuard:
             else:
                 soft, kind = cfg.hang.hang_timeout, "fixed"
                 progress = max(self._last_output, self._started)
-        if view["hang_at"] is not None and view["hang_at"] >= progress - 1e-6:
-            self._evidenced_for = progress   # the Monitor has recorded this stall
-        base = {"phase": view["phase"] or ("startup" if view["progress_at"] is None and monitor else
-                                           ("train" if monitor else None)),
-                "last_step": view["last_step"], "progress_source": source}
+        if view["hang_at"] is not None:   # the Monitor's own reports count as this stall's evidence
+            self._evidence_at = max(self._evidence_at or 0.0, float(view["hang_at"]))
+        phase = view["phase"]
+        if phase is None and monitor:
+            phase = "train" if view["progress_at"] is not None else "startup"
+        base = {"phase": phase, "last_step": view["last_step"], "progress_source": source}
 
         if soft is not None:
             timeouts.append(soft)
             since = now - progress
             # The Monitor's C timer fired and its watchdog thread did not claim the stall: it is starved.
             timer = self._unclaimed_timer_dump(progress, now, soft)
-            if timer is not None and self._evidenced_for != progress:
+            if timer is not None and not self._evidenced(progress):
                 self._record_hang(progress, now_detected=timer.timer_dump_at or now, timeout=soft, kind=kind,
                                   base=base, starved=True, stacks_file=timer)
             margin = BACKSTOP_MARGIN + 2 * cfg.flush_interval if monitor else 0.0
-            if since >= soft + margin and self._evidenced_for != progress:
+            if since >= soft + margin and not self._evidenced(progress):
                 self._record_hang(progress, now_detected=progress + soft + margin, timeout=soft, kind=kind,
                                   base=base, starved=False)
             if cfg.kill_armed:
                 hard = cfg.hard_after(soft)
                 timeouts.append(hard)
                 if since >= hard:
-                    if self._evidenced_for != progress:
+                    if not self._evidenced(progress):
                         self._record_hang(progress, now_detected=now, timeout=soft, kind=kind, base=base,
                                           starved=False)
                     self._kill(f"no progress for {since:.0f}s (hard timeout {hard:g}s)", base, since, hard)
@@ -285,7 +286,7 @@ class StallGuard:
             quiet_since = max(self._last_output or self._started, self._started)
             quiet = now - quiet_since
             if quiet >= cfg.no_output_timeout:
-                if self._evidenced_for != quiet_since:
+                if not self._evidenced(quiet_since):
                     self._record_hang(quiet_since, now_detected=now, timeout=cfg.no_output_timeout,
                                       kind="no_output", base={**base, "progress_source": "output"}, starved=False)
                 self._kill(f"no output for {quiet:.0f}s (no-output timeout {cfg.no_output_timeout:g}s)",
@@ -293,6 +294,10 @@ class StallGuard:
                 return GUARD_POLL_MIN
         shortest = min(timeouts) if timeouts else 60.0
         return min(max(shortest / 8.0, GUARD_POLL_MIN), GUARD_POLL_MAX)
+
+    def _evidenced(self, progress: float) -> bool:
+        """Whether the stall that began at ``progress`` already has a ``hang_suspected`` event."""
+        return self._evidence_at is not None and self._evidence_at >= progress - 1e-6
 
     # -- what the store says ---------------------------------------------------------------------------
 
@@ -459,7 +464,7 @@ class StallGuard:
 
     def _record_hang(self, progress: float, *, now_detected: float, timeout: float, kind: str,
                      base: dict[str, Any], starved: bool, stacks_file: _StacksFile | None = None) -> None:
-        self._evidenced_for = progress
+        self._evidence_at = max(self._evidence_at or 0.0, now_detected)
         proc = self.supervisor.proc
         if proc is None:
             return
