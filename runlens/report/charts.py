@@ -194,6 +194,9 @@ def format_tick(value: float, step: float) -> str:
     if value == 0:
         return "0"
     magnitude = max(abs(value), step)
+    if magnitude >= 1e9:   # a diverged loss: "3e12", not a 10-character label cut off by the margin
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{_trim(mantissa)}e{int(exponent)}"
     if magnitude >= 1e6:
         return _trim(f"{value / 1e6:.{_decimals(step / 1e6)}f}") + "M"
     if magnitude >= 1e4:
@@ -462,7 +465,11 @@ def line_chart(
     y_lo, y_hi = min(values), max(values)
     notes = [note] if note else []
     if clip_outliers and len(values) >= 20:
-        typical = sorted(values)[int(0.99 * (len(values) - 1))]
+        ordered = sorted(values)
+        typical = ordered[int(0.99 * (len(values) - 1))]
+        p90 = ordered[int(0.90 * (len(values) - 1))]
+        if p90 > 0 and typical > 100 * p90:
+            typical = p90   # a divergence: the last few percent of the run climb by orders of magnitude
         if typical > 0 and y_hi > 4 * typical:
             notes.append(f"Peaks up to {y_hi:.3g}{unit} run off the top; the axis shows the typical range.")
             y_hi = typical * 1.6
@@ -562,8 +569,11 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     start = _finite(tl.get("start_time"))
     if start is None:
         start = min(all_t)
+    # Minutes for real runs; seconds for one that lasted under three minutes, so its axis reads 0, 10, 20.
+    unit = 60.0 if max(all_t) - start >= 180 else 1.0
+    unit_name = "min" if unit == 60.0 else "s"
     series = [
-        Series(key, name, [(x - start) / 60.0 for x in xs], ys, style)
+        Series(key, name, [(x - start) / unit for x in xs], ys, style)
         for key, name, style, xs, ys in raw_series
     ]
     drawable = [s for s in series if any(y is not None for y in s.ys)]
@@ -596,10 +606,10 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     markers: list[Marker] = []
     for e in events:
         t = float(e["timestamp"])
-        minute = (t - start) / 60.0
+        minute = (t - start) / unit
         text = str(e.get("label") or e.get("type") or "event")
         severity = str(e.get("severity") or "info")
-        tooltip = f"{text} ({e.get('type') or 'event'}, {severity}) at {minute:.1f} min, {_clock(t)}"
+        tooltip = f"{text} ({e.get('type') or 'event'}, {severity}) at {minute:.1f} {unit_name}, {_clock(t)}"
         markers.append(Marker(minute, text, tooltip, severity if severity in SEVERITY_COLOURS else "info"))
     x_all = minutes + [m.x for m in markers]
     x_lo, x_hi = min(min(x_all), 0.0), max(x_all)
@@ -623,10 +633,10 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     if show_gpu_total and gpu_total is not None:
         hlines.append(HLine(gpu_total, f"GPU total {gpu_total:.1f} GB", OKABE_ITO["purple"]))
 
-    desc = _memory_desc(drawable, total, minutes, len(markers))
+    desc = _memory_desc(drawable, total, [m * unit / 60.0 for m in minutes], len(markers))
     parts = _svg_open(frame, label, desc, "chart-memory")
     parts += _bands(frame, bands)
-    parts += _axes(frame, "minutes since start", "GB")
+    parts += _axes(frame, "minutes since start" if unit == 60.0 else "seconds since start", "GB")
     parts += _hlines(frame, hlines)
     parts += _markers(frame, markers)
     parts.append(_clip_def(frame, "clip-memory"))
@@ -634,7 +644,7 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     for s in drawable:
         parts += _series_path(frame, s)
     parts.append("</g>")
-    parts += _peak(frame, drawable[0], _raw_peak(tl, drawable[0].key, start))
+    parts += _peak(frame, drawable[0], _raw_peak(tl, drawable[0].key, start, unit))
     parts.append("</svg>")
 
     legend = _legend(_with_missing(series, drawable), [(f"zone-{b.cls}", b.label) for b in bands])
@@ -653,14 +663,16 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     return _figure(Markup("".join(parts)), legend, " ".join(notes), cls="chart-memory")
 
 
-def _raw_peak(timeline: Mapping[str, Any], key: str, start: float) -> tuple[float, float] | None:
+def _raw_peak(
+    timeline: Mapping[str, Any], key: str, start: float, unit: float = 60.0
+) -> tuple[float, float] | None:
     """The analyzer's raw maximum for a series (``metrics_timeline.peaks``, optional), in chart units."""
     peaks = timeline.get("peaks")
     peak = peaks.get(key) if isinstance(peaks, Mapping) else None
     if not isinstance(peak, Mapping):
         return None
     value, t = _finite(peak.get("value")), _finite(peak.get("timestamp"))
-    return None if value is None or t is None else ((t - start) / 60.0, value)
+    return None if value is None or t is None else ((t - start) / unit, value)
 
 
 def _memory_desc(
@@ -823,7 +835,7 @@ def _peak(frame: _Frame, series: Series, raw_peak: tuple[float, float] | None = 
 
 # (title, y label, zero-based, clip outliers, [(key, legend label, style), ...])
 TRAINING_CHARTS: list[tuple[str, str, bool, bool, list[tuple[str, str, LineStyle]]]] = [
-    ("Loss", "loss", False, False, [("loss", "Loss", LineStyle("blue", None, 1.6))]),
+    ("Loss", "loss", False, True, [("loss", "Loss", LineStyle("blue", None, 1.6))]),
     (
         "Learning rate",
         "learning rate",
@@ -835,7 +847,7 @@ TRAINING_CHARTS: list[tuple[str, str, bool, bool, list[tuple[str, str, LineStyle
         "Gradient norm",
         "norm",
         False,
-        False,
+        True,
         [("gradient_norm", "Gradient norm", LineStyle("green", None, 1.6))],
     ),
     (
@@ -877,7 +889,7 @@ def training_charts(timeline: Mapping[str, Any] | None) -> list[tuple[str, Marku
                     y_label=y_label,
                     zero_based=zero_based,
                     clip_outliers=clip,
-                    unit=" s" if clip else "",
+                    unit=" s" if y_label == "seconds" else "",
                     empty_message=f"No {title.lower()} recorded",
                 ),
             )
