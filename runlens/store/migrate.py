@@ -62,7 +62,9 @@ def _exclusive(engine: Engine) -> Iterator[None]:
             with lock:
                 yield
         except Timeout:
-            raise StoreUnavailable(str(path), f"timed out waiting for {lock.lock_file} (another runlens migrating?)")
+            raise StoreUnavailable(
+                str(path), f"timed out waiting for {lock.lock_file} (another runlens migrating?)"
+            ) from None
         return
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
