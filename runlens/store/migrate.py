@@ -8,11 +8,13 @@ PostgreSQL advisory lock, and the version is checked again once the lock is held
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from runlens.errors import SchemaTooNew, StoreUnavailable
 from runlens.redact import redact_url
@@ -82,14 +84,36 @@ def _check_known(found: str | None, url: str) -> None:
         raise SchemaTooNew(found, HEAD_REVISION, redact_url(url))
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Bring the store to HEAD_REVISION, or raise SchemaTooNew without writing anything."""
+def ensure_schema(engine: Engine, *, retry_for: float = 30.0) -> None:
+    """Bring the store to HEAD_REVISION, or raise SchemaTooNew without writing anything.
+
+    A SQLite file that does not exist yet is created entirely under the lock: the first connection switches
+    it to WAL, and processes racing through that switch can be told "database is locked" at once, without
+    SQLite's busy handler. A lock error that still gets through is retried for ``retry_for`` seconds.
+    """
+    deadline = time.monotonic() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            _ensure_schema_once(engine)
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+
+def _ensure_schema_once(engine: Engine) -> None:
     url = str(engine.url)
-    with engine.connect() as conn:
-        found = current_revision(conn)
-    _check_known(found, url)
-    if found == HEAD_REVISION:
-        return
+    path = sqlite_path(url)
+    fresh = path is not None and (not path.exists() or path.stat().st_size == 0)
+    if not fresh:
+        with engine.connect() as conn:
+            found = current_revision(conn)
+        _check_known(found, url)
+        if found == HEAD_REVISION:
+            return
     with _exclusive(engine):
         with engine.begin() as conn:
             found = current_revision(conn)
