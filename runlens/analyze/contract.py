@@ -16,11 +16,13 @@ Health = Literal["good", "warning", "critical"]
 SEVERITY_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 
 
-class Goodput(TypedDict):
+class Goodput(TypedDict, total=False):
     ratio: float | None                 # productive step time / wall time, 0..1
     productive_seconds: float
     wall_seconds: float
     lost_seconds: dict[str, float]      # startup, data_wait, eval_and_checkpoints, stalls_and_hangs, monitoring, other
+    stall_steps: int                    # steps slower than median + 5 MAD (their excess is in stalls_and_hangs)
+    end_source: str                     # what ended the wall clock: "ended_at", "now" (live job), "last_seen"
 
 
 class Summary(TypedDict, total=False):
@@ -85,6 +87,7 @@ class Analysis(TypedDict, total=False):
     monitoring_cost: list[dict[str, Any]]   # operation, calls, total_seconds, share_of_wall, on_training_thread
     hangs: list[dict[str, Any]]         # timestamp, phase, last_step, seconds_since_progress, cause, stacks
     environment: dict[str, Any]         # host, cpu, gpus, python, torch, runlens versions
+    notes: list[str]                    # what the analysis could not do (a missing log, a rule that failed)
 
 
 # metrics_timeline, as built by the analyzer and drawn by the report. Each series is downsampled for drawing
@@ -99,6 +102,7 @@ class Analysis(TypedDict, total=False):
 #     "training": {name: {"x": [step...], "y": [value...]}},   # loss, learning_rate, gradient_norm,
 #                                                             # step_time_seconds, data_time_seconds
 #     "events": [{"timestamp": t, "type": str, "label": str, "severity": Severity}],   # at most 200
+#     "peaks": {name: {"value": float, "timestamp": t}},   # each memory series' raw maximum and its time
 #     "raw_counts": {"samples": int, "steps": int, "events": int},
 #   }
 SeriesXY = dict[str, list[float | None]]
