@@ -8,7 +8,7 @@
 """
 
 from runlens._version import __version__
-from runlens.errors import ConfigError, JobNotFound, LogUnreadable, RunlensError, SchemaTooNew, StoreUnavailable
+from runlens.core.errors import ConfigError, JobNotFound, LogUnreadable, RunlensError, SchemaTooNew, StoreUnavailable
 
 __all__ = [
     "ConfigError",

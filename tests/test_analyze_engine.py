@@ -24,7 +24,7 @@ from runlens.analyze.jobdata import JobData
 from runlens.analyze.load import job_settings, load_job
 from runlens.analyze.timeline import build_timeline
 from runlens.cli import cli
-from runlens.settings import Settings
+from runlens.core.settings import Settings
 from runlens.store import Store
 from runlens.store.frames import latest_analysis, load_frames, save_analysis
 from runlens.store.writer import BatchWriter

@@ -23,13 +23,12 @@ from runlens.collect.wrapper import (
     ChildSupervisor,
     LogTee,
     _LineAssembler,
-    absolute_db_url,
     child_environment,
     end_status,
     redact_argv,
 )
-from runlens.redact import REDACTED
-from runlens.store import Store, open_store
+from runlens.core.redact import REDACTED
+from runlens.store import Store, absolute_db_url, open_store
 
 TINY = Path(__file__).parent / "scripts" / "train_tiny.py"
 
@@ -494,7 +493,7 @@ def test_tick_hooks_run_on_every_sample_and_can_kill_the_group(tmp_path: Path, d
         if len(seen) == 3:
             supervisor.kill_group(signal.SIGKILL, "test hook")
 
-    from runlens.settings import Settings
+    from runlens.core.settings import Settings
 
     code = run_collect([sys.executable, "-c", "import time; time.sleep(60)"], db=db_url,
                        log=str(tmp_path / "log.txt"), settings=Settings(sample_interval=0.1, flush_interval=0.1),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runlens.demo import scenario_config, worker_cache_mb
+from runlens.demo.run import scenario_config, worker_cache_mb
 from runlens.store import open_store
 
 pytestmark = pytest.mark.slow

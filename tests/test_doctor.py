@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from runlens.cli import cli
-from runlens.doctor import CHECKS, FAIL, PASS, SKIP, WARN, judge_nofile, run_doctor
+from runlens.doctor.checks import CHECKS, FAIL, PASS, SKIP, WARN, judge_nofile, run_doctor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,7 +36,7 @@ def probes_left(since: float) -> list[int]:
     left = []
     for p in psutil.process_iter(["cmdline", "create_time", "status"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if ("runlens.doctor --probe" in cmd and p.info["create_time"] >= since - 1
+        if ("runlens.doctor.checks --probe" in cmd and p.info["create_time"] >= since - 1
                 and p.info["status"] != psutil.STATUS_ZOMBIE):
             left.append(p.pid)
     return left

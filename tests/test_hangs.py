@@ -22,10 +22,11 @@ import pytest
 from runlens.analyze.health import goodput
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.rules import hangs as hang_rules
-from runlens.collect import stacks as st
+from runlens.collect import stacks as capture
+from runlens.core import stacks as st
 from runlens.collect.hangguard import HANG_EXIT_CODE, GuardConfig
 from runlens.collect.watchdog import HangSettings, Progress, StallBudget, Watchdog, phase_budget
-from runlens.settings import Settings
+from runlens.core.settings import Settings
 from runlens.store import open_store
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -93,7 +94,7 @@ def test_phase_budgets_match_aliases_and_prefixes_and_grow_with_the_last_duratio
 
 
 def test_hang_settings_come_from_settings_and_env() -> None:
-    from runlens.settings import settings_from_env
+    from runlens.core.settings import settings_from_env
 
     s = settings_from_env(Settings(), {"RUNLENS_HANG_TIMEOUT": "90", "RUNLENS_STARTUP_GRACE": "60"})
     hs = HangSettings.from_settings(s)
@@ -239,21 +240,21 @@ def test_a_starved_watchdog_means_a_native_call_held_the_gil() -> None:
 
 
 def test_process_state_reads_proc() -> None:
-    me = st.process_state(os.getpid(), "main")
+    me = capture.process_state(os.getpid(), "main")
     assert me.status in ("R", "S") and me.name
 
 
 def test_py_spy_failure_says_why() -> None:
-    r = st.py_spy_dump(os.getpid(), exe="/nonexistent/py-spy")
+    r = capture.py_spy_dump(os.getpid(), exe="/nonexistent/py-spy")
     assert r.threads is None and "py-spy could not run" in (r.error or "")
 
 
 def test_without_py_spy_the_evidence_says_which_source_was_used_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
     """No py-spy: this process's stacks come from sys._current_frames, the child has none, and both say why."""
-    monkeypatch.setattr(st, "py_spy_path", lambda: None)
+    monkeypatch.setattr(capture, "py_spy_path", lambda: None)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        ev = st.gather(os.getpid(), own_threads=st.current_threads())
+        ev = capture.gather(os.getpid(), own_threads=capture.current_threads())
     finally:
         child.kill()
         child.wait()
@@ -265,7 +266,7 @@ def test_without_py_spy_the_evidence_says_which_source_was_used_and_why(monkeypa
 
 
 def test_py_spy_permission_error_names_the_fix() -> None:
-    msg = st._py_spy_error("Error: Permission Denied: Try running again with elevated permissions by going 'sudo'")
+    msg = capture._py_spy_error("Error: Permission Denied: Try running again with elevated permissions by going 'sudo'")
     assert "cannot attach" in msg and "SYS_PTRACE" in msg and "ptrace_scope" in msg
 
 
@@ -467,7 +468,7 @@ def test_native_call_holding_the_gil_is_caught_from_outside(tmp_path: Path, env:
     assert d["watchdog_starved"] and d["cause"] == "native_gil"
     assert "hold_the_gil_forever" in d["stacks"]
     assert d["stack_source"] in ("py-spy", "faulthandler")
-    if st.py_spy_path() is not None:
+    if capture.py_spy_path() is not None:
         main = st.main_thread(hang_rules.threads_of(d), d["pid"])
         assert main is not None and main.owns_gil
     TIMINGS["gil"] = lag = latency(run, hangs[0])
@@ -494,7 +495,7 @@ def test_dataloader_worker_that_never_returns(tmp_path: Path, env: dict[str, str
     assert "_try_get_data" in d["stacks"]
     workers = [p for p in d["processes"] if p["role"] == "worker"]
     assert len(workers) == 2
-    if st.py_spy_path() is not None:
+    if capture.py_spy_path() is not None:
         assert "wait_forever_for_item" in d["stacks"]
     TIMINGS["dataloader"] = lag = latency(run, hang)
     assert 3.0 <= lag <= 3.0 + 3.0, lag
@@ -515,7 +516,7 @@ def test_child_that_prints_then_goes_silent(tmp_path: Path, env: dict[str, str],
     (hang,) = events_of(run, "hang_suspected")
     d = hang["details"]
     assert d["progress_source"] == "output" and d["timeout_kind"] == kind and d["detected_by"] == "runlens collect"
-    if st.py_spy_path() is not None:
+    if capture.py_spy_path() is not None:
         assert "stall_without_output" in d["stacks"] and d["stack_source"] == "py-spy"
     TIMINGS[f"silent-{kind}"] = d["seconds_since_progress"]
     assert 2.0 - 0.5 <= d["seconds_since_progress"] <= 2.0 + 1.5

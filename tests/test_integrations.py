@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from runlens.analyze.api import analyze_job
+from runlens.report.job import analyze_job
 from runlens.analyze.configedit import HF_PREFIX, get_path, is_config_path
 from runlens.analyze.configpaths import resolve_config
-from runlens.dialects import GENERIC, HUGGINGFACE, LIGHTNING, detect_dialect
+from runlens.core.dialects import GENERIC, HUGGINGFACE, LIGHTNING, detect_dialect
 from runlens.store import Store, open_store
 
 pytestmark = pytest.mark.slow
@@ -355,7 +355,7 @@ def test_lightning_failure_is_failed_with_traceback(tmp_path: Path, child_env: d
 def test_runlens_imports_no_framework(child_env: dict[str, str]) -> None:
     """`import runlens` and the CLI never import transformers or Lightning (the integrations are opt-in)."""
     code = (
-        "import sys, runlens, runlens.cli, runlens.integrations, runlens.demo\n"
+        "import sys, runlens, runlens.cli, runlens.integrations, runlens.demo.run\n"
         "print(sorted(m for m in ('transformers', 'lightning', 'pytorch_lightning') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -21,7 +21,7 @@ from runlens.analyze.logparse import (
     parse_log,
     sidecar_path,
 )
-from runlens.errors import LogUnreadable
+from runlens.core.errors import LogUnreadable
 
 LOGS = Path(__file__).parent / "data" / "logs"
 

@@ -19,8 +19,8 @@ import pytest
 import runlens
 from runlens.collect.config import load_config
 from runlens.collect.cost import CostLedger
-from runlens.errors import ConfigError
-from runlens.redact import REDACTED
+from runlens.core.errors import ConfigError
+from runlens.core.redact import REDACTED
 from runlens.store import Store, open_store
 
 torch = pytest.importorskip("torch")

@@ -33,7 +33,7 @@ def test_wheel_lists_migrations_templates_and_typing_marker(wheel: Path) -> None
     assert "runlens/_migrations/versions/0002_gpus_costs_heartbeats.py" in names
     assert "runlens/_templates/report.html" in names and "runlens/_templates/base.html" in names
     assert "runlens/py.typed" in names and "runlens/__main__.py" in names
-    assert "runlens/demo_train.py" in names
+    assert "runlens/demo/train.py" in names
     assert not any(n.startswith(("tests/", "migrations/", "templates/")) for n in names)
 
 
@@ -41,7 +41,7 @@ def test_installed_wheel_migrates_and_renders_from_its_own_copies(wheel: Path, t
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import runlens.resources as r, runlens.report.html as h\n"
+        "import runlens.core.resources as r, runlens.report.html as h\n"
         "from runlens.store import open_store\n"
         "print(r.resource_dir('migrations')); print(r.resource_dir('templates'))\n"
         "s = open_store('db.sqlite'); j = s.create_job(name='from-wheel')\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from runlens.errors import SchemaTooNew
+from runlens.core.errors import SchemaTooNew
 from runlens.store import open_store
 from runlens.store.migrate import HEAD_REVISION, upgrade
 from runlens.store.writer import BatchWriter

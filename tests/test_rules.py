@@ -16,7 +16,7 @@ from runlens.analyze.jobdata import JobData
 from runlens.analyze.logparse import LogFinding
 from runlens.analyze.registry import all_rules, run_rules
 from runlens.analyze.rules import memory, throughput, training
-from runlens.settings import Settings
+from runlens.core.settings import Settings
 
 T0 = 1_700_000_000.0
 AITK = {"job": "extension", "config": {"name": "lora", "process": [{
@@ -768,6 +768,6 @@ def test_collector_oom_suspicion_follows_memory() -> None:
     ({"monitoring": {"dialect": "huggingface"}, "lr": 1}, "huggingface"),
 ])
 def test_detect_dialect(config: Any, dialect: str) -> None:
-    from runlens.dialects import detect_dialect
+    from runlens.core.dialects import detect_dialect
 
     assert detect_dialect(config) == dialect

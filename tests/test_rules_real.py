@@ -284,8 +284,8 @@ def load(db: str, job_id: str) -> Any:
         if load_job is not None:
             return load_job(store, job_id)
         from runlens.analyze.jobdata import JobData
-        from runlens.dialects import detect_dialect
-        from runlens.settings import settings_from_monitoring_section
+        from runlens.core.dialects import detect_dialect
+        from runlens.core.settings import settings_from_monitoring_section
         from runlens.store.frames import load_frames
 
         fr = load_frames(store, job_id)

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from runlens.cli import cli
-from runlens.status import (
+from runlens.watch.status import (
     FAILED,
     NEVER_STARTED,
     RUNNING,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from runlens.errors import SchemaTooNew
+from runlens.core.errors import SchemaTooNew
 from runlens.store import Store, open_store
 from runlens.store.engine import create_store_engine
 from runlens.store.migrate import HEAD_REVISION, KNOWN_REVISIONS, _alembic_config, upgrade

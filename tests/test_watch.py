@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 from click.testing import CliRunner
 
-from runlens.alerts import (
+from runlens.watch.alerts import (
     Alert,
     Deduper,
     SlackNotifier,
@@ -25,9 +25,9 @@ from runlens.alerts import (
     slack_payload,
 )
 from runlens.cli import cli
-from runlens.status import FAILED, RUNNING, TIMED_OUT, WARNING
+from runlens.watch.status import FAILED, RUNNING, TIMED_OUT, WARNING
 from runlens.store import Store, open_store
-from runlens.watch import Watcher
+from runlens.watch.watcher import Watcher
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -28,7 +28,7 @@ from runlens.analyze.jobdata import JobData
 from runlens.analyze.measures import col
 from runlens.analyze.registry import Rule, run_rules
 from runlens.analyze.timeline import build_timeline
-from runlens.redact import redact
+from runlens.core.redact import redact
 
 __all__ = ["ERROR_EVENTS", "MAX_LOG_ERRORS", "build_analysis", "json_safe", "log_errors", "memory_at",
            "rank_recommendations", "summarize"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from runlens.errors import ConfigError
+from runlens.core.errors import ConfigError
 
 __all__ = ["NON_CONFIG_PREFIXES", "AppliedChange", "ApplyResult", "apply_recommendations", "format_path",
            "get_path", "is_config_path", "parse_path", "set_path"]
@@ -216,7 +216,7 @@ def _file_path_for(path: str, doc: Mapping[str, Any]) -> tuple[list[str | int] |
         return None, f"{path} is not a key path"
     if parts[0] == HF_PREFIX and HF_PREFIX not in doc:
         # TrainingArguments fields are flat in an HF args file (the `--config args.yaml` of HfArgumentParser).
-        from runlens.dialects import HUGGINGFACE, detect_dialect
+        from runlens.core.dialects import HUGGINGFACE, detect_dialect
 
         rest = parts[1:]
         if rest and (detect_dialect(doc) == HUGGINGFACE or (isinstance(rest[0], str) and rest[0] in doc)):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from runlens.analyze.configedit import get_path, parse_path
-from runlens.dialects import AITOOLKIT, GENERIC, HUGGINGFACE, LIGHTNING
+from runlens.core.dialects import AITOOLKIT, GENERIC, HUGGINGFACE, LIGHTNING
 
 if TYPE_CHECKING:
     from runlens.analyze.findings import Finding

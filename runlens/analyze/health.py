@@ -32,7 +32,7 @@ import pandas as pd
 from runlens.analyze.contract import SEVERITY_ORDER, Goodput
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
-from runlens.collect.cost import ONE_OFF_OPERATIONS
+from runlens.core.costs import ONE_OFF_OPERATIONS
 
 __all__ = ["LOST_PARTS", "OVERHEAD_PHASES", "STALL_MADS", "goodput", "health_score", "main_rank", "run_window"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from runlens.settings import Settings
+from runlens.core.settings import Settings
 
 
 @dataclass

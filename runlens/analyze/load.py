@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runlens.analyze.jobdata import JobData
-from runlens.dialects import DIALECTS, detect_dialect
-from runlens.errors import ConfigError, LogUnreadable
-from runlens.settings import Settings, settings_from_monitoring_section
+from runlens.core.dialects import DIALECTS, detect_dialect
+from runlens.core.errors import ConfigError, LogUnreadable
+from runlens.core.settings import Settings, settings_from_monitoring_section
 from runlens.store.frames import load_frames
 from runlens.store.store import Store
 

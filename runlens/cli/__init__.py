@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from runlens._version import __version__
-from runlens.errors import RunlensError
+from runlens.core.errors import RunlensError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -43,8 +43,8 @@ def analyze_command(job_id: str, log_path: str | None, as_json: bool, html_path:
 
     Exit codes: 0 ok, 1 runlens error, 2 bad input, 3 health at or above --fail-on.
     """
-    from runlens.analyze.api import analyze_job
-    from runlens.analyze.summary_text import format_summary
+    from runlens.report.job import analyze_job
+    from runlens.report.terminal import format_summary
     from runlens.store import open_store
 
     store = open_store(db, create=False)
@@ -70,7 +70,7 @@ def analyze_command(job_id: str, log_path: str | None, as_json: bool, html_path:
 @handle_errors
 def report_command(job_id: str, out: str | None, db: str | None) -> None:
     """Re-render the HTML report of JOB_ID from its stored analysis (no re-analysis)."""
-    from runlens.analyze.api import default_html_path, render_html, resolve_job_id
+    from runlens.report.job import default_html_path, render_html, resolve_job_id
     from runlens.store import open_store
     from runlens.store.frames import latest_analysis
 
@@ -106,8 +106,8 @@ def recommend_command(job_id: str, as_json: bool, apply_to: str | None, output: 
         raise click.UsageError("--apply needs -o/--output: runlens never modifies the input config")
     if output and not apply_to:
         raise click.UsageError("-o/--output is only used with --apply CONFIG")
-    from runlens.analyze.api import analyze_job, resolve_job_id
-    from runlens.analyze.summary_text import format_recommendations, format_value
+    from runlens.report.job import analyze_job, resolve_job_id
+    from runlens.report.terminal import format_recommendations, format_value
     from runlens.store import open_store
     from runlens.store.frames import latest_analysis
 

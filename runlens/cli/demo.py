@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from runlens.cli import cli, handle_errors
-from runlens.demo import DEFAULT_OUT
+from runlens.demo.run import DEFAULT_OUT
 
 
 @cli.command("demo")
@@ -50,8 +50,8 @@ def demo_command(scenario: str, db: str | None, out: str, steps: int | None, bac
     Takes under a minute and a half. The troubled run really diverges, really waits for its data and its
     DataLoader workers really hold memory: the report's recommendations come from measuring that.
     """
-    from runlens.analyze.summary_text import format_summary
-    from runlens.demo import run_demo
+    from runlens.report.terminal import format_summary
+    from runlens.demo.run import run_demo
 
     result = run_demo(scenario, db=db, out=out, steps=steps, backend=backend, echo=click.echo)
     click.echo("")

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from runlens.cli import cli, db_option, handle_errors
-from runlens.humanize import duration as format_duration
-from runlens.humanize import gb as format_gb
+from runlens.core.humanize import duration as format_duration
+from runlens.core.humanize import gb as format_gb
 from runlens.store import open_store
 
 

@@ -45,8 +45,8 @@ def status_command(job_id: str | None, db: str | None, as_json: bool, stale_minu
 
     A running job whose process on this machine has died without an end record is marked failed here.
     """
-    from runlens.status import job_status, settle_dead_jobs
-    from runlens.watch import describe_job, stale_seconds
+    from runlens.watch.status import job_status, settle_dead_jobs
+    from runlens.watch.watcher import describe_job, stale_seconds
 
     store = open_store(db, create=False)
     now = time.time()
@@ -136,8 +136,8 @@ def watch_command(job_ids: tuple[str, ...], db: str | None, interval: float, sta
     Each transition is printed as one line; with --webhook/--slack-webhook it is also delivered there, once
     per condition, retried with backoff. Webhook URLs are never printed in full: their secret is redacted.
     """
-    from runlens.alerts import Notifier, SlackNotifier, WebhookNotifier
-    from runlens.watch import Watcher
+    from runlens.watch.alerts import Notifier, SlackNotifier, WebhookNotifier
+    from runlens.watch.watcher import Watcher
 
     notifiers: list[Notifier] = []
     try:
@@ -187,7 +187,7 @@ def doctor_command(db: str | None, as_json: bool, workers: int | None, timeout: 
     Every check runs in a child process with a timeout, so doctor itself cannot hang. Exit code 1 if any
     check FAILs.
     """
-    from runlens.doctor import CHECKS, FAIL, run_doctor
+    from runlens.doctor.checks import CHECKS, FAIL, run_doctor
 
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:

@@ -1,7 +1,7 @@
 """The config snapshot a job is stored with, and the settings its ``monitoring:`` section implies.
 
 A run's config is the evidence a recommendation points into ("set ``dataloader_num_workers`` to 4"), so it is
-stored with the job exactly as the run saw it, minus secrets: it goes through ``runlens.redact.redact`` before it
+stored with the job exactly as the run saw it, minus secrets: it goes through ``runlens.core.redact.redact`` before it
 leaves this module. A config that cannot be read is the user's input error and raises ``ConfigError`` with one
 line that says where (the YAML/JSON parser's line and column), never a parser traceback.
 """
@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-from runlens.errors import ConfigError
-from runlens.redact import redact
-from runlens.settings import Settings, settings_from_env, settings_from_monitoring_section
+from runlens.core.errors import ConfigError
+from runlens.core.redact import redact
+from runlens.core.settings import Settings, settings_from_env, settings_from_monitoring_section
 
 ConfigSource = Union[str, "os.PathLike[str]", Mapping[str, Any], None]
 

@@ -27,9 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-ONE_OFF_OPERATIONS = frozenset({"start", "close"})
-THREAD_PREFIX = "runlens-"
-USER_PREFIX = "user:"
+from runlens.core.costs import ONE_OFF_OPERATIONS, THREAD_PREFIX, USER_PREFIX
 
 
 @dataclass

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from runlens._version import __version__
-from runlens.redact import redact_env
-from runlens.units import bytes_to_gib
+from runlens.core.redact import redact_env
+from runlens.core.units import bytes_to_gib
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runlens.units import bytes_to_gib
+from runlens.core.units import bytes_to_gib
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runlens.collect import stacks as st
+from runlens.collect import stacks as capture
+from runlens.core import stacks as st
 from runlens.collect.watchdog import (
     MARK_CLOSED,
     MARK_RECOVERED,
@@ -46,7 +47,7 @@ from runlens.collect.watchdog import (
     HangSettings,
     StallBudget,
 )
-from runlens.settings import Settings
+from runlens.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -337,10 +338,9 @@ class StallGuard:
     def _latest(self, *types: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for etype in types:
-            cols = ("id", "timestamp", "event_type") + (("details",) if etype in ("phase_start", "start") else ())
             try:
-                rows = self.store.rows("training_events", self.job_id, order_by="id", descending=True, limit=1,
-                                       columns=cols, where={"event_type": etype})
+                rows = self.store.recent_events(self.job_id, limit=1, event_type=etype,
+                                                with_details=etype in ("phase_start", "start"))
             except Exception:   # the store is busy or gone for a moment: the next poll asks again
                 log.debug("stall guard: reading %s events failed", etype, exc_info=True)
                 continue
@@ -351,8 +351,7 @@ class StallGuard:
     def _calibrate(self) -> None:
         """Feed the step intervals stored since the last poll into the guard's own calibration."""
         try:
-            rows = self.store.rows("step_metrics", self.job_id, order_by="id", descending=True,
-                                   limit=self.config.hang.calibration_window, columns=("id", "step_time_seconds"))
+            rows = self.store.recent_steps(self.job_id, limit=self.config.hang.calibration_window)
         except Exception:
             return
         for r in reversed(rows):
@@ -427,7 +426,7 @@ class StallGuard:
         a native call holds the GIL), then read it back."""
         asked: list[_StacksFile] = []
         proc = self.supervisor.proc
-        tree = {pid for pid, _ in st.process_tree(proc.pid)} if proc is not None else set()
+        tree = {pid for pid, _ in capture.process_tree(proc.pid)} if proc is not None else set()
         for f in self._files.values():
             signum = getattr(signal, f.signal, None) if f.signal else None
             if f.pid is None or signum is None or f.pid not in tree:
@@ -472,8 +471,8 @@ class StallGuard:
         dumps = self._fresh_dumps()
         monitor_pid = stacks_file.pid if stacks_file is not None else next(
             (f.pid for f in self._files.values() if f.pid is not None), None)
-        have_py_spy = st.py_spy_path() is not None
-        ev = st.gather(proc.pid, dumps=dumps, py_spy=True, main_pid=monitor_pid or proc.pid,
+        have_py_spy = capture.py_spy_path() is not None
+        ev = capture.gather(proc.pid, dumps=dumps, py_spy=True, main_pid=monitor_pid or proc.pid,
                        watchdog_starved=starved and not have_py_spy)
         if starved and ev.cause in ("unknown", "busy", "sleep"):
             ev.cause = "native_gil"   # the C timer fired and no Python thread could answer

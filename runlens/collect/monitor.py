@@ -59,9 +59,9 @@ from typing import Any, Callable, Deque, Iterable, Iterator, Mapping, TypeVar
 from runlens.collect.config import ConfigSource, check_setting_names, load_config, resolve_settings, to_jsonable
 from runlens.collect.cost import CostLedger, runlens_thread_cpu
 from runlens.collect.watchdog import Progress
-from runlens.dialects import detect_dialect
-from runlens.redact import redact
-from runlens.settings import Settings
+from runlens.core.dialects import detect_dialect
+from runlens.core.redact import redact
+from runlens.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ class Monitor:
             ``monitoring:`` section can set any runlens setting.
         db: store URL or SQLite path; default ``RUNLENS_DB`` or ``./runlens.db``.
         sampler: a ``SystemSampler``-like object (``.sample()``) to use instead of the real one; a seam for tests.
-        **settings_overrides: any ``runlens.settings.Settings`` field (``sample_interval=1.0``, ...); these win
+        **settings_overrides: any ``runlens.core.settings.Settings`` field (``sample_interval=1.0``, ...); these win
             over the config's ``monitoring:`` section and ``RUNLENS_*`` environment variables.
 
     Raises:
@@ -432,7 +432,7 @@ class Monitor:
 
     def _open(self) -> None:
         from runlens.collect.environment import describe_environment
-        from runlens.errors import StoreUnavailable
+        from runlens.core.errors import StoreUnavailable
         from runlens.store import new_job_id, open_store
         from runlens.store.writer import BatchWriter
 
@@ -711,13 +711,12 @@ class Monitor:
             folder = Path(base).expanduser()
         else:
             root = Path.cwd()
-            if store_url.startswith("sqlite"):
-                with contextlib.suppress(Exception):
-                    from sqlalchemy.engine import make_url
+            with contextlib.suppress(Exception):
+                from runlens.store import sqlite_path   # the store knows URLs; imported late like the store
 
-                    database = make_url(store_url).database
-                    if database and database != ":memory:" and not database.startswith("file:"):
-                        root = Path(database).expanduser().resolve().parent
+                database = sqlite_path(store_url)
+                if database is not None and not str(database).startswith("file:"):
+                    root = database.expanduser().resolve().parent
             folder = root / "runlens-runs" / job_id
         return folder.resolve() / f"stacks-{self._pid}.txt"
 

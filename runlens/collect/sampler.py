@@ -39,7 +39,7 @@ import psutil
 
 from runlens.collect.gpu import GpuProbe, GpuReading
 from runlens.collect.procs import DEFAULT_PSS_BUDGET, ProcessTree, TreeReading
-from runlens.units import bytes_to_gib
+from runlens.core.units import bytes_to_gib
 
 log = logging.getLogger(__name__)
 

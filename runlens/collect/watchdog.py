@@ -50,8 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from runlens.collect import stacks as st
-from runlens.settings import Settings
+from runlens.collect import stacks as capture
+from runlens.core import stacks as st
+from runlens.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +464,7 @@ class Watchdog:
         self._mark(MARK_SUSPECTED)
         self._suspect = {"since": p.last_progress, "timeout": timeout, "kind": kind, "phase": self._phase_label(p)}
         me = threading.get_ident()
-        own = [t for t in st.current_threads() if t.thread_id != me]
+        own = [t for t in capture.current_threads() if t.thread_id != me]
         source = "sys._current_frames"
         dump = self._latest_timeout_dump
         late: dict[str, Any] = {}
@@ -480,7 +481,7 @@ class Watchdog:
             details["in_loader"] = True
             details["loader_wait_seconds"] = now - p.loader_waiting_since
         dumps = {os.getpid(): dump} if dump else None
-        ev = st.gather(os.getpid(), own_threads=own, own_source=source, dumps=dumps, py_spy=self._py_spy,
+        ev = capture.gather(os.getpid(), own_threads=own, own_source=source, dumps=dumps, py_spy=self._py_spy,
                        watchdog_starved=starved)
         if p.loader_waiting_since is not None and ev.cause in ("unknown", "lock", "sleep"):
             ev.cause = "dataloader"   # waiting inside mon.loader(...): the data pipeline owes the next batch
@@ -500,7 +501,7 @@ class Watchdog:
         offset = self._wall() - self._clock()
         dump = self._latest_timeout_dump
         threads = dump.threads if dump else []
-        st.add_source_lines(threads)
+        capture.add_source_lines(threads)
         _name_threads(threads)
         stall = p.last_progress - before.last_progress
         details = self._base_details(before, timeout, timeout, self._window_kind)
@@ -532,7 +533,7 @@ class Watchdog:
 
     def _stacks_dumped(self, dump: st.Dump) -> None:
         threads = dump.threads
-        st.add_source_lines(threads)
+        capture.add_source_lines(threads)
         _name_threads(threads)
         self._emit("stacks_dumped", {"signal": self.registered_signal, "stack_source": "faulthandler",
                                      "stacks": st.format_threads(threads), "threads": [t.to_dict() for t in threads],

@@ -44,11 +44,11 @@ from typing import Any, BinaryIO, Protocol
 from runlens.collect.config import load_config, resolve_settings
 from runlens.collect.hangguard import HANG_EXIT_CODE, GuardConfig, StallGuard
 from runlens.collect.sampler import Sample, SamplerThread, SystemSampler
-from runlens.dialects import detect_dialect
-from runlens.errors import RunlensError
-from runlens.redact import REDACTED, is_secret_key, redact_url
-from runlens.settings import Settings
-from runlens.store import new_job_id, open_store
+from runlens.core.dialects import detect_dialect
+from runlens.core.errors import CommandNotStarted, LogNotWritable
+from runlens.core.redact import REDACTED, is_secret_key, redact_url
+from runlens.core.settings import Settings
+from runlens.store import absolute_db_url, new_job_id, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +61,6 @@ TEE_COALESCE_SECONDS = 0.05    # at most ~20 tee wake-ups a second: one per prin
 READ_CHUNK = 65536
 
 
-class CommandNotStarted(RunlensError):
-    """The command could not be started: not found (exit 127) or not executable (exit 126), as a shell says."""
-
-    def __init__(self, command: str, reason: str, exit_code: int) -> None:
-        self.command = command
-        self.reason = reason
-        self.exit_code = exit_code
-        super().__init__(f"cannot run {command!r}: {reason}")
-
-
-class LogNotWritable(RunlensError):
-    """The job's log file cannot be created."""
-
-    exit_code = 2
-
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"cannot write the log file {path}: {reason}")
-
-
 class ArrivalSink(Protocol):
     def line(self, line_number: int, t: float) -> None: ...
     def close(self) -> None: ...
@@ -90,7 +69,7 @@ class ArrivalSink(Protocol):
 def _arrival_writer(log_path: str) -> ArrivalSink | None:
     """The analyzer's arrival-time sidecar (``<log>.times``); None when it cannot be written (the log goes on)."""
     try:
-        from runlens.analyze.logparse import ArrivalWriter
+        from runlens.core.arrival import ArrivalWriter
     except ImportError:   # a runlens without the log parser: log.txt without arrival times
         logger.debug("no runlens.analyze.logparse.ArrivalWriter: log.txt is kept without arrival times")
         return None
@@ -480,18 +459,6 @@ def stacks_dir_for(log_path: Path, job_id: str) -> Path:
     if log_path.parent.name == job_id:
         return log_path.parent
     return log_path.parent / f"{log_path.name}.stacks"
-
-
-def absolute_db_url(url: str) -> str:
-    """A relative SQLite URL made absolute, so a child that changes directory still finds the same file."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url.startswith(prefix + "/"):
-        return url
-    rest = url[len(prefix):]
-    path, sep, query = rest.partition("?")
-    if not path or path.startswith(":memory:") or path.startswith("file:"):
-        return url
-    return prefix + str(Path(path).resolve()) + sep + query
 
 
 def _open_log(path: Path) -> tuple[BinaryIO, int]:

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any, Mapping
 
-from runlens.dialects import detect_dialect
+from runlens.core.dialects import detect_dialect
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ except ImportError:
 
 import torch
 
-from runlens.dialects import LIGHTNING
+from runlens.core.dialects import LIGHTNING
 from runlens.integrations._base import PhaseSlot, open_monitor, preload
 
 log = logging.getLogger(__name__)

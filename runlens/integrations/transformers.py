@@ -60,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         "pip install 'runlens[transformers]'"
     ) from exc
 
-from runlens.dialects import HUGGINGFACE
+from runlens.core.dialects import HUGGINGFACE
 from runlens.integrations._base import PhaseSlot, open_monitor, preload
 
 if TYPE_CHECKING:

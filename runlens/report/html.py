@@ -31,7 +31,7 @@ import jinja2
 from runlens._version import __version__
 from runlens.analyze.contract import SCHEMA_VERSION, SEVERITY_ORDER
 from runlens.report import charts
-from runlens.resources import resource_dir
+from runlens.core.resources import resource_dir
 
 __all__ = ["build_context", "make_environment", "render_report", "write_report"]
 

@@ -15,8 +15,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
-from runlens.errors import StoreUnavailable
-from runlens.redact import redact_url
+from runlens.core.errors import StoreUnavailable
+from runlens.core.redact import redact_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -29,6 +29,18 @@ def sqlite_path(url: str) -> Path | None:
     if not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+def absolute_db_url(url: str) -> str:
+    """A relative SQLite URL made absolute, so a child that changes directory still finds the same file."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/"):
+        return url
+    rest = url[len(prefix):]
+    path, sep, query = rest.partition("?")
+    if not path or path.startswith(":memory:") or path.startswith("file:"):
+        return url
+    return prefix + str(Path(path).resolve()) + sep + query
 
 
 def _check_sqlite_file(path: Path, url: str, create: bool) -> None:

@@ -28,8 +28,8 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.sql import Select
 
 from runlens._version import __version__
-from runlens.errors import StoreUnavailable
-from runlens.store.store import TABLES, Store, _reason
+from runlens.core.errors import StoreUnavailable
+from runlens.store.store import TABLES, Store, error_reason
 
 __all__ = ["JobFrames", "latest_analysis", "load_frames", "save_analysis"]
 
@@ -92,7 +92,7 @@ def load_frames(store: Store, job_id: str) -> JobFrames:
                                                 order=("timestamp", "device_index")))
             costs = timed("costs", lambda: _costs(cur, store.engine, job_id))
     except (OperationalError, DatabaseError) as exc:
-        raise StoreUnavailable(store.shown_url, _reason(exc)) from exc
+        raise StoreUnavailable(store.shown_url, error_reason(exc)) from exc
     except Exception as exc:
         # A DBAPI error from the raw cursor (sqlite3.OperationalError, psycopg.Error) is not wrapped by
         # SQLAlchemy; name it the same way so the CLI prints one line.

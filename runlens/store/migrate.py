@@ -16,9 +16,9 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from runlens.errors import SchemaTooNew, StoreUnavailable
-from runlens.redact import redact_url
-from runlens.resources import resource_dir
+from runlens.core.errors import SchemaTooNew, StoreUnavailable
+from runlens.core.redact import redact_url
+from runlens.core.resources import resource_dir
 from runlens.store.engine import sqlite_path
 
 log = logging.getLogger(__name__)

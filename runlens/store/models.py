@@ -1,7 +1,7 @@
 """The tables of a runlens store.
 
 Names and columns follow DESIGN.md's data model; columns are added, never renamed or dropped without a
-migration. Timestamps are UNIX seconds (REAL); ``_gb`` columns hold GiB (see ``runlens.units``).
+migration. Timestamps are UNIX seconds (REAL); ``_gb`` columns hold GiB (see ``runlens.core.units``).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
 from runlens._version import __version__
-from runlens.errors import JobNotFound, StoreUnavailable
-from runlens.redact import redact_url
-from runlens.settings import resolve_db_url
+from runlens.core.errors import JobNotFound, StoreUnavailable
+from runlens.core.redact import redact_url
+from runlens.core.settings import resolve_db_url
 from runlens.store import models
 from runlens.store.engine import create_store_engine
 from runlens.store.migrate import ensure_schema
@@ -76,7 +76,7 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except (OperationalError, DatabaseError) as exc:
-            raise StoreUnavailable(self.shown_url, _reason(exc)) from exc
+            raise StoreUnavailable(self.shown_url, error_reason(exc)) from exc
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -84,7 +84,7 @@ class Store:
             with self.engine.connect() as conn:
                 yield conn
         except (OperationalError, DatabaseError) as exc:
-            raise StoreUnavailable(self.shown_url, _reason(exc)) from exc
+            raise StoreUnavailable(self.shown_url, error_reason(exc)) from exc
 
     # -- writing -------------------------------------------------------------------------------------
 
@@ -191,7 +191,8 @@ class Store:
     def rows(self, table: str, job_id: str, order_by: str = "id", columns: Sequence[str] | None = None,
              where: Mapping[str, Any] | None = None, limit: int | None = None,
              descending: bool = False) -> list[dict[str, Any]]:
-        """Rows of one job from ``table`` as dicts (tests, status and small reads; analysis uses frames)."""
+        """Rows of one job from ``table`` as dicts, for tests and debugging; runlens's own code uses the named
+        queries above, and analysis uses frames."""
         t = TABLES[table]
         cols = [t.c[c] for c in columns] if columns else [t]
         q = select(*cols).where(t.c.job_id == job_id)
@@ -203,6 +204,38 @@ class Store:
             q = q.limit(limit)
         with self.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
+
+    # -- the few reads the watchers need (status, watch, the hang guard): named, so no caller knows tables --
+
+    def recent_events(self, job_id: str, limit: int = 50, event_type: str | None = None,
+                      with_details: bool = True) -> list[dict[str, Any]]:
+        """The job's newest events first (``id``, ``timestamp``, ``event_type`` and ``details``), optionally of
+        one type."""
+        t = TABLES["training_events"]
+        cols = [t.c.id, t.c.timestamp, t.c.event_type] + ([t.c.details] if with_details else [])
+        q = select(*cols).where(t.c.job_id == job_id)
+        if event_type is not None:
+            q = q.where(t.c.event_type == event_type)
+        q = q.order_by(t.c.timestamp.desc(), t.c.id.desc()).limit(limit)
+        with self.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def recent_steps(self, job_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The job's last ``limit`` step rows as written, newest first: ``id``, ``step``, ``loss``,
+        ``batch_size``, ``step_time_seconds``."""
+        t = TABLES["step_metrics"]
+        q = (select(t.c.id, t.c.step, t.c.loss, t.c.batch_size, t.c.step_time_seconds)
+             .where(t.c.job_id == job_id).order_by(t.c.id.desc()).limit(limit))
+        with self.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def latest_sample(self, job_id: str) -> dict[str, Any] | None:
+        """The job's newest system sample (every column), or None before the first."""
+        t = TABLES["metrics_samples"]
+        q = select(t).where(t.c.job_id == job_id).order_by(t.c.timestamp.desc()).limit(1)
+        with self.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row is not None else None
 
     def count(self, table: str, job_id: str | None = None) -> int:
         t = TABLES[table]
@@ -235,7 +268,8 @@ def _uniform_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[dict[
     return [{**fill, **r} for r in rows]
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def error_reason(exc: SQLAlchemyError) -> str:
+    """The first line of the database's own message, for one-line errors."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -259,7 +293,7 @@ def open_store(db: str | None = None, *, create: bool = True, migrate: bool = Tr
             ensure_schema(engine)
     except (OperationalError, DatabaseError) as exc:
         engine.dispose()
-        raise StoreUnavailable(redact_url(url), _reason(exc)) from None
+        raise StoreUnavailable(redact_url(url), error_reason(exc)) from None
     except Exception:
         engine.dispose()
         raise

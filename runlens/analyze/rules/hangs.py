@@ -23,7 +23,7 @@ from runlens.analyze.findings import Finding
 from runlens.analyze.health import run_window
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
-from runlens.collect import stacks as st
+from runlens.core import stacks as st
 
 _SETTINGS_SHOWN = ("startup_grace", "hang_timeout", "uncalibrated_timeout", "calibrated_min", "calibrated_max",
                    "calibration_steps", "warmup_steps", "calibration_factor", "hard_timeout", "kill_grace",

@@ -19,7 +19,7 @@ from runlens.analyze.configpaths import apply_ref, precision_change, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
-from runlens.dialects import HUGGINGFACE
+from runlens.core.dialects import HUGGINGFACE
 
 # Categories whose evidence a measured rule already reports (see the module docstring).
 OWNED = {"cuda_oom": "memory.oom", "mps_oom": "memory.oom", "cpu_oom": "memory.oom",

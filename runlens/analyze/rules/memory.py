@@ -22,7 +22,7 @@ from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
-from runlens.dialects import AITOOLKIT, HUGGINGFACE, LIGHTNING
+from runlens.core.dialects import AITOOLKIT, HUGGINGFACE, LIGHTNING
 
 THETA = 0.85            # safety factor of the batch-size formula (§5.2; accelerate shrinks by 0.9)
 SWAP_GROWTH_GB = 1.0    # §5.3 M3: Δswap_used > 1 GB during training

@@ -16,7 +16,7 @@ from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
-from runlens.collect.cost import ONE_OFF_OPERATIONS
+from runlens.core.costs import ONE_OFF_OPERATIONS
 
 INPUT_BOUND = 0.05       # PyTorch profiler TB plugin and TF "moderately input-bound" (§2.2, §2.3)
 HIGHLY_INPUT_BOUND = 0.20  # TF "HIGHLY input-bound"

@@ -20,7 +20,7 @@ from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
-from runlens.dialects import AITOOLKIT
+from runlens.core.dialects import AITOOLKIT
 
 SPIKE_RATIO = 2.0        # llm-foundry: loss ≥ 2× the running mean (here: median)
 SPIKE_SIGMAS = 6.0       # OLMo-core: > mean + 6σ over the window (here: a robust σ from the IQR)

@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
-from runlens.alerts import Alert, Deduper, Notifier, last_log_line, remedy_for
-from runlens.errors import JobNotFound
-from runlens.status import (
+from runlens.watch.alerts import Alert, Deduper, Notifier, last_log_line, remedy_for
+from runlens.core.errors import JobNotFound
+from runlens.watch.status import (
     DEFAULT_STALE_AFTER,
     LIVE_STATES,
     RUNNING,
@@ -56,17 +56,15 @@ def job_context(store: Store, job: Mapping[str, Any]) -> dict[str, Any]:
     """The job row plus what alerts quote: last step, loss and batch size, last worker count."""
     job_id = str(job["job_id"])
     ctx = dict(job)
-    steps = store.rows("step_metrics", job_id, order_by="step", descending=True, limit=20,
-                       columns=("step", "loss", "batch_size"))
+    steps = store.recent_steps(job_id, limit=20)
     if steps:
         if ctx.get("last_step") is None:
             ctx["last_step"] = steps[0]["step"]
         ctx["last_loss"] = next((r["loss"] for r in steps if r["loss"] is not None), None)
         ctx["last_batch_size"] = next((r["batch_size"] for r in steps if r["batch_size"] is not None), None)
-    samples = store.rows("metrics_samples", job_id, order_by="timestamp", descending=True, limit=1,
-                         columns=("worker_count",))
-    if samples:
-        ctx["last_worker_count"] = samples[0]["worker_count"]
+    sample = store.latest_sample(job_id)
+    if sample:
+        ctx["last_worker_count"] = sample["worker_count"]
     return ctx
 
 
@@ -99,8 +97,7 @@ def describe_job(store: Store, job: Mapping[str, Any], *, now: float,
                  stale_after: float = DEFAULT_STALE_AFTER) -> dict[str, Any]:
     """Everything ``runlens status JOB`` shows: the state and why, liveness, progress, log line, remedy."""
     job_id = str(job["job_id"])
-    events = store.rows("training_events", job_id, order_by="timestamp", descending=True, limit=50,
-                        columns=("event_type", "timestamp", "details"))
+    events = store.recent_events(job_id)
     event = relevant_event(job, events)
     status = compute_status(job, now=now, stale_after=stale_after, last_event=event)
     alert = build_alert(store, job, status, None, now=now, event=event)
@@ -130,7 +127,7 @@ class Watcher:
         stale_minutes: liveness is stale after this long without a heartbeat (None: 30 s).
         notifiers: where alerts go (SlackNotifier, WebhookNotifier); each transition is also printed.
         clock, sleep: injected so tests drive time.
-        host, pid_alive: this machine's name and the pid probe, as in ``runlens.status``.
+        host, pid_alive: this machine's name and the pid probe, as in ``runlens.watch.status``.
         out: where transition lines go (default: stdout).
     """
 
@@ -186,8 +183,7 @@ class Watcher:
             seen.add(job_id)
             if job_id in settled:
                 job = {**self.store.get_job(job_id), "last_sample_at": job.get("last_sample_at")}
-            events = self.store.rows("training_events", job_id, order_by="timestamp", descending=True,
-                                     limit=50, columns=("event_type", "timestamp", "details"))
+            events = self.store.recent_events(job_id)
             event = relevant_event(job, events)
             status = compute_status(job, now=now, stale_after=self.stale_after, host=self.host,
                                     pid_alive=self.pid_alive, last_event=event)

@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import psutil
 
-from runlens.humanize import duration
-from runlens.settings import Settings
+from runlens.core.humanize import duration
+from runlens.core.settings import Settings
 
 if TYPE_CHECKING:
     from runlens.store import Store
@@ -394,8 +394,7 @@ def compute_status(
 def job_status(store: Store, job: Mapping[str, Any], *, now: float, stale_after: float = DEFAULT_STALE_AFTER,
                host: str | None = None, pid_alive: Callable[[int], bool] = pid_alive) -> RunStatus:
     """``compute_status`` for a stored job, fetching the event it needs."""
-    events = store.rows("training_events", str(job["job_id"]), order_by="timestamp", descending=True,
-                        limit=50, columns=("event_type", "timestamp", "details"))
+    events = store.recent_events(str(job["job_id"]))
     return compute_status(job, now=now, stale_after=stale_after, host=host, pid_alive=pid_alive,
                           last_event=relevant_event(job, events))
 

@@ -1,7 +1,10 @@
 """``analyze_job``: load, analyse, store, render. What ``runlens analyze`` does, callable from Python.
 
+It lives in the report layer because it is the one place that runs the whole read side in order: the
+analyzer builds the document, the store keeps it, the report renders it.
+
     from runlens.store import open_store
-    from runlens.analyze.api import analyze_job
+    from runlens.report.job import analyze_job
 
     result = analyze_job(open_store("runlens.db", create=False), "lora-run-20261122-110642-3fa9c1")
     result.analysis["summary"]["health_score"], result.html_path
@@ -17,8 +20,9 @@ from typing import Any, Mapping
 
 from runlens.analyze.analysis import build_analysis
 from runlens.analyze.load import load_job
-from runlens.errors import JobNotFound
+from runlens.core.errors import JobNotFound
 from runlens.store.frames import save_analysis
+from runlens.report.html import write_report
 from runlens.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,8 +34,8 @@ __all__ = ["AnalyzeResult", "analyze_job", "default_html_path", "render_html", "
 class AnalyzeResult:
     """The document, the id of the AnalysisReport row it was stored as, and the HTML report written.
 
-    ``html_error`` says why no report was written when one was asked for (the report module is missing, the
-    path is not writable); the analysis itself is still complete and stored.
+    ``html_error`` says why no report was written when one was asked for (the path is not
+    writable); the analysis itself is still complete and stored.
     """
 
     analysis: dict[str, Any]
@@ -92,12 +96,8 @@ def default_html_path(job: Mapping[str, Any]) -> Path:
 
 
 def render_html(analysis: Mapping[str, Any], path: Path) -> tuple[Path | None, str | None]:
-    """Write the report; returns (path written, None) or (None, why not). Never raises on a missing report
-    module or an unwritable path: the analysis is the product, the HTML a view of it."""
-    try:
-        from runlens.report.html import write_report
-    except ImportError as exc:
-        return None, f"the HTML report is not available in this runlens ({exc})"
+    """Write the report; returns (path written, None) or (None, why not). Never raises on an unwritable
+    path: the analysis is the product, the HTML a view of it."""
     try:
         return write_report(dict(analysis), path), None
     except OSError as exc:

@@ -8,7 +8,11 @@ turns them into one line on stderr and an exit code, and anything else is a bug.
     ├── SchemaTooNew(found, known)     the database was written by a newer runlens  (exit 2)
     ├── JobNotFound(job_id)            no such job in this store                    (exit 2)
     ├── ConfigError(path, reason)      a config file that cannot be read or parsed  (exit 2)
-    └── LogUnreadable(path, reason)    a log file that cannot be read               (exit 2)
+    ├── LogUnreadable(path, reason)    a log file that cannot be read               (exit 2)
+    ├── LogNotWritable(path, reason)   the job's log file cannot be created         (exit 2)
+    ├── CommandNotStarted(command, reason, exit_code)
+    │                                  ``runlens collect``'s command cannot start   (exit 127 or 126)
+    └── BrokenInstall(what)            a file runlens ships is missing              (exit 1)
 """
 
 from __future__ import annotations
@@ -77,3 +81,34 @@ class LogUnreadable(RunlensError):
         self.path = path
         self.reason = reason
         super().__init__(f"cannot read log file {path}: {reason}")
+
+
+class LogNotWritable(RunlensError):
+    """The job's log file cannot be created."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot write the log file {path}: {reason}")
+
+
+class CommandNotStarted(RunlensError):
+    """The command could not be started: not found (exit 127) or not executable (exit 126), as a shell says."""
+
+    def __init__(self, command: str, reason: str, exit_code: int) -> None:
+        self.command = command
+        self.reason = reason
+        self.exit_code = exit_code
+        super().__init__(f"cannot run {command!r}: {reason}")
+
+
+class BrokenInstall(RunlensError):
+    """A folder that runlens ships (its migrations, its templates) is missing: the install is incomplete."""
+
+    def __init__(self, what: str, where: str) -> None:
+        self.what = what
+        self.where = where
+        super().__init__(f"this runlens install has no {what} folder (looked beside {where}); "
+                         "reinstall with 'pip install --force-reinstall runlens'")

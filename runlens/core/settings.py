@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from runlens.errors import ConfigError
+from runlens.core.errors import ConfigError
 
 DEFAULT_DB_URL = "sqlite:///runlens.db"
 

@@ -4,12 +4,12 @@ What a newcomer's first command has to show is the point of runlens: a run with 
 recommendations that come from measuring them. So the demo does what a user would do:
 
 1. writes the scenario's ``config.yaml`` into the output folder;
-2. runs ``runlens collect --config config.yaml -- python -m runlens.demo_train ...`` as a child process, so
+2. runs ``runlens collect --config config.yaml -- python -m runlens.demo.train ...`` as a child process, so
    the wrapper samples the process tree (DataLoader workers included) and the Monitor inside records every
    step;
-3. analyses the job (``runlens.analyze.api.analyze_job``), writes the HTML report and prints the summary.
+3. analyses the job (``runlens.report.job.analyze_job``), writes the HTML report and prints the summary.
 
-Scenarios (``runlens.demo_train`` says how each problem really happens):
+Scenarios (``runlens.demo.train`` says how each problem really happens):
 
 * ``troubled`` (the default): four DataLoader workers that each build their own cache of decoded samples, a
   slow per-sample decode, and a learning-rate warm-up past the point where SGD is stable. Expected findings:
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from runlens.units import GIB
+from runlens.core.units import GIB
 
 SCENARIOS = ("troubled", "healthy")
 DEFAULT_OUT = "runlens-demo"
@@ -156,9 +156,9 @@ def run_demo(
     Raises:
         ValueError: an unknown scenario. RunlensError: the store or the analysis failed.
     """
-    from runlens.analyze.api import analyze_job
-    from runlens.errors import RunlensError
-    from runlens.settings import resolve_db_url
+    from runlens.report.job import analyze_job
+    from runlens.core.errors import RunlensError
+    from runlens.core.settings import resolve_db_url
     from runlens.store import open_store
 
     out_dir = Path(out).expanduser().resolve()
@@ -183,7 +183,7 @@ def run_demo(
         "--",
         sys.executable,
         "-m",
-        "runlens.demo_train",
+        "runlens.demo.train",
         "--config",
         str(config_path),
         "--out",

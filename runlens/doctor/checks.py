@@ -1,7 +1,7 @@
 """``runlens doctor``: the environment checks that explain hangs before they happen.
 
 Each check is a *probe* that gathers facts and a *judge* that turns them into PASS/WARN/FAIL/SKIP with a
-fix. Probes run in a child (``python -m runlens.doctor --probe NAME``, arguments on stdin, result on stdout)
+fix. Probes run in a child (``python -m runlens.doctor.checks --probe NAME``, arguments on stdin, result on stdout)
 under a timeout, in their own process group, killed as a group when late: a statvfs on a dead NFS mount, a
 DataLoader whose workers deadlock or a CUDA init that never returns shows up as a FAIL row instead of a doctor
 that hangs like the training run it is meant to explain. Judges are pure functions in the parent.
@@ -125,8 +125,8 @@ def probe_disk(paths: Sequence[str], statvfs: StatVFS = os.statvfs) -> dict[str,
 
 def probe_store(url: str) -> dict[str, Any]:
     """Open the store and make a write inside a transaction that is rolled back; create nothing."""
-    from runlens.errors import RunlensError
-    from runlens.redact import redact_url
+    from runlens.core.errors import RunlensError
+    from runlens.core.redact import redact_url
     from runlens.store import open_store
     from runlens.store.engine import sqlite_path
 
@@ -346,7 +346,7 @@ def run_probe(name: str, args: Mapping[str, Any], *, timeout: float,
     outlives a kill would hold a pipe open and make reading it block, which is the hang we are avoiding.
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "runlens.doctor", "--probe", name],
+        proc = subprocess.Popen([sys.executable, "-m", "runlens.doctor.checks", "--probe", name],
                                 stdin=subprocess.PIPE, stdout=out, stderr=err, env=dict(env),
                                 start_new_session=True)
         try:
@@ -677,7 +677,7 @@ def run_doctor(
         statvfs: a stand-in for ``os.statvfs`` (tests); when given, the shm and disk probes run in this
             process with it, since a fake cannot cross into a child.
     """
-    from runlens.settings import resolve_db_url
+    from runlens.core.settings import resolve_db_url
     from runlens.store.engine import sqlite_path
 
     unknown = [n for n in (checks or ()) if n not in CHECKS]
@@ -765,9 +765,9 @@ def _judge(name: str, facts: Mapping[str, Any], *, workers: int | None, timeout:
 
 
 def _main(argv: Sequence[str]) -> int:
-    """Child entry: ``python -m runlens.doctor --probe NAME`` with JSON arguments on stdin."""
+    """Child entry: ``python -m runlens.doctor.checks --probe NAME`` with JSON arguments on stdin."""
     if len(argv) != 2 or argv[0] != "--probe" or argv[1] not in PROBES:
-        print(f"usage: python -m runlens.doctor --probe {{{','.join(PROBES)}}}  (use `runlens doctor`)",
+        print(f"usage: python -m runlens.doctor.checks --probe {{{','.join(PROBES)}}}  (use `runlens doctor`)",
               file=sys.stderr)
         return 2
     raw = sys.stdin.read()

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from runlens.humanize import duration
-from runlens.redact import redact_url
+from runlens.core.humanize import duration
+from runlens.core.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _host_oom_remedy(job: Mapping[str, Any]) -> str:
 
 
 # Matched in order against "<cause> <reason>"; the first hit gives the remedy. Causes come from
-# runlens.status (cuda_oom, host_oom, nccl_timeout, ...), reasons from the collectors' own words.
+# runlens.watch.status (cuda_oom, host_oom, nccl_timeout, ...), reasons from the collectors' own words.
 def _stall_remedy(job: Mapping[str, Any]) -> str:
     pid = job.get("pid") or "PID"
     return (f"see where it is stuck: `py-spy dump --pid {pid}`, or the stacks runlens took "

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+from runlens.core.errors import BrokenInstall
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent   # runlens/
 
 
 def resource_dir(name: str) -> Path:
-    """Return the folder for ``name`` ("migrations" or "templates")."""
+    """Return the folder for ``name`` ("migrations" or "templates").
+
+    Raises:
+        BrokenInstall: neither copy exists.
+    """
     for candidate in (_PACKAGE_DIR / f"_{name}", _PACKAGE_DIR.parent / name):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"runlens resource folder {name!r} not found beside {_PACKAGE_DIR}")
+    raise BrokenInstall(name, str(_PACKAGE_DIR))

@@ -1,7 +1,7 @@
 """The training job behind ``runlens demo``: a small regression model trained on the CPU, instrumented with
 the Monitor exactly as the README shows, whose config decides whether it is healthy or troubled.
 
-    python -m runlens.demo_train --config config.yaml --out DIR
+    python -m runlens.demo.train --config config.yaml --out DIR
 
 Nothing in here fakes a measurement. The troubled scenario's problems really happen and runlens measures them:
 
