@@ -37,7 +37,7 @@ pytestmark = [
 
 
 def _load_sample_analysis() -> Callable[..., dict[str, Any]]:
-    path = Path(__file__).resolve().parents[1] / "bench" / "make_sample_report.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "make_sample_report.py"
     spec = importlib.util.spec_from_file_location("runlens_bench_make_sample_report", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -23,7 +23,7 @@ from runlens.analyze.logparse import (
 )
 from runlens.core.errors import LogUnreadable
 
-LOGS = Path(__file__).parent / "data" / "logs"
+LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 
 # fixture -> (category that must be found, at this level)
 EXPECTED: dict[str, tuple[str, str]] = {

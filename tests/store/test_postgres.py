@@ -22,7 +22,7 @@ from runlens.store.migrate import HEAD_REVISION, upgrade
 from runlens.store.writer import BatchWriter
 
 pytestmark = pytest.mark.postgres
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

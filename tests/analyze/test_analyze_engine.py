@@ -681,7 +681,7 @@ def pg_store() -> Iterator[Store]:
 
     url = os.environ.get("RUNLENS_TEST_PG_URL")
     if not url:
-        script = Path(__file__).resolve().parents[1] / ".ci" / "start-postgres.sh"
+        script = Path(__file__).resolve().parents[2] / ".ci" / "start-postgres.sh"
         out = subprocess.run(["bash", str(script)], capture_output=True, text=True)
         if out.returncode != 0:
             pytest.skip(f"no PostgreSQL server: {out.stderr.strip()}")

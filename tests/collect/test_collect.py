@@ -30,7 +30,7 @@ from runlens.collect.wrapper import (
 from runlens.core.redact import REDACTED
 from runlens.store import Store, absolute_db_url, open_store
 
-TINY = Path(__file__).parent / "scripts" / "train_tiny.py"
+TINY = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny.py"
 
 from runlens.analyze.logparse import ArrivalIndex, sidecar_path
 

@@ -6,7 +6,7 @@ the rules. The workload measures the same quantity independently (worker PSS wit
 ``__getitem__``, the first non-finite loss, the process's RSS when the allocation failed) and the test asserts the
 finding, its severity, its config path, and that its quantified impact is within 25 % of what was measured.
 
-The workloads live in this file and run as ``python tests/test_rules_real.py WORKLOAD DB OUT.json``.
+The workloads live in this file and run as ``python tests/analyze/test_rules_real.py WORKLOAD DB OUT.json``.
 """
 
 from __future__ import annotations

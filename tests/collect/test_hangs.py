@@ -29,7 +29,7 @@ from runlens.collect.watchdog import HangSettings, Progress, StallBudget, Watchd
 from runlens.core.settings import Settings
 from runlens.store import open_store
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 T0 = 1_700_000_000.0
 
 
