@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from runlens.analyze.configedit import get_path, parse_path
+from runlens.core.configpath import get_path, parse_path
 from runlens.core.dialects import AITOOLKIT, GENERIC, HUGGINGFACE, LIGHTNING
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ CONCEPTS: tuple[str, ...] = tuple(sorted(set(AITOOLKIT_PATHS) | set(HUGGINGFACE_
 # -- reading a path --------------------------------------------------------------------------------------
 
 def _get(config: Any, path: str) -> tuple[bool, Any]:
-    """configedit.get_path, with a malformed (user-written) path read as "not found"."""
+    """configpath.get_path, with a malformed (user-written) path read as "not found"."""
     try:
         return get_path(config, path)
     except ValueError:

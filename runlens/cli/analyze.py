@@ -120,7 +120,7 @@ def recommend_command(job_id: str, as_json: bool, apply_to: str | None, output: 
     recs = list(analysis.get("recommendations") or [])
 
     if apply_to:
-        from runlens.analyze.configedit import apply_recommendations
+        from runlens.report.tuned_config import apply_recommendations
 
         result = apply_recommendations(apply_to, recs, output or "")
         if as_json:

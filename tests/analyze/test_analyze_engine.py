@@ -17,14 +17,15 @@ from click.testing import CliRunner
 
 from runlens.analyze import registry
 from runlens.analyze.analysis import build_analysis, error_counts, json_safe, memory_at, rank_recommendations
-from runlens.analyze.configedit import apply_recommendations, format_path, get_path, parse_path, set_path
 from runlens.analyze.findings import Finding
 from runlens.analyze.health import LOST_PARTS, goodput, health_score, run_window
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.load import job_settings, load_job
 from runlens.analyze.timeline import build_timeline
 from runlens.cli import cli
+from runlens.core.configpath import format_path, get_path, parse_path, set_path
 from runlens.core.settings import Settings
+from runlens.report.tuned_config import apply_recommendations
 from runlens.store import Store
 from runlens.store.frames import latest_analysis, load_frames, save_analysis
 from runlens.store.writer import BatchWriter

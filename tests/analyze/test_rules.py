@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from runlens.analyze import configpaths
-from runlens.analyze.configedit import parse_path
+from runlens.core.configpath import parse_path
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.logparse import LogFinding
@@ -109,7 +109,7 @@ def healthy_job(**kw: Any) -> JobData:
 # -- config paths ------------------------------------------------------------------------------------------
 
 def test_every_table_path_parses() -> None:
-    """Each dialect's paths use configedit's grammar, so `recommend --apply` can set them."""
+    """Each dialect's paths use runlens.core.configpath's grammar, so `recommend --apply` can set them."""
     for table in configpaths.TABLES.values():
         for entry in table.values():
             for p in (entry.path, entry.lookup, *entry.aliases):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from runlens.report.job import analyze_job
-from runlens.analyze.configedit import HF_PREFIX, get_path, is_config_path
+from runlens.core.configpath import HF_PREFIX, get_path, is_config_path
 from runlens.analyze.configpaths import resolve_config
 from runlens.core.dialects import GENERIC, HUGGINGFACE, LIGHTNING, detect_dialect
 from runlens.store import Store, open_store
