@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import click
 
+from runlens.core import humanize
+
 __all__ = ["format_recommendations", "format_summary", "format_value"]
 
 _HEALTH_COLOURS = {"good": "green", "warning": "yellow", "critical": "red"}
@@ -113,19 +115,12 @@ def _memory(peak: Any, total: Any) -> str:
     if not isinstance(peak, (int, float)):
         return "not sampled"
     if isinstance(total, (int, float)) and total > 0:
-        return f"{peak:.1f} / {total:.1f} GB ({peak / total:.0%})"
-    return f"{peak:.1f} GB"
+        return f"{humanize.gb(peak, total)} ({peak / total:.0%})"
+    return humanize.gb(peak)
 
 
 def _duration(minutes: Any) -> str:
-    if not isinstance(minutes, (int, float)) or not math.isfinite(minutes):
-        return "unknown"
-    seconds = minutes * 60
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if minutes < 90:
-        return f"{minutes:.1f} min"
-    return f"{minutes / 60:.1f} h ({minutes:.0f} min)"
+    return humanize.run_length(minutes if isinstance(minutes, (int, float)) else None)
 
 
 def _steps(s: Mapping[str, Any]) -> str:

@@ -15,20 +15,18 @@ import jinja2
 import pytest
 
 from runlens.analyze.contract import SCHEMA_VERSION
-from runlens.report import charts
-from runlens.report.html import (
+from runlens.report import charts_memory, charts_training, svg
+from runlens.report.context import build_context
+from runlens.report.formatting import (
     MAX_LOG_ERRORS,
-    build_context,
     fmt_duration,
     fmt_gb,
     fmt_pct,
     fmt_timestamp,
     fmt_value,
-    make_environment,
-    render_report,
     severity_class,
-    write_report,
 )
+from runlens.report.html import make_environment, render_report, write_report
 
 XSS = "<script>window.__pwned=1</script>"
 SECTION_ORDER = [
@@ -431,12 +429,12 @@ def test_fmt_value_and_severity_class() -> None:
     ],
 )
 def test_nice_ticks(lo: float, hi: float, expected: list[float]) -> None:
-    ticks, _ = charts.nice_ticks(lo, hi, 5 if hi != 122.4 else 6)
+    ticks, _ = svg.nice_ticks(lo, hi, 5 if hi != 122.4 else 6)
     assert ticks == pytest.approx(expected)
 
 
 def test_nice_ticks_degenerate_range() -> None:
-    ticks, step = charts.nice_ticks(5.0, 5.0)
+    ticks, step = svg.nice_ticks(5.0, 5.0)
     assert ticks[0] <= 5.0 <= ticks[-1] and step > 0
 
 
@@ -454,7 +452,7 @@ def test_nice_ticks_degenerate_range() -> None:
     ],
 )
 def test_format_tick(value: float, step: float, expected: str) -> None:
-    assert charts.format_tick(value, step) == expected
+    assert svg.format_tick(value, step) == expected
 
 
 @pytest.mark.parametrize(
@@ -463,28 +461,28 @@ def test_format_tick(value: float, step: float, expected: str) -> None:
     ids=["no-series", "empty-series", "all-none"],
 )
 def test_memory_chart_placeholder(memory: dict[str, Any]) -> None:
-    figure = str(charts.memory_timeline({"memory": memory}))
+    figure = str(charts_memory.memory_timeline({"memory": memory}))
     assert "No memory samples recorded" in figure
     ET.fromstring(figure)
 
 
 def test_one_point_series_draws_a_dot() -> None:
     figure = str(
-        charts.memory_timeline(
+        charts_memory.memory_timeline(
             {"start_time": 100.0, "memory": {"system_used_gb": {"x": [100.0], "y": [4.2]}}}
         )
     )
     assert "<circle" in figure and "No memory" not in figure
     small = str(
-        charts.line_chart(
-            [charts.Series("loss", "Loss", [3.0], [1.0], charts.LineStyle("blue"))], label="Loss"
+        charts_training.line_chart(
+            [svg.Series("loss", "Loss", [3.0], [1.0], svg.LineStyle("blue"))], label="Loss"
         )
     )
     assert "<circle" in small
 
 
 def test_training_chart_placeholders_keep_the_grid() -> None:
-    figures = charts.training_charts({"training": {"loss": {"x": [1, 2, 3], "y": [3.0, 2.0, 1.0]}}})
+    figures = charts_training.training_charts({"training": {"loss": {"x": [1, 2, 3], "y": [3.0, 2.0, 1.0]}}})
     assert [title for title, _ in figures] == ["Loss", "Learning rate", "Gradient norm", "Step time"]
     assert "No learning rate recorded" in str(figures[1][1])
     assert "<path" in str(figures[0][1])
@@ -492,7 +490,7 @@ def test_training_chart_placeholders_keep_the_grid() -> None:
 
 def test_gaps_break_the_line() -> None:
     figure = str(
-        charts.memory_timeline(
+        charts_memory.memory_timeline(
             {"memory": {"system_used_gb": {"x": [0, 60, 120, 180, 240], "y": [1.0, 2.0, None, 3.0, 4.0]}}}
         )
     )
@@ -508,7 +506,7 @@ def test_events_have_tooltips_and_thresholds_have_zones() -> None:
         "thresholds": {"warning_ratio": 0.85, "critical_ratio": 0.95},
         "events": [{"timestamp": 1200.0, "type": "oom_kill", "label": "OOM kill", "severity": "critical"}],
     }
-    figure = str(charts.memory_timeline(timeline))
+    figure = str(charts_memory.memory_timeline(timeline))
     assert "<title>OOM kill (oom_kill, critical) at 20.0 min" in figure
     assert 'class="zone zone-warning"' in figure and 'class="zone zone-critical"' in figure
     assert "RAM total 120.0 GB" in figure
@@ -516,7 +514,7 @@ def test_events_have_tooltips_and_thresholds_have_zones() -> None:
 
 def test_small_usage_of_a_big_machine_keeps_the_lines_readable() -> None:
     figure = str(
-        charts.memory_timeline(
+        charts_memory.memory_timeline(
             {"memory": {"system_used_gb": {"x": [0, 60], "y": [10.0, 12.0]}}, "total_memory_gb": 1024.0}
         )
     )
@@ -527,7 +525,7 @@ def test_step_time_outliers_run_off_the_top() -> None:
     ys = [0.4] * 500
     ys[0] = 40.0
     figures = dict(
-        charts.training_charts({"training": {"step_time_seconds": {"x": list(range(500)), "y": ys}}})
+        charts_training.training_charts({"training": {"step_time_seconds": {"x": list(range(500)), "y": ys}}})
     )
     assert "Peaks up to 40 s run off the top" in str(figures["Step time"])
 
@@ -539,6 +537,6 @@ def test_raw_peak_from_the_analyzer_is_labelled() -> None:
         "memory": {"system_used_gb": {"x": [0, 60, 120], "y": [1.0, 5.0, 2.0]}},
         "peaks": {"system_used_gb": {"value": 5.26, "timestamp": 60.0}},
     }
-    assert "peak 5.3 GB" in str(charts.memory_timeline(timeline))
+    assert "peak 5.3 GB" in str(charts_memory.memory_timeline(timeline))
     del timeline["peaks"]
-    assert "peak 5.0 GB" in str(charts.memory_timeline(timeline))
+    assert "peak 5.0 GB" in str(charts_memory.memory_timeline(timeline))
