@@ -12,10 +12,10 @@ just waiting. Instead, once per flush:
 2. the rows wait, in step order, until ``event.query()`` says the copy is done (checked at the next flushes;
    never a ``synchronize()``, which would spin); then the host buffer's values replace the tensors and the
    rows go on to the step converter as plain floats;
-3. a row held longer than ``max_hold`` seconds, a flush someone waits for, and the close wait for their
-   event by polling ``query()`` with short sleeps, bounded, so the CPU stays idle and a hung device cannot
-   hang the writer: at close, values still not there after ``close_timeout`` are stored as missing rather
-   than losing the rows.
+3. a row held longer than ``max_hold`` seconds (once), a flush someone waits for, and the close wait for
+   their event by polling ``query()`` with short sleeps, bounded, so the CPU stays idle and a hung device
+   cannot hang the writer: events and samples keep flowing while a step waits, and at close, values still
+   not there after ``close_timeout`` are stored as missing rather than losing the rows.
 
 Everything else (floats, ints, CPU tensors, numpy scalars) passes through untouched for the step converter,
 which costs no synchronisation. Device scalars are recognised by duck typing (``is_cuda`` or
@@ -148,6 +148,7 @@ class _Chunk:
     rows: list[Any]
     started: float
     gathers: list[_Gather] = field(default_factory=list)
+    waited: bool = False   # one bounded wait past max_hold; after that only query() until a flush asks
 
 
 class DeviceScalarResolver:
@@ -292,8 +293,9 @@ class DeviceScalarResolver:
             chunk = self._chunks[0]
             if not all(g.copier.ready(g.handle) for g in chunk.gathers):
                 if deadline is None:
-                    if self._clock() - chunk.started < self.max_hold:
+                    if chunk.waited or self._clock() - chunk.started < self.max_hold:
                         break
+                    chunk.waited = True
                     deadline = self._clock() + self.hold_wait
                 if not all(g.copier.wait(g.handle, max(0.0, deadline - self._clock()))
                            for g in chunk.gathers):
