@@ -1,7 +1,8 @@
 """The ``runlens`` command line: parse, call one library function, print.
 
-Each command family lives in its own module here; this one holds the group, the shared ``--db`` option and the
-edge where runlens errors become one line on stderr and an exit code (0 ok, 1 runlens error, 2 bad input).
+Each command lives in its own module here (``analyze`` also holds ``report`` and ``recommend``, the commands
+that read one job's analysis); this one holds the group, the shared ``--db`` option and the edge where runlens
+errors become one line on stderr and an exit code (0 ok, 1 runlens error, 2 bad input).
 """
 
 from __future__ import annotations
@@ -56,19 +57,8 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="runlens: %(message)s")
 
 
-def _register() -> None:
-    # Imported here so each module can use the helpers above; each adds its commands to ``cli``.
-    from runlens.cli import jobs  # noqa: F401
-
-    for optional in ("collect", "analyze", "watch", "demo"):
-        try:
-            __import__(f"runlens.cli.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"runlens.cli.{optional}":
-                raise
-
-
-_register()
+# Imported after the helpers above, which each command module uses; importing one adds its commands to ``cli``.
+from runlens.cli import analyze, collect, db, demo, doctor, jobs, status, watch  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ laptop as on an idle CI runner, without ever pressing the machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runlens.core.units import GIB
+
+log = logging.getLogger(__name__)
 
 SCENARIOS = ("troubled", "healthy")
 DEFAULT_OUT = "runlens-demo"
@@ -57,9 +60,9 @@ class DemoResult:
 def worker_cache_mb(workers: int = TROUBLED_WORKERS, vm: Any = None) -> int:
     """Per-worker cache size for the troubled scenario, from the memory in use and free right now.
 
-    The analyzer calls workers a memory lever when they hold at least 15 % of the memory in use
-    (research/analysis.md §5.3 M4); a quarter of the current use in all clears that on any machine, and the
-    caps keep the demo harmless (at most 4 GB, at most a quarter of what is available).
+    The analyzer's workers rule calls workers a memory lever when they hold at least 15 % of the memory in
+    use; a quarter of the current use in all clears that on any machine, and the caps keep the demo harmless
+    (at most 4 GB, at most a quarter of what is available).
     """
     if vm is None:
         import psutil
@@ -141,7 +144,7 @@ def run_demo(
     out: str | os.PathLike[str] = DEFAULT_OUT,
     steps: int | None = None,
     backend: str = "auto",
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the demo job under ``runlens collect``, analyse it and write the HTML report.
 
@@ -151,7 +154,7 @@ def run_demo(
         out: folder for the config, the job's log, checkpoints and the report.
         steps: optimizer steps (default 400 troubled, 600 healthy).
         backend: "torch", "numpy" or "auto" (torch when installed).
-        echo: where progress lines go.
+        echo: where progress lines go (the CLI passes its printer; default: this module's logger).
 
     Raises:
         ValueError: an unknown scenario. RunlensError: the store or the analysis failed.
@@ -161,6 +164,8 @@ def run_demo(
     from runlens.core.settings import resolve_db_url
     from runlens.store import open_store
 
+    if echo is None:
+        echo = log.info
     out_dir = Path(out).expanduser().resolve()
     run_dir = out_dir / scenario
     db_url = resolve_db_url(db or str(out_dir / "runlens.db"))

@@ -5,9 +5,8 @@ exponential backoff, and a notifier that is down only costs a log line. Webhook 
 path (Slack: ``/services/T…/B…/<secret>``) or the query, so every message that names one goes through
 ``redact_url``; the raw URL lives only in the notifier object.
 
-Dedup follows resilience.md §10.2 row 17: one alert per (job, pid, condition) while the condition lasts,
-cleared when the run recovers or restarts under a new pid (FlagScale's detector never cleared its key and
-missed every stall after the first).
+Dedup: one alert per (job, pid, condition) while the condition lasts, cleared when the run recovers or
+restarts under a new pid (a detector that never clears its key misses every stall after the first).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A run's state from its heartbeats: the state machine behind ``runlens status`` and ``runlens watch``.
 
-Two signals, kept apart on purpose (research/resilience.md §10.2 rows 1-2):
+Two signals, kept apart on purpose:
 
 * **liveness**: samples arriving (``heartbeat_at``, written by the store's writer every sample interval,
   5 s by default; a step also counts as a sign of life) and, when the job runs on this host, its process
@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 import psutil
 
 from runlens.core.humanize import duration
+from runlens.core.numbers import parse_float
+from runlens.core.oom import CUDA_OOM_TEXT, HOST_OOM_TEXT
 from runlens.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ STATES = (RUNNING, WARNING, TIMED_OUT, SUCCEEDED, FAILED, NEVER_STARTED)
 TERMINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, NEVER_STARTED})
 LIVE_STATES = frozenset({RUNNING, WARNING})
 
-# resilience.md §10.2 row 2: publish every 5 s, stale after 30 s (six missed beats).
+# The writer publishes a heartbeat every 5 s; liveness is stale after 30 s (six missed beats).
 DEFAULT_STALE_AFTER = 30.0
 
 _STORED_TERMINAL = {"succeeded": SUCCEEDED, "failed": FAILED, "timed_out": TIMED_OUT,
@@ -77,8 +79,6 @@ _FAILURE_EVENTS = ("cuda_oom", "host_oom_suspected", "exception", "signal", "end
 _PROGRESS_EVENTS = ("phase_start", "phase_end", "hang_suspected", "recovered")
 _NCCL_TIMEOUT = re.compile(r"Watchdog caught collective operation timeout|NCCL.*time(d)? ?out|"
                            r"ProcessGroupNCCL.*timeout", re.IGNORECASE)
-_CUDA_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA_ERROR_OUT_OF_MEMORY", re.IGNORECASE)
-_HOST_OOM = re.compile(r"host.?oom|oom.?kill", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,6 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _num(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 @dataclass(frozen=True)
 class _Budgets:
     """The job's own timing settings, read from its stored ``settings`` with runlens's defaults behind."""
@@ -141,20 +134,21 @@ class _Budgets:
         d = Settings()
         raw = job.get("settings")
         s: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-        hang = _num(s.get("hang_timeout"))
-        uncal = _num(s.get("uncalibrated_timeout")) or d.uncalibrated_timeout
-        interval = _num(s.get("sample_interval"))
+        hang = parse_float(s.get("hang_timeout"))
+        uncal = parse_float(s.get("uncalibrated_timeout")) or d.uncalibrated_timeout
+        interval = parse_float(s.get("sample_interval"))
         if interval is None:
             interval = d.sample_interval
         phases = dict(d.phase_budgets)
         if isinstance(s.get("phase_budgets"), Mapping):
-            phases.update({str(k): float(v) for k, v in s["phase_budgets"].items() if _num(v) is not None})
+            phases.update({str(k): float(v) for k, v in s["phase_budgets"].items()
+                           if parse_float(v) is not None})
         return cls(
-            startup_grace=_num(s.get("startup_grace")) or d.startup_grace,
+            startup_grace=parse_float(s.get("startup_grace")) or d.startup_grace,
             step_timeout=hang if hang and hang > 0 else uncal,
             phase_budgets=phases,
             heartbeat_interval=interval if interval > 0 else None,
-            flush_interval=_num(s.get("flush_interval")) or d.flush_interval,
+            flush_interval=parse_float(s.get("flush_interval")) or d.flush_interval,
         )
 
     @property
@@ -214,7 +208,8 @@ def relevant_event(job: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) 
 
 
 def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = None) -> tuple[str, str]:
-    """``(cause, reason)`` for a failed job, following resilience.md §10.2 row 16.
+    """``(cause, reason)`` for a failed job: a CUDA OOM, the host's OOM killer, an NCCL timeout (the
+    watchdog's log line, or SIGABRT in a distributed run), another signal, an exception or an exit code.
 
     The reason is derived from the failure event when there is one (the Monitor stores terse reasons such
     as ``cuda_oom`` or ``exception: KeyError``, while its event has the message), else the stored
@@ -235,11 +230,11 @@ def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = N
         return "no_end_event", stored
     if "killed by runlens" in stored:
         return "killed_by_runlens", stored
-    elif etype == "cuda_oom" or _CUDA_OOM.search(text):
+    elif etype == "cuda_oom" or CUDA_OOM_TEXT.search(text):
         cause, reason = "cuda_oom", "CUDA out of memory" + (f": {first}" if first else "")
         if "out of memory" in first.lower():
             reason = first
-    elif etype == "host_oom_suspected" or _HOST_OOM.search(text):
+    elif etype == "host_oom_suspected" or HOST_OOM_TEXT.search(text):
         cause, reason = "host_oom", "killed by the host's OOM killer (out of RAM)"
     elif _NCCL_TIMEOUT.search(text):
         cause, reason = "nccl_timeout", "NCCL collective timed out (a rank stopped joining a collective)"
@@ -282,14 +277,14 @@ def compute_status(
     """
     host = socket.gethostname() if host is None else host
     status = str(job.get("status") or "running")
-    started = _num(job.get("started_at")) or _num(job.get("created_at")) or now
-    ended = _num(job.get("ended_at"))
+    started = parse_float(job.get("started_at")) or parse_float(job.get("created_at")) or now
+    ended = parse_float(job.get("ended_at"))
     budgets = _Budgets.of(job)
     base: dict[str, Any] = {"status": status}
 
     if status in _STORED_TERMINAL:
         state = _STORED_TERMINAL[status]
-        since = ended or _num(job.get("heartbeat_at")) or started
+        since = ended or parse_float(job.get("heartbeat_at")) or started
         if state == SUCCEEDED:
             return RunStatus(SUCCEEDED, job.get("status_reason") or "finished", since,
                              {**base, "cause": "ok"})
@@ -304,9 +299,9 @@ def compute_status(
         return RunStatus(NEVER_STARTED, job.get("status_reason") or "never reached its first step", since,
                          {**base, "cause": "never_started"})
 
-    heartbeat = max((t for t in (_num(job.get("heartbeat_at")), _num(job.get("last_sample_at"))) if t),
-                    default=None)
-    progress = _num(job.get("progress_at"))
+    beats = (parse_float(job.get("heartbeat_at")), parse_float(job.get("last_sample_at")))
+    heartbeat = max((t for t in beats if t), default=None)
+    progress = parse_float(job.get("progress_at"))
     alive_at = max((t for t in (heartbeat, progress) if t), default=None)
     live_age = now - (alive_at if alive_at is not None else started)
     pid = job.get("pid")
@@ -316,11 +311,11 @@ def compute_status(
     # Which budget the progress clock runs against: a phase opened by the loop, the startup grace before
     # the first step, or the step timeout.
     ev = last_event or {}
-    ev_type, ev_at = ev.get("event_type"), _num(ev.get("timestamp"))
+    ev_type, ev_at = ev.get("event_type"), parse_float(ev.get("timestamp"))
     phase: str | None = None
     progress_ref = progress if progress is not None else started
     if ev_type in ("phase_start", "phase_end") and ev_at is not None and ev_at >= progress_ref:
-        progress_ref = ev_at   # a phase change is progress (row 1)
+        progress_ref = ev_at   # a phase change is progress, like a step
         if ev_type == "phase_start":
             phase = _phase_name(ev) or None
     if phase is not None:
@@ -429,10 +424,23 @@ def settle_dead_jobs(
         if not st.details.get("settle"):
             continue
         # It died between its last sign of life and now; with none at all, now is the only bound we have.
-        alive_at = max((t for t in (_num(fresh.get("heartbeat_at")), _num(fresh.get("progress_at"))) if t),
-                       default=None)
+        signs = (parse_float(fresh.get("heartbeat_at")), parse_float(fresh.get("progress_at")))
+        alive_at = max((t for t in signs if t), default=None)
         store.update_job(str(job["job_id"]), status="failed", status_reason=st.reason,
                          ended_at=alive_at if alive_at is not None else now)
         log.info("job %s: %s; marked failed", job["job_id"], st.reason)
         settled.append(str(job["job_id"]))
     return settled
+
+
+def recent_statuses(store: Store, *, now: float, stale_after: float = DEFAULT_STALE_AFTER,
+                    limit: int = 20) -> list[tuple[dict[str, Any], RunStatus]]:
+    """The ``limit`` most recent jobs with their state, for ``runlens status``.
+
+    Running jobs whose process on this host died without an end record are marked failed first, so the
+    list shows them as they are.
+    """
+    jobs = store.list_jobs(limit=limit)
+    if settle_dead_jobs(store, now=now, jobs=jobs):
+        jobs = store.list_jobs(limit=limit)
+    return [(job, job_status(store, job, now=now, stale_after=stale_after)) for job in jobs]

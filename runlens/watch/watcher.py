@@ -1,10 +1,10 @@
 """``runlens watch``: poll the store, compute each run's state, and alert on every change of state.
 
 One alert per transition, including recovery; while a condition lasts it is not repeated (``Deduper``), and a
-notifier that is down costs a log line, never the watcher. Each transition is also printed as one line. One
-exception: a single late heartbeat (WARNING, cause ``heartbeat_late``) is printed but not sent, because a
-store busy for a few seconds causes it; it is sent when it turns stale (30 s), and a recovery is sent only
-after trouble was sent.
+notifier that is down costs a log line, never the watcher. Each transition is also written as one line to
+``out`` (the CLI prints it; by default it goes to this module's logger). One exception: a single late
+heartbeat (WARNING, cause ``heartbeat_late``) is written but not sent, because a store busy for a few seconds
+causes it; it is sent when it turns stale (30 s), and a recovery is sent only after trouble was sent.
 
 What counts as a transition on the first look at a job (the watcher has no memory of earlier polls):
 a run that is already in trouble (WARNING, TIMED_OUT) alerts at once; a job this poll settled (its process
@@ -48,7 +48,7 @@ _DATALOADER_FRAMES = ("_try_get_data", "_get_data", "dataloader", "DataLoader", 
 
 
 def stale_seconds(stale_minutes: float | None) -> float:
-    """``--stale-minutes`` in seconds; None means the default 30 s (resilience.md §10.2 row 2)."""
+    """``--stale-minutes`` in seconds; None means the default 30 s (six missed 5 s heartbeats)."""
     return DEFAULT_STALE_AFTER if stale_minutes is None else max(1.0, float(stale_minutes) * 60.0)
 
 
@@ -113,8 +113,20 @@ def describe_job(store: Store, job: Mapping[str, Any], *, now: float,
     }
 
 
-def _print_line(line: str) -> None:
-    print(line, flush=True)
+def describe_job_id(store: Store, job_id: str, *, now: float,
+                    stale_after: float = DEFAULT_STALE_AFTER) -> dict[str, Any]:
+    """``describe_job`` for ``job_id``, once it is marked failed if its process here died without an end
+    record.
+
+    Raises:
+        JobNotFound: no such job in the store.
+    """
+    settle_dead_jobs(store, now=now, jobs=[store.get_job(job_id)])
+    return describe_job(store, store.get_job(job_id), now=now, stale_after=stale_after)
+
+
+def _log_line(line: str) -> None:
+    log.info("%s", line)
 
 
 class Watcher:
@@ -125,17 +137,18 @@ class Watcher:
         job_ids: the jobs to watch; None watches the ``limit`` most recent ones (new jobs are picked up).
         interval: seconds between polls.
         stale_minutes: liveness is stale after this long without a heartbeat (None: 30 s).
-        notifiers: where alerts go (SlackNotifier, WebhookNotifier); each transition is also printed.
+        notifiers: where alerts go (SlackNotifier, WebhookNotifier); each transition is also written to
+            ``out``.
         clock, sleep: injected so tests drive time.
         host, pid_alive: this machine's name and the pid probe, as in ``runlens.watch.status``.
-        out: where transition lines go (default: stdout).
+        out: where transition lines go (the CLI passes its printer; default: this module's logger, at INFO).
     """
 
     def __init__(self, store: Store, job_ids: Sequence[str] | None = None, interval: float = DEFAULT_INTERVAL,
                  stale_minutes: float | None = None, notifiers: Sequence[Notifier] = (),
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep, *,
                  host: str | None = None, pid_alive: Callable[[int], bool] = pid_alive,
-                 out: Callable[[str], None] = _print_line, limit: int = 50) -> None:
+                 out: Callable[[str], None] = _log_line, limit: int = 50) -> None:
         self.store = store
         self.job_ids = list(job_ids) if job_ids else None
         self.interval = interval

@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from runlens.cli import cli
-from runlens.doctor.checks import CHECKS, FAIL, PASS, SKIP, WARN, judge_nofile, run_doctor
+from runlens.doctor.judges import judge_nofile
+from runlens.doctor.results import CHECKS, FAIL, PASS, SKIP, WARN
+from runlens.doctor.runner import run_doctor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,7 +38,7 @@ def probes_left(since: float) -> list[int]:
     left = []
     for p in psutil.process_iter(["cmdline", "create_time", "status"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if ("runlens.doctor.checks --probe" in cmd and p.info["create_time"] >= since - 1
+        if ("runlens.doctor.probes --probe" in cmd and p.info["create_time"] >= since - 1
                 and p.info["status"] != psutil.STATUS_ZOMBIE):
             left.append(p.pid)
     return left
@@ -203,7 +205,8 @@ def test_thread_oversubscription() -> None:
 
 
 def test_nccl_timeout_ladder() -> None:
-    """soft stall timeout <= 0.5 x process-group timeout (resilience.md §10.2 row 6); monitoring off warns."""
+    """soft stall timeout <= 0.5 x process-group timeout, so runlens takes its stacks before the NCCL watchdog
+    acts; monitoring off warns."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCH_NCCL", "NCCL", "RUNLENS_HANG"))}
     off = by_name(run_doctor(checks=["nccl"], env={**env, "TORCH_NCCL_ENABLE_MONITORING": "0"}))["nccl"]
     assert off.status == WARN and "TORCH_NCCL_ENABLE_MONITORING=0" in off.detail

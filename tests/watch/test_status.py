@@ -173,7 +173,7 @@ def test_warning_reason_names_the_ages_and_budget() -> None:
      "exited without an end event"),
 ])
 def test_failure_reasons(row: dict[str, Any], event: Any, cause: str, words: str) -> None:
-    """FAILED carries why: exception, CUDA/host OOM, signal, NCCL timeout (resilience.md §10.2 row 16)."""
+    """FAILED carries why: exception, CUDA/host OOM, signal, NCCL timeout."""
     got_cause, reason = classify_failure(row, event)
     assert got_cause == cause
     assert words in reason
