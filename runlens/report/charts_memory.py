@@ -7,13 +7,13 @@ against a partial one: a run that sampled nothing gets a "no data" placeholder, 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from markupsafe import Markup, escape
 
+from runlens.core.humanize import local_time
 from runlens.report import svg
 from runlens.report.svg import OKABE_ITO, Frame, LineStyle, Series, coord, finite
 
@@ -143,7 +143,7 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
         minute = (t - start) / unit
         text = str(e.get("label") or e.get("type") or "event")
         severity = str(e.get("severity") or "info")
-        tooltip = f"{text} ({e.get('type') or 'event'}, {severity}) at {minute:.1f} {unit_name}, {_clock(t)}"
+        tooltip = f"{text} ({e.get('type') or 'event'}, {severity}) at {minute:.1f} {unit_name}, {local_time(t)}"
         markers.append(Marker(minute, text, tooltip, severity if severity in SEVERITY_COLOURS else "info"))
     x_all = minutes + [m.x for m in markers]
     x_lo, x_hi = min(min(x_all), 0.0), max(x_all)
@@ -221,10 +221,6 @@ def _memory_desc(
     if n_events:
         bits.append(f"{n_events} events marked.")
     return " ".join(bits)
-
-
-def _clock(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _bands(frame: Frame, bands: Sequence[Band]) -> list[str]:

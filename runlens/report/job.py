@@ -21,8 +21,8 @@ from typing import Any, Mapping
 from runlens.analyze.analysis import build_analysis
 from runlens.analyze.load import load_job
 from runlens.core.errors import JobNotFound
-from runlens.store.frames import save_analysis
 from runlens.report.html import write_report
+from runlens.store.frames import save_analysis
 from runlens.store.store import Store
 
 log = logging.getLogger(__name__)

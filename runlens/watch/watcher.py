@@ -20,11 +20,12 @@ import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
-from runlens.watch.alerts import Alert, Deduper, Notifier, last_log_line, remedy_for
 from runlens.core.errors import JobNotFound
+from runlens.core.humanize import local_time
+from runlens.store import Store
+from runlens.watch.alerts import Alert, Deduper, Notifier, last_log_line, remedy_for
 from runlens.watch.status import (
     DEFAULT_STALE_AFTER,
     LIVE_STATES,
@@ -38,7 +39,6 @@ from runlens.watch.status import (
     relevant_event,
     settle_dead_jobs,
 )
-from runlens.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class Watcher:
         if send:
             shown_previous = self._alerted.get(job_id) or (RUNNING if previous_cond == _LATE else previous)
         alert = build_alert(self.store, job, status, shown_previous, now=now, event=event)
-        stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S")
+        stamp = local_time(now)
         note = "" if send else ("  (not sent: alerts once stale)" if cond == _LATE else
                                 "  (already alerted)" if state != RUNNING else "  (nothing was alerted)")
         self._emit(f"{stamp}  {alert.summary_line()}{note}")
