@@ -79,7 +79,7 @@ def rank_recommendations(findings: Iterable[Finding]) -> list[Finding]:
 
     The primary lever is the memory lever with the largest quantified saving that can be applied (it names a
     concrete recommended value); the other levers are its ``alternatives`` and are listed after it, so a user
-    changes one thing at a time instead of applying every memory saving at once (research/analysis.md §5.3).
+    changes one thing at a time instead of applying every memory saving at once.
     """
     ordered = sorted(findings, key=lambda f: f.sort_key())
     seen: set[str] = set()

@@ -2,8 +2,9 @@
 
 A recommendation names an exact key the user can edit ("config.process[0].datasets[0].num_workers"), the value
 the run used, and where that value came from: the config snapshot, or the framework's default when the key is
-not set (rendered "not set (default 2)"). Paths and defaults come from research/analysis.md §1.2-1.3 (ai-toolkit,
-``toolkit/config_modules.py``) and §5.1/§5.3 (Hugging Face ``TrainingArguments``, Lightning ``Trainer``).
+not set (rendered "not set (default 2)"). Paths and defaults come from each framework's own source: ai-toolkit's
+``toolkit/config_modules.py`` (https://github.com/ostris/ai-toolkit), Hugging Face ``TrainingArguments``
+(transformers' ``training_args.py``) and Lightning's ``Trainer``.
 
 Snapshot shapes:
     ai-toolkit  the job YAML as written: ``{"job": "extension", "config": {"process": [{...}]}}``.
@@ -97,8 +98,8 @@ class ConfigRef:
 
 _P0 = "config.process[0]"
 
-# ai-toolkit: research/analysis.md §1.2 (defaults from toolkit/config_modules.py and data_loader.py:727, which
-# reads num_workers and prefetch_factor from datasets[0] only).
+# ai-toolkit: defaults from toolkit/config_modules.py, and toolkit/data_loader.py reads num_workers and
+# prefetch_factor from datasets[0] only (https://github.com/ostris/ai-toolkit).
 AITOOLKIT_PATHS: dict[str, ConceptPath] = {
     "num_workers": ConceptPath(f"{_P0}.datasets[0].num_workers", 2),
     "prefetch_factor": ConceptPath(f"{_P0}.datasets[0].prefetch_factor", 2),
@@ -131,7 +132,8 @@ AITOOLKIT_PATHS: dict[str, ConceptPath] = {
     "sample_interval": ConceptPath("monitoring.sample_interval", 5.0),
 }
 
-# Hugging Face TrainingArguments: research/analysis.md §5.1 (field defaults from transformers' training_args.py).
+# Hugging Face TrainingArguments: field defaults from transformers' training_args.py
+# (https://github.com/huggingface/transformers/blob/main/src/transformers/training_args.py).
 _HF_FIELDS: dict[str, tuple[str, Any]] = {
     "num_workers": ("dataloader_num_workers", 0),
     "prefetch_factor": ("dataloader_prefetch_factor", None),

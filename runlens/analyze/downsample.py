@@ -4,7 +4,7 @@ A memory chart exists to show the peak that killed the job, so a downsampler tha
 own, which picks the "most visible" point and can skip a one-sample spike) is the wrong tool. MinMax keeps,
 for each of ``n`` equal-count buckets, the lowest and the highest point in their original order, so the global
 maximum and minimum always survive and the drawn envelope matches the raw one (plotly-resampler's MinMax,
-tsdownsample's ``MinMaxDownsampler``; see research/analysis.md §4).
+tsdownsample's ``MinMaxDownsampler``, https://github.com/predict-idlab/tsdownsample).
 
 Gaps (``None`` or NaN in ``y``) are kept as gaps: a bucket that is mostly missing readings contributes one
 ``None`` at the position of its first missing reading, so a chart breaks its line there instead of drawing

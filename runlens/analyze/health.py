@@ -1,8 +1,9 @@
 """The run's verdict: a health score from the findings, and goodput with the lost time broken down.
 
-Goodput follows ml-goodput-measurement (research/resilience.md §10.2 rows 13-14): productive time over wall
-time from the run's start to its end (or to now / the last heartbeat for a run without an end), with every lost
-second assigned to one category and ``other`` as the remainder, so the parts always add up to the wall time:
+Goodput follows ml-goodput-measurement (https://github.com/AI-Hypercomputer/ml-goodput-measurement):
+productive time over wall time from the run's start to its end (or to now / the last heartbeat for a run
+without an end), with every lost second assigned to one category and ``other`` as the remainder, so the parts
+always add up to the wall time:
 
     productive            step time minus data wait, minus the stall excess below, minus phase overlap
     startup               start -> the first step began (phases and hangs inside it are counted as those)
@@ -32,19 +33,16 @@ import pandas as pd
 from runlens.analyze.contract import SEVERITY_ORDER, Goodput
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
+from runlens.analyze.measures import col
 from runlens.core.costs import ONE_OFF_OPERATIONS
+from runlens.core.numbers import parse_finite
+from runlens.core.phases import is_overhead
 
-__all__ = ["LOST_PARTS", "OVERHEAD_PHASES", "STALL_MADS", "goodput", "health_score", "main_rank", "run_window"]
+__all__ = ["LOST_PARTS", "STALL_MADS", "goodput", "health_score", "main_rank", "run_window"]
 
 LOST_PARTS = ("startup", "data_wait", "eval_and_checkpoints", "stalls_and_hangs", "monitoring", "other")
-STALL_MADS = 5.0        # research/analysis.md §3.4 P5: outlier steps are > median + 5 MAD
+STALL_MADS = 5.0        # outlier steps are > median + 5 MAD
 _MAD_FLOOR = 0.01       # ... with MAD at least 1% of the median, so identical timings don't make jitter a stall
-
-# Phases whose time is not training (research/analysis.md §3.4). Names are matched case-insensitively.
-OVERHEAD_PHASES = frozenset({
-    "eval", "evaluate", "evaluation", "validate", "validation", "val", "sample", "sampling", "predict", "test",
-    "generate", "baseline_sample", "save", "checkpoint", "checkpoint_save", "saving",
-})
 
 
 def health_score(findings: Iterable[Finding]) -> str:
@@ -62,10 +60,11 @@ def run_window(data: JobData) -> tuple[float | None, float | None, str]:
     """
     job = data.job
     stamps = [s for s in (_last(data.steps), _last(data.samples), _last(data.events),
-                          _num(job.get("heartbeat_at")), _num(job.get("progress_at"))) if s is not None]
+                          parse_finite(job.get("heartbeat_at")), parse_finite(job.get("progress_at"))) if s is not None]
     firsts = [s for s in (_first(data.steps), _first(data.samples), _first(data.events)) if s is not None]
-    start = _num(job.get("started_at")) or _num(job.get("created_at")) or (min(firsts) if firsts else None)
-    ended = _num(job.get("ended_at"))
+    start = (parse_finite(job.get("started_at")) or parse_finite(job.get("created_at"))
+             or (min(firsts) if firsts else None))
+    ended = parse_finite(job.get("ended_at"))
     if ended is not None:
         return start, ended, "ended_at"
     last_seen = max(stamps) if stamps else None
@@ -102,16 +101,16 @@ def goodput(data: JobData) -> Goodput:
                 "end_source": end_source}  # type: ignore[typeddict-unknown-key]
 
     steps = main_rank(data.steps)
-    ts = _col(steps, "timestamp")
-    st = _col(steps, "step_time_seconds")
-    dt = np.nan_to_num(_col(steps, "data_time_seconds"), nan=0.0)
+    ts = col(steps, "timestamp")
+    st = col(steps, "step_time_seconds")
+    dt = np.nan_to_num(col(steps, "data_time_seconds"), nan=0.0)
     ok = np.isfinite(ts) & np.isfinite(st) & (st >= 0)
     ts, st, dt = ts[ok], st[ok], np.clip(dt[ok], 0.0, None)
     dt = np.minimum(dt, st)
     step_lo = ts - st
 
-    phases = _merge(_phase_intervals(data, start, end, _col(steps, "timestamp")))
-    hangs = _merge(_hang_intervals(data, start, end, _col(steps, "timestamp")))
+    phases = _merge(_phase_intervals(data, start, end, col(steps, "timestamp")))
+    hangs = _merge(_hang_intervals(data, start, end, col(steps, "timestamp")))
     # A stall is its own lost time even inside an eval or checkpoint phase (a hang in eval that ends in a kill
     # must not read as "eval"); inside a step it is already the step's excess over the median.
     hangs = _subtract(hangs, _merge((step_lo, ts)))
@@ -219,10 +218,6 @@ def _phase_name(details: Any) -> str:
     return ""
 
 
-def _is_overhead(name: str) -> bool:
-    return name in OVERHEAD_PHASES or name.split(":")[0].split("/")[0] in OVERHEAD_PHASES
-
-
 def _phase_intervals(data: JobData, start: float, end: float, step_ts: np.ndarray) -> Intervals:
     """Eval/checkpoint phases as (starts, ends); an unmatched start runs to the next step, else to the end."""
     ev = data.events
@@ -237,7 +232,7 @@ def _phase_intervals(data: JobData, start: float, end: float, step_ts: np.ndarra
     open_: dict[str, list[float]] = {}
     for etype, t, details in zip(ev["event_type"].tolist(), ev["timestamp"].tolist(), ev["details"].tolist()):
         name = _phase_name(details)
-        if not _is_overhead(name):
+        if not is_overhead(name):
             continue
         if etype == "phase_start":
             open_.setdefault(name, []).append(float(t))
@@ -277,7 +272,7 @@ def _hang_intervals(data: JobData, start: float, end: float, step_ts: np.ndarray
     hi: list[float] = []
     for t, details in zip(hangs["timestamp"].tolist(), hangs["details"].tolist()):
         d = details if isinstance(details, dict) else {}
-        since = _num(d.get("seconds_since_progress"))
+        since = parse_finite(d.get("seconds_since_progress"))
         begin = float(t) - since if since is not None and since > 0 else float(t)
         k = int(np.searchsorted(marks, float(t), side="right"))
         lo.append(begin)
@@ -350,28 +345,13 @@ def _coverage(merged: Intervals) -> Any:
     return cov
 
 
-def _col(frame: pd.DataFrame | None, name: str) -> np.ndarray:
-    if frame is None or frame.empty or name not in frame.columns:
-        return np.empty(0) if frame is None or frame.empty else np.full(len(frame), np.nan)
-    values: np.ndarray = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-    return values
-
-
 def _first(frame: pd.DataFrame | None) -> float | None:
-    ts = _col(frame, "timestamp")
+    ts = col(frame, "timestamp")
     ts = ts[np.isfinite(ts)]
     return float(ts.min()) if ts.size else None
 
 
 def _last(frame: pd.DataFrame | None) -> float | None:
-    ts = _col(frame, "timestamp")
+    ts = col(frame, "timestamp")
     ts = ts[np.isfinite(ts)]
     return float(ts.max()) if ts.size else None
-
-
-def _num(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None

@@ -31,7 +31,7 @@ class JobData:
     events: pd.DataFrame
     gpus: pd.DataFrame = field(default_factory=pd.DataFrame)
     costs: pd.DataFrame = field(default_factory=pd.DataFrame)
-    log_findings: list[Any] = field(default_factory=list)   # runlens.analyze.logparse.LogFinding
+    log_findings: list[Any] = field(default_factory=list)   # runlens.analyze.logfindings.LogFinding
     config: dict[str, Any] | None = None
     dialect: str = "generic"
     settings: Settings = field(default_factory=Settings)

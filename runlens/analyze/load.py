@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from runlens.analyze.jobdata import JobData
+from runlens.analyze.logparse import parse_log
 from runlens.core.dialects import DIALECTS, detect_dialect
 from runlens.core.errors import ConfigError, LogUnreadable
 from runlens.core.settings import Settings, settings_from_monitoring_section
@@ -190,11 +191,6 @@ class _Pending:
 
 def _start_log_parse(path: Path, explicit: bool, notes: list[str]) -> Any:
     try:
-        from runlens.analyze import logparse  # noqa: F401
-    except ImportError:
-        notes.append("this runlens has no log parser yet; log errors were not analysed")
-        return _Done([])
-    try:
         size = path.stat().st_size
     except OSError as exc:
         return _Done(_failed(path, explicit, notes, exc.strerror or str(exc)))
@@ -227,8 +223,6 @@ def _parse_here(path: Path, explicit: bool, notes: list[str]) -> list[Any]:
 
 
 def _parse(path: Path) -> list[Any]:
-    from runlens.analyze.logparse import parse_log
-
     # parse_log reads the arrival-time sidecar beside the log itself (a torn one still gives what it has).
     return list(parse_log(path))
 

@@ -1,8 +1,9 @@
 """The line-level machinery of the log parser: one clean line, bounded text, and the multi-line blocks.
 
-``runlens.analyze.logparse`` streams the file and keeps the findings; this module turns one raw line into
-clean text (ANSI stripped, the last ``\\r`` segment, text glued after a progress bar split off, the torchrun
-rank prefix removed and recorded) and holds the state machines of the findings that span lines:
+``runlens.analyze.logparse`` streams the file and ``runlens.analyze.logfindings`` keeps the findings; this
+module turns one raw line into clean text (ANSI stripped, the last ``\\r`` segment, text glued after a progress
+bar split off, the torchrun rank prefix removed and recorded) and holds the state machines of the findings that
+span lines:
 
 - ``Traceback``: a Python traceback with its chained exceptions and the exception's multi-line message
   (CUDA's hints, torchrun's ChildFailedError report), including rich/loguru boxed frames and frames printed
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 from runlens.analyze import logpatterns as lp
 
 if TYPE_CHECKING:
-    from runlens.analyze.logparse import LogFinding
+    from runlens.analyze.logfindings import LogFinding
 
 MAX_LINE = 64 * 1024  # longer lines keep their first and last 32 KiB
 TEXT_LIMIT = 8 * 1024  # a finding's text keeps its first and last 4 KiB

@@ -1,7 +1,10 @@
-"""The category table of the log parser: which lines mean what, in which order, and what figures they carry.
+"""The category table of the log parser: which lines mean what, and in which order.
 
-``runlens.analyze.logparse`` does the streaming and the multi-line bookkeeping; this module only answers
-questions about text that is already one clean line (or the few lines of one traceback):
+``runlens.analyze.logparse`` does the streaming and ``runlens.analyze.logfindings`` the multi-line bookkeeping;
+this module only answers questions about text that is already one clean line (or the few lines of one
+traceback). The time a line states is read by ``runlens.analyze.logtime``, the figures a finding carries by
+``runlens.analyze.logdetails``.
+
 
 - ``PREFILTER``: the cheap byte-level regex that picks candidate lines out of a block of the log. Everything a
   category, a level marker or a traceback needs contains one of its ``TRIGGER_WORDS``, so lines it misses can
@@ -23,16 +26,14 @@ questions about text that is already one clean line (or the few lines of one tra
   ``details["likely_cause"] = "host_oom_kill"``.
 - ``level_marker``: the explicit level of a line (``ERROR``, ``[E ...]``, glog ``E0501``, ``level=error``...),
   strict enough that "eval_error_rate", "ERROR_THRESHOLD=5" or "--log-level ERROR" are not markers.
-- ``line_time``: the UNIX time a line states about itself, in the formats training stacks print.
-- ``details_for``: the category-specific figures (OOM sizes in GiB, NCCL timeouts, exit codes...).
+- ``SAVE_CONTEXT``, ``SUCCESS``, ``CONFIG_FRAME``...: the context lines that change what a later finding means
+  (a traceback right after "Saving checkpoint" is a failed save; a network error followed by a success recovered).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
 
 # -- the prefilter -------------------------------------------------------------------------------------------
 
@@ -78,36 +79,6 @@ def _trie(words: tuple[str, ...]) -> str:
 # Applied to a lowercased block with a leading "\n" (so the first line also has a preceding newline).
 PREFILTER = re.compile(_trie(TRIGGER_WORDS).encode())
 
-# -- sizes ---------------------------------------------------------------------------------------------------
-
-_SIZE = r"(\d+(?:\.\d+)?)\s*(bytes|[KMGT]i?B|B)\b"
-_UNIT_GIB = {
-    "b": 2.0**-30,
-    "bytes": 2.0**-30,
-    "kb": 2.0**-20,
-    "kib": 2.0**-20,
-    "mb": 2.0**-10,
-    "mib": 2.0**-10,
-    "gb": 1.0,
-    "gib": 1.0,
-    "tb": 1024.0,
-    "tib": 1024.0,
-}
-
-
-def to_gib(number: str, unit: str) -> float:
-    """``"20.00", "MiB"`` -> GiB. PyTorch prints binary sizes (MPS labels them "GB"/"MB"): all 1024-based."""
-    return round(float(number) * _UNIT_GIB[unit.lower()], 9)
-
-
-def _first_size(text: str, patterns: tuple[re.Pattern[str], ...]) -> float | None:
-    for p in patterns:
-        m = p.search(text)
-        if m:
-            return to_gib(m.group(1), m.group(2))
-    return None
-
-
 # -- the category table --------------------------------------------------------------------------------------
 
 
@@ -129,7 +100,8 @@ class Category:
     downgradable: bool = True
 
 
-def _rx(*patterns: str, flags: int = re.IGNORECASE) -> tuple[re.Pattern[str], ...]:
+def rx(*patterns: str, flags: int = re.IGNORECASE) -> tuple[re.Pattern[str], ...]:
+    """The patterns compiled, case-insensitive unless ``flags`` says otherwise."""
     return tuple(re.compile(p, flags) for p in patterns)
 
 
@@ -138,41 +110,41 @@ CATEGORIES: tuple[Category, ...] = (
     Category(
         "cuda_oom", "error",
         ("out of memory", "outofmemoryerror", "oom during training", "resourceexhausted"),
-        _rx(r"\b(?:CUDA|HIP) out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError",
+        rx(r"\b(?:CUDA|HIP) out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError",
             r"CUDA error: out of memory",
             r"CUDA_ERROR_OUT_OF_MEMORY", r"RESOURCE_EXHAUSTED: Out of memory", r"\bOOM during training step",
             r"ResourceExhaustedError\b.*\bOOM\b"), strong=True),
-    Category("mps_oom", "error", ("mps backend",), _rx(r"\bMPS backend out of memory"), strong=True),
+    Category("mps_oom", "error", ("mps backend",), rx(r"\bMPS backend out of memory"), strong=True),
     Category(
         "cpu_oom", "error",
         ("cpuallocator", "enforce fail at", "memoryerror", "cannot allocate memory", "unable to allocate"),
-        _rx(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
+        rx(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
             r"\[enforce fail at (?:alloc_cpu|CPUAllocator)\.cpp", r"^(?:builtins\.)?MemoryError\b",
             r"\[Errno 12\] Cannot allocate memory",
             r"_ArrayMemoryError\b|Unable to allocate [\d.]+ [KMGT]i?B for an array"), strong=True),
     Category(
         "cuda_device_assert", "error", ("device-side assert", "assertion"),
-        _rx(r"device-side assert(?:ion)? triggered",
+        rx(r"device-side assert(?:ion)? triggered",
             r"\.cu:\d+: .*block: \[\d+,\d+,\d+\], thread: \[\d+,\d+,\d+\] Assertion"), strong=True),
     Category(
         "cuda_illegal_memory", "error",
         ("illegal memory access", "misaligned address", "illegal instruction was", "illegaladdress"),
-        _rx(r"an illegal memory access was encountered", r"CUDA error: misaligned address",
+        rx(r"an illegal memory access was encountered", r"CUDA error: misaligned address",
             r"an illegal instruction was encountered", r"cudaErrorIllegalAddress"), strong=True),
     Category(
         "shm_bus_error", "error", ("bus error", "shared memory", "</torch_", "/dev/shm"),
-        _rx(r"\bBus error\b", r"insufficient shared memory \(shm\)", r"unable to write to file </torch_",
+        rx(r"\bBus error\b", r"insufficient shared memory \(shm\)", r"unable to write to file </torch_",
             r"unable to open shared memory object", r"out of shared memory",
             r"/dev/shm\b.*No space left on device|No space left on device.*/dev/shm"), downgradable=False),
     Category(
         "dataloader_worker_died", "error", ("dataloader worker",),
-        _rx(r"DataLoader worker \(pid(?:\(s\))?[^)]*\) (?:is killed by signal|exited unexpectedly)",
+        rx(r"DataLoader worker \(pid(?:\(s\))?[^)]*\) (?:is killed by signal|exited unexpectedly)",
             r"DataLoader worker .{0,40}killed by signal"), downgradable=False),
     Category(
         "host_oom_kill", "error",
         ("killed", "已杀死", "137", "exitcode", "sigkill", "oom", "out of memory", "exit status",
          "return code", "memory limit"),
-        _rx(r"^Killed\s*$", r"^\S+: line \d+:\s+\d+ Killed\b", r"^\[\d+\][+-]?\s+Killed\s", r"^已杀死\s*$",
+        rx(r"^Killed\s*$", r"^\S+: line \d+:\s+\d+ Killed\b", r"^\[\d+\][+-]?\s+Killed\s", r"^已杀死\s*$",
             r"\bexit(?:ed with)?[ _]?code:? ?137\b", r"\bexit status:? ?137\b", r"\bexitcode\s*:\s*-9\b",
             r"Signal 9 \(SIGKILL\)", r"<Signals\.SIGKILL: 9>", r"\boom[-_]kill",
             r"Out of memory: Kill(?:ed)? process", r"Memory cgroup out of memory", r"\bOOMKilled\b",
@@ -182,7 +154,7 @@ CATEGORIES: tuple[Category, ...] = (
         "nccl_timeout", "error",
         ("nccl", "watchdog", "socket has timed out", "heartbeat", "diststoreerror", "tcpstore",
          "waiting for clients"),
-        _rx(r"Watchdog caught collective operation timeout", r"WorkNCCL\([^)]*Timeout\(ms\)=",
+        rx(r"Watchdog caught collective operation timeout", r"WorkNCCL\([^)]*Timeout\(ms\)=",
             r"(?:ProcessGroupNCCL|NCCL)\b.{0,200}\btimed out", r"NCCL.{0,80}\btimeout\b(?!=)",
             r"watchdog got stuck", r"Heartbeat monitor timed out",
             r"socket has timed out after \d+\w* while trying to connect",
@@ -190,24 +162,24 @@ CATEGORIES: tuple[Category, ...] = (
             r"Timed out after \d+ seconds waiting for clients"), strong=True),
     Category(
         "nccl_error", "error", ("nccl", "distbackenderror"),
-        _rx(r"\bNCCL error\b",
+        rx(r"\bNCCL error\b",
             r"\bnccl(?:Internal|System|UnhandledCuda|InvalidUsage|InvalidArgument|Remote)Error\b",
             r"NCCL communicator (?:was )?abort", r"\bncclCommAbort\b", r"\bNCCL WARN\b",
             r"\bDistBackendError\b",
             r"ProcessGroupNCCL.{0,120}(?:error|exception)")),
     Category(
         "cudnn_cublas", "error", ("cudnn", "cublas", "cusolver", "cufft"),
-        _rx(r"CUDNN_STATUS_\w+", r"CUBLAS_STATUS_\w+", r"\bcuDNN error\b", r"CUSOLVER_STATUS_\w+",
+        rx(r"CUDNN_STATUS_\w+", r"CUBLAS_STATUS_\w+", r"\bcuDNN error\b", r"CUSOLVER_STATUS_\w+",
             r"\bcuFFT error\b", r"CUDNN_BACKEND_\w+.*(?:failed|error)"), strong=True),
     Category(
         "fp16_overflow", "warning", ("overflow", "loss scale", "minimum loss scale"),
-        _rx(r"Gradient overflow\.?\s+Skipping step", r"reducing (?:the )?loss scale to",
+        rx(r"Gradient overflow\.?\s+Skipping step", r"reducing (?:the )?loss scale to",
             r"\bloss scaler? .{0,60}reduc", r"OVERFLOW! Rank \d+ Skipping step",
             r"loss scale already at minimum", r"Minimum loss scale reached"),
         strong=True, downgradable=False),
     Category(
         "nan_loss", "error", ("nan", "inf", "non-finite"),
-        _rx(r"\bloss\b.{0,60}?\b(?:is|was|became|has become|becomes) (?:nan|inf|non-finite)\b",
+        rx(r"\bloss\b.{0,60}?\b(?:is|was|became|has become|becomes) (?:nan|inf|non-finite)\b",
             r"\b(?:nan|inf) loss\b", r"\bDetected (?:NaN|inf)\b", r"\bnon-finite loss\b",
             r"NaN or Inf found in input tensor", r"\bloss\w*['\"]?\s*[:=]\s*['\"]?(?:nan|-?inf)\b",
             r"Loss became infinite or NaN", r"\bnan (?:in|detected in) (?:the )?loss\b",
@@ -215,17 +187,17 @@ CATEGORIES: tuple[Category, ...] = (
         downgradable=False),
     Category(
         "too_many_open_files", "error", ("too many open files", "errno 24", "emfile"),
-        _rx(r"Too many open files", r"\[Errno 24\]", r"\bEMFILE\b")),
-    Category("af_unix_path_too_long", "error", ("af_unix",), _rx(r"AF_UNIX path too long")),
+        rx(r"Too many open files", r"\[Errno 24\]", r"\bEMFILE\b")),
+    Category("af_unix_path_too_long", "error", ("af_unix",), rx(r"AF_UNIX path too long")),
     Category(
         "disk_full", "error",
         ("no space left", "errno 28", "os error 28", "quota exceeded", "errno 122", "enospc", "storagefull"),
-        _rx(r"No space left on device", r"\[Errno 28\]", r"\bos error 28\b", r"Disk quota exceeded",
+        rx(r"No space left on device", r"\[Errno 28\]", r"\bos error 28\b", r"Disk quota exceeded",
             r"\[Errno 122\]", r"\bENOSPC\b", r"\bStorageFull\b")),
     Category(
         "checkpoint_save_failed", "error",
         ("pytorchstreamwriter", "failed", "unexpected pos", "while serializing"),
-        _rx(r"PytorchStreamWriter failed writing file", r"\bFailed to save\b", r"unexpected pos \d+ vs \d+",
+        rx(r"PytorchStreamWriter failed writing file", r"\bFailed to save\b", r"unexpected pos \d+ vs \d+",
             r"Error while serializing",
             r"(?:checkpoint|state_dict|weights)\b.{0,60}\b(?:save|saving|write)\b.{0,30}\bfailed\b",
             r"failed to (?:save|write) (?:the )?(?:checkpoint|model|state|weights)")),
@@ -234,7 +206,7 @@ CATEGORIES: tuple[Category, ...] = (
         ("network error", "timeouterror", "readtimeout", "connecttimeout", "timed out", "max retries",
          "commerror", "failed to connect", "name resolution", "name or service", "requests.exceptions",
          "newconnectionerror", "couldn't connect", "unreachable"),
-        _rx(r"wandb: Network error", r"\bRead ?TimeoutError\b", r"\bConnectTimeoutError\b",
+        rx(r"wandb: Network error", r"\bRead ?TimeoutError\b", r"\bConnectTimeoutError\b",
             r"\bReadTimeout\b", r"\bConnectTimeout\b", r"Connection timed out", r"Read timed out",
             r"Max retries exceeded with url", r"wandb\.errors\.(?:errors\.)?CommError",
             r"Run initialization has timed out", r"Failed to connect",
@@ -245,7 +217,7 @@ CATEGORIES: tuple[Category, ...] = (
     Category(
         "segfault", "error",
         ("segmentation", "sigsegv", "core dumped", "fatal python error", "signal 11", "illegal instruction"),
-        _rx(r"Segmentation fault", r"\bSIGSEGV\b", r"\bcore dumped\b",
+        rx(r"Segmentation fault", r"\bSIGSEGV\b", r"\bcore dumped\b",
             r"Fatal Python error: (?:Aborted|Bus error)", r"killed by signal: Segmentation", r"\bsignal 11\b",
             r"Illegal instruction"), downgradable=False),
     Category(
@@ -253,7 +225,7 @@ CATEGORIES: tuple[Category, ...] = (
         ("error:", "yaml", "unrecognized configuration", "unexpected keyword argument", "omegaconf",
          "configattributeerror", "configkeyerror", "missingmandatoryvalue", "hydra", "could not override",
          "error merging override", "filenotfounderror"),
-        _rx(r"\berror: unrecognized arguments", r"\berror: the following arguments are required",
+        rx(r"\berror: unrecognized arguments", r"\berror: the following arguments are required",
             r"\berror: argument [-\w/ ,]+: (?:invalid|expected|ambiguous|not allowed)",
             r"\berror: invalid choice",
             r"\byaml\.(?:scanner\.ScannerError|parser\.ParserError|constructor\.ConstructorError|YAMLError)\b",
@@ -268,7 +240,7 @@ BY_ID: dict[str, Category] = {c.id: c for c in CATEGORIES}
 PRECEDENCE: dict[str, int] = {c.id: i for i, c in enumerate(CATEGORIES)}
 PRECEDENCE.update({"python_exception": 100, "error": 101, "python_warning": 102, "warning": 103})
 
-_MIN_SCALE = re.compile(r"loss scale already at minimum|Minimum loss scale reached", re.IGNORECASE)
+MIN_SCALE = re.compile(r"loss scale already at minimum|Minimum loss scale reached", re.IGNORECASE)
 _RETRY = re.compile(r"\bretr(?:y|ying|ies)\b|entering retry loop|\bwill retry\b", re.IGNORECASE)
 _SKIPPING = re.compile(r"\bskipping\b|\bretrying\b|\bwill retry\b", re.IGNORECASE)
 
@@ -306,7 +278,7 @@ def category_level(cat: Category, line: str, marker: str | None, in_traceback: b
     - otherwise a WARNING marker downgrades a downgradable category.
     """
     if cat.id == "fp16_overflow":
-        return "error" if _MIN_SCALE.search(line) else "warning"
+        return "error" if MIN_SCALE.search(line) else "warning"
     if cat.id == "network_timeout":
         if in_traceback:
             return "error"
@@ -435,275 +407,3 @@ CONFIG_FRAME = re.compile(
     re.IGNORECASE,
 )
 CONFIG_EXC = re.compile(r"^(?:[\w.]+\.)?(?:KeyError|ValueError|TypeError|AttributeError|FileNotFoundError)\b")
-
-# -- timestamps ----------------------------------------------------------------------------------------------
-
-_MONTHS = {
-    m: i + 1
-    for i, m in enumerate(
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-    )
-}
-_ISO = re.compile(
-    r"(?<!\d)(\d{4})[-/](\d\d)[-/](\d\d)[T _](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
-    r"(?:\s?(Z|[+-]\d\d:?\d\d)(?![\w:]))?"
-)
-_US = re.compile(r"(?<![\d/])(\d\d)/(\d\d)/(\d{4})[ ,]+(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?")
-_RICH = re.compile(r"(?<![\d/])(\d\d)/(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)(?![\d])")
-_CTIME = re.compile(
-    r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(\d{1,2}) "
-    r"(\d\d):(\d\d):(\d\d)(?:\.(\d+))? (\d{4})\b"
-)
-_GLOG_TIME = re.compile(r"^\[?[IWEF](\d{1,2})(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?\b")
-_NOYEAR = re.compile(r"(?<![\d/:.-])(\d\d)[-/](\d\d) (\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(?![\d/])")
-_SYSLOG = re.compile(r"^(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(\d{1,2}) (\d\d):(\d\d):(\d\d)\b")
-_EPOCH = re.compile(r"\[(1[0-9]{9}(?:\.\d{1,9})?)\]|^(1[0-9]{9}\.\d{1,9})\s")
-_TIME_WINDOW = 200
-
-
-def _micro(frac: str | None) -> int:
-    return int((frac or "0")[:6].ljust(6, "0"))
-
-
-def _stamp(
-    year: int, month: int, day: int, hh: str, mm: str, ss: str, frac: str | None, tz: str | None = None
-) -> float | None:
-    try:
-        dt = datetime(year, month, day, int(hh), int(mm), int(ss), _micro(frac))
-    except ValueError:
-        return None
-    if tz:
-        if tz == "Z":
-            return dt.replace(tzinfo=timezone.utc).timestamp()
-        sign = 1 if tz[0] == "+" else -1
-        digits = tz[1:].replace(":", "")
-        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
-        return dt.replace(tzinfo=timezone(sign * offset)).timestamp()
-    return dt.timestamp()  # naive: local time, as the training host printed it
-
-
-def _yearless(
-    month: int, day: int, hh: str, mm: str, ss: str, frac: str | None, ref: datetime
-) -> float | None:
-    """A month/day time with no year (glog, vLLM, mmengine, syslog): the year of ``ref`` (the log's mtime),
-    or the year before when that would put the line after the log was last written."""
-    t = _stamp(ref.year, month, day, hh, mm, ss, frac)
-    if t is not None and t > ref.timestamp() + 2 * 86400:
-        t = _stamp(ref.year - 1, month, day, hh, mm, ss, frac)
-    return t
-
-
-def line_time(line: str, ref: datetime) -> float | None:
-    """The UNIX time a line states (naive times are local), or None. ``ref`` supplies the year where the
-    format has none. Only the head of the line is read, so a date inside a message or a path is not taken."""
-    head = line[:_TIME_WINDOW]
-    if not any(c.isdigit() for c in head[:_TIME_WINDOW]):
-        return None
-    m = _ISO.search(head)
-    if m:
-        return _stamp(
-            int(m.group(1)),
-            int(m.group(2)),
-            int(m.group(3)),
-            m.group(4),
-            m.group(5),
-            m.group(6),
-            m.group(7),
-            m.group(8),
-        )
-    m = _US.search(head)
-    if m:
-        a, b = int(m.group(1)), int(m.group(2))
-        month, day = (b, a) if a > 12 else (a, b)  # MM/DD/YYYY, unless it can only be DD/MM/YYYY
-        return _stamp(int(m.group(3)), month, day, m.group(4), m.group(5), m.group(6), m.group(7))
-    m = _CTIME.search(head)
-    if m:
-        return _stamp(
-            int(m.group(7)),
-            _MONTHS[m.group(1).lower()],
-            int(m.group(2)),
-            m.group(3),
-            m.group(4),
-            m.group(5),
-            m.group(6),
-        )
-    m = _RICH.search(head)
-    if m:
-        a, b = int(m.group(1)), int(m.group(2))
-        month, day = (b, a) if a > 12 else (a, b)
-        return _stamp(2000 + int(m.group(3)), month, day, m.group(4), m.group(5), m.group(6), None)
-    m = _GLOG_TIME.match(head)
-    if m:
-        return _yearless(
-            int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5), m.group(6), ref
-        )
-    m = _NOYEAR.search(head[:80])
-    if m:
-        return _yearless(
-            int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5), m.group(6), ref
-        )
-    m = _SYSLOG.match(head)
-    if m:
-        return _yearless(
-            _MONTHS[m.group(1).lower()], int(m.group(2)), m.group(3), m.group(4), m.group(5), None, ref
-        )
-    m = _EPOCH.search(head)
-    if m:
-        return float(m.group(1) or m.group(2))
-    return None
-
-
-# -- details -------------------------------------------------------------------------------------------------
-
-_OOM_FIGURES: dict[str, tuple[re.Pattern[str], ...]] = {
-    "tried_to_allocate_gb": _rx(r"Tried to allocate " + _SIZE),
-    "total_capacity_gb": _rx(r"total capa\w* of " + _SIZE, _SIZE + r" total capacity"),
-    "free_gb": _rx(r"of which " + _SIZE + r" is free", _SIZE + r" free\b"),
-    "allocated_by_pytorch_gb": _rx(_SIZE + r" is allocated by PyTorch", _SIZE + r" already allocated"),
-    "reserved_unallocated_gb": _rx(_SIZE + r" is reserved by PyTorch but unallocated"),
-    "process_in_use_gb": _rx(r"this process has " + _SIZE + r" memory in use"),
-    "reserved_total_gb": _rx(_SIZE + r" reserved in total by PyTorch", _SIZE + r" cached\b"),
-}
-_GPU_INDEX = re.compile(r"\bGPU (\d+)\b")
-_MPS_FIGURES: dict[str, tuple[re.Pattern[str], ...]] = {
-    "mps_allocated_gb": _rx(r"MPS allocated: " + _SIZE),
-    "other_allocations_gb": _rx(r"other allocations: " + _SIZE),
-    "max_allowed_gb": _rx(r"max allowed: " + _SIZE),
-    "tried_to_allocate_gb": _rx(r"Tried to allocate " + _SIZE),
-}
-_CPU_TRIED = re.compile(r"tried to allocate (\d+) bytes", re.IGNORECASE)
-_NCCL = {
-    "seq_num": re.compile(r"SeqNum=(\d+)"),
-    "timeout_ms": re.compile(r"Timeout\(ms\)=(\d+)"),
-    "ran_for_ms": re.compile(r"ran for (\d+) milliseconds"),
-    "reported_rank": re.compile(r"\[Rank (\d+)\]"),
-}
-_OP_TYPE = re.compile(r"OpType=(\w+)")
-_PIDS = re.compile(r"\bpid(?:\(s\))? ([\d, ]*\d)", re.IGNORECASE)
-_SIGNAL = re.compile(r"killed by signal: ([A-Za-z][\w ]*?)(?:\.|\s*\(|$)")
-_EXIT = re.compile(
-    r"\b(?:exit ?(?:code|status)|return code)\s*[:=]?\s*(-?\d+)|\bexitcode\s*:\s*(-?\d+)", re.IGNORECASE
-)
-_KILLED_PROC = re.compile(r"Killed process (\d+) \(([^)]+)\)")
-_SCALE = re.compile(
-    r"(?:reducing (?:the )?loss scale to|reducing to|loss scale(?: to)?:?)\s*([\d.]+(?:e[+-]?\d+)?)",
-    re.IGNORECASE,
-)
-_ERRNO = re.compile(r"\[Errno (\d+)\]|os error (\d+)|code: (\d+)")
-_NCCL_CODE = re.compile(r"\b(nccl\w+Error)\b|NCCL version ([\d.]+)")
-_CUDA_STATUS = re.compile(r"\b((?:CUDNN|CUBLAS|CUSOLVER)_STATUS_\w+)")
-_UNRECOGNIZED = re.compile(
-    r"unrecognized arguments: (.+)$|the following arguments are required: (.+)$", re.MULTILINE
-)
-
-
-def _oom_figures(text: str, table: dict[str, tuple[re.Pattern[str], ...]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, patterns in table.items():
-        v = _first_size(text, patterns)
-        if v is not None:
-            out[key] = v
-    return out
-
-
-def details_for(category: str, text: str, message: str) -> dict[str, Any]:
-    """Category-specific figures from a finding's message (preferred) and text. Sizes are GiB."""
-    src = message if category in ("cuda_oom", "mps_oom") and "allocate" in message else text
-    d: dict[str, Any] = {}
-    if category == "cuda_oom":
-        d = _oom_figures(src, _OOM_FIGURES)
-        if "reserved_unallocated_gb" not in d and "reserved_total_gb" in d and "allocated_by_pytorch_gb" in d:
-            # Older PyTorch prints "reserved in total"; what is reserved but not allocated is the difference.
-            d["reserved_unallocated_gb"] = round(
-                max(0.0, d["reserved_total_gb"] - d["allocated_by_pytorch_gb"]), 9
-            )
-        m = _GPU_INDEX.search(src)
-        if m:
-            d["gpu_index"] = int(m.group(1))
-        if "expandable_segments" in text or "max_split_size_mb" in text:
-            d["allocator_hint"] = (
-                "expandable_segments" if "expandable_segments" in text else "max_split_size_mb"
-            )
-    elif category == "mps_oom":
-        d = _oom_figures(src, _MPS_FIGURES)
-    elif category == "cpu_oom":
-        m = _CPU_TRIED.search(text)
-        if m:
-            d["tried_to_allocate_gb"] = round(int(m.group(1)) / 2**30, 9)
-    elif category == "nccl_timeout":
-        for key, p in _NCCL.items():
-            m = p.search(text)
-            if m:
-                d[key] = int(m.group(1))
-        m = _OP_TYPE.search(text)
-        if m:
-            d["op_type"] = m.group(1)
-        if "socket has timed out" in text:
-            d["kind"] = "rendezvous"
-    elif category in ("dataloader_worker_died", "shm_bus_error"):
-        m = _PIDS.search(text)
-        if m:
-            d["pids"] = [int(p) for p in re.findall(r"\d+", m.group(1))][:32]
-        m = _SIGNAL.search(text)
-        if m:
-            d["signal"] = m.group(1).strip()
-        if category == "shm_bus_error" and "DataLoader worker" in text:
-            d["dataloader_worker_died"] = True
-        if d.get("signal") == "Killed":
-            d["likely_cause"] = "host_oom_kill"
-    elif category == "host_oom_kill":
-        m = _EXIT.search(text)
-        if m:
-            d["exit_code"] = int(m.group(1) or m.group(2))
-        m = _KILLED_PROC.search(text)
-        if m:
-            d["pid"], d["process"] = int(m.group(1)), m.group(2)
-        if "SIGKILL" in text or "Killed" in text or d.get("exit_code") in (137, -9):
-            d["signal"] = "SIGKILL"
-    elif category == "fp16_overflow":
-        scales = _SCALE.findall(text)
-        if scales:
-            try:
-                d["loss_scale"] = float(scales[-1])
-            except ValueError:
-                pass
-        d["at_minimum"] = bool(_MIN_SCALE.search(text))
-    elif category in ("disk_full", "too_many_open_files", "checkpoint_save_failed"):
-        m = _ERRNO.search(text)
-        if m:
-            d["errno"] = int(next(g for g in m.groups() if g))
-        if "quota" in text.lower():
-            d["quota"] = True
-    elif category == "nccl_error":
-        m = _NCCL_CODE.search(text)
-        if m and m.group(1):
-            d["nccl_code"] = m.group(1)
-        m = re.search(r"NCCL version ([\d.]+)", text)
-        if m:
-            d["nccl_version"] = m.group(1)
-    elif category == "cudnn_cublas":
-        m = _CUDA_STATUS.search(text)
-        if m:
-            d["status"] = m.group(1)
-    elif category == "segfault":
-        for sig, word in (
-            ("SIGSEGV", "Segmentation"),
-            ("SIGABRT", "Abort"),
-            ("SIGBUS", "Bus error"),
-            ("SIGILL", "Illegal instruction"),
-        ):
-            if word in text:
-                d["signal"] = sig
-                break
-    elif category == "config_error":
-        m = _UNRECOGNIZED.search(text)
-        if m:
-            d["arguments"] = (m.group(1) or m.group(2)).strip()[:200]
-        d["source"] = (
-            "argparse"
-            if " error: " in text and ("usage:" in text or "arguments" in text)
-            else "yaml"
-            if "yaml" in text.lower()
-            else "python"
-        )
-    return d

@@ -20,11 +20,12 @@ import pandas as pd
 from runlens.analyze.downsample import minmax_downsample
 from runlens.analyze.health import main_rank
 from runlens.analyze.jobdata import JobData
-from runlens.analyze.measures import col, finite_float
+from runlens.analyze.measures import col
+from runlens.core.numbers import parse_finite
 
 __all__ = ["CRITICAL_EVENTS", "MAX_EVENTS", "MAX_POINTS", "build_timeline", "event_label", "event_severity"]
 
-MAX_POINTS = 1500   # per series: ~27 KB of SVG per 800-point series (research/analysis.md §4.3), so ~2 MB bound
+MAX_POINTS = 1500   # per series: ~27 KB of SVG per 800-point series, so the report stays near a 2 MB bound
 MAX_EVENTS = 200
 
 # (timeline name, samples column)
@@ -71,7 +72,7 @@ def build_timeline(data: JobData, *, total_memory_gb: float | None = None, gpu_t
         training[name] = _series(x_steps, y, max_points)
         peaks[name] = _peak(x_steps, y, x_name="step")
 
-    starts = [v for v in (_min(s_ts), _min(col(steps, "timestamp")), finite_float(data.job.get("started_at")))
+    starts = [v for v in (_min(s_ts), _min(col(steps, "timestamp")), parse_finite(data.job.get("started_at")))
               if v is not None]
     thresholds: dict[str, Any] = {
         "warning_ratio": data.settings.memory_warning_threshold,

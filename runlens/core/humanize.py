@@ -4,7 +4,8 @@ One home for each format, named for where it is read: ``duration`` (compact, for
 alerts), ``duration_fine`` (the report, from milliseconds to days), ``run_length`` (the terminal summary's
 "how long did it run"), ``gb`` (GiB figures), ``size`` (a byte count such as free disk space) and
 ``local_time``. Each takes None for a reading that is missing and says so with ``missing`` rather than
-printing a zero, which would be a claim.
+printing a zero, which would be a claim. Inside a finding's sentence the analyzer uses ``gb_figure`` and
+``duration_rough``.
 """
 
 from __future__ import annotations
@@ -90,3 +91,21 @@ def local_time(t: float | None, *, missing: str = "-") -> str:
         return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
     except (OverflowError, OSError, ValueError):
         return missing
+
+
+def gb_figure(value: float | None) -> str:
+    """``2.50``, ``12.3``: a GiB figure inside a sentence that names the unit itself (a finding's impact, "Saves
+    ~2.50 GB"), with two decimals below 10 so a small saving does not read as zero; ``?`` when unknown."""
+    if value is None or not math.isfinite(value):
+        return "?"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def duration_rough(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``1.5 h``: a length inside a sentence (a finding's time lost), rounded as people
+    say it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -2,7 +2,8 @@
 
 ``finite_number`` takes only real numbers (a JSON ``true`` is not 1, a string is not parsed): the report
 and the charts read the analysis document with it, where a value of the wrong type is a gap, never a guess.
-``parse_float`` and ``parse_int`` read text too: settings stored as JSON, environment variables.
+``parse_float`` and ``parse_int`` read text too: settings stored as JSON, environment variables;
+``parse_finite`` also turns NaN and infinity into None (the analyzer's figures, bound for JSON).
 """
 
 from __future__ import annotations
@@ -33,3 +34,10 @@ def parse_int(value: Any) -> int | None:
         return int(str(value).strip())
     except (TypeError, ValueError):
         return None
+
+
+def parse_finite(value: Any) -> float | None:
+    """``value`` (a number or its text) as a finite float; None when it is not one, or is NaN or infinite.
+    For figures read from stored rows and event details on their way into JSON."""
+    f = parse_float(value)
+    return f if f is not None and math.isfinite(f) else None

@@ -586,7 +586,6 @@ def _write_log(path: Path) -> Path:
 def test_log_errors_carry_the_memory_at_that_moment(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     only_test_rules: dict[str, registry.Rule],
                                                     in_child: bool) -> None:
-    pytest.importorskip("runlens.analyze.logparse")
     from runlens.analyze import load
 
     if in_child:

@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from runlens.analyze import logpatterns as lp
-from runlens.analyze.logparse import (
-    ArrivalIndex,
-    ArrivalWriter,
-    LogFinding,
-    parse_lines,
-    parse_log,
-    sidecar_path,
-)
+from runlens.analyze.logfindings import LogFinding
+from runlens.analyze.logparse import parse_lines, parse_log
+from runlens.analyze.logtime import line_time
+from runlens.core.arrival import ArrivalIndex, ArrivalWriter, sidecar_path
 from runlens.core.errors import LogUnreadable
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
@@ -522,7 +517,7 @@ def _local(*args: int) -> float:
 )
 def test_line_time_formats(line: str, expected: float | None) -> None:
     """Timestamps in the formats training stacks print; naive ones are local time."""
-    got = lp.line_time(line, REF)
+    got = line_time(line, REF)
     assert got == (pytest.approx(expected) if expected is not None else None)
 
 

@@ -13,7 +13,7 @@ from runlens.analyze import configpaths
 from runlens.core.configpath import parse_path
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
-from runlens.analyze.logparse import LogFinding
+from runlens.analyze.logfindings import LogFinding
 from runlens.analyze.registry import all_rules, run_rules
 from runlens.analyze.rules import memory, throughput, training
 from runlens.core.settings import Settings
@@ -617,7 +617,7 @@ def test_loss_spikes_recovered_and_diverged() -> None:
 
 
 def test_noisy_diffusion_loss_is_not_a_spike() -> None:
-    """Flow-matching losses swing with the random timestep; single-step outliers are not spikes (§3.3)."""
+    """Flow-matching losses swing with the random timestep; single-step outliers are not spikes."""
     rng = np.random.default_rng(3)
     loss = rng.gamma(2.0, 0.1, 3000)
     d = job(steps=steps_frame(3000, loss=loss), config=AITK, dialect="ai-toolkit")

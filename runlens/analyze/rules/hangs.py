@@ -1,5 +1,5 @@
 """Hang rules: each stall the watchdogs caught, its likely cause read from the evidence, and the fix that cause
-calls for (research/resilience.md §8.5, §10.2 rows 9 and 16, §10.3 #2 and #7).
+calls for.
 
 A stall is one ``hang_suspected`` event (or several: the Monitor's watchdog and ``runlens collect`` may both
 record the same one) up to what ended it: the next step, a ``recovered`` event, or the end of the run (a hang
@@ -10,20 +10,20 @@ threads and process states, so evidence recorded by an older runlens is labelled
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.health import run_window
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
 from runlens.core import stacks as st
+from runlens.core.humanize import duration_rough
+from runlens.core.numbers import parse_finite
 
 _SETTINGS_SHOWN = ("startup_grace", "hang_timeout", "uncalibrated_timeout", "calibrated_min", "calibrated_max",
                    "calibration_steps", "warmup_steps", "calibration_factor", "hard_timeout", "kill_grace",
@@ -43,14 +43,6 @@ _WHERE = {
 
 def _details(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _num(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def threads_of(details: Mapping[str, Any]) -> list[st.ThreadStack]:
@@ -97,7 +89,7 @@ def stalls(data: JobData) -> list[dict[str, Any]]:
     for t, raw in zip(hangs["timestamp"].tolist(), hangs["details"].tolist()):
         d = _details(raw)
         t = float(t)
-        since = _num(d.get("seconds_since_progress")) or 0.0
+        since = parse_finite(d.get("seconds_since_progress")) or 0.0
         begin = t - max(0.0, since)
         k = int(np.searchsorted(marks, t, side="right"))
         recovered = k < marks.size
@@ -159,14 +151,14 @@ def stall_findings(data: JobData) -> list[Finding]:
         phase = d.get("phase")
         step = d.get("last_step")
         verb = "hung and was killed" if s["killed"] else ("stalled" if s["recovered"] else "hung")
-        title = f"Training {verb} after {m.fmt_duration(lost)} without progress"
+        title = f"Training {verb} after {duration_rough(lost)} without progress"
         if _WHERE.get(cause):
             title += f", {_WHERE[cause]}"
         if step is not None:
             title += f" (after step {step}"
             title += f", phase {phase})" if phase else ")"
         share = lost / wall if wall else None
-        impact = f"{m.fmt_duration(lost)} lost" + (f" ({share:.0%} of the run)" if share is not None else "")
+        impact = f"{duration_rough(lost)} lost" + (f" ({share:.0%} of the run)" if share is not None else "")
         if s["killed"]:
             impact += "; the run was stopped by it"
         evidence: dict[str, Any] = {

@@ -20,6 +20,7 @@ from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
 from runlens.core.dialects import HUGGINGFACE
+from runlens.core.humanize import gb_figure
 
 # Categories whose evidence a measured rule already reports (see the module docstring).
 OWNED = {"cuda_oom": "memory.oom", "mps_oom": "memory.oom", "cpu_oom": "memory.oom",
@@ -153,14 +154,14 @@ def _log_finding(category: str, data: JobData) -> list[Finding]:
     step = m.step_at(data, t)
     snap = m.sample_at(data, t)
     mem = snap.get("used_memory_gb") if snap else None
-    mem = None if mem is None or m._isnan(mem) else float(mem)
+    mem = None if mem is None or m.is_nan(mem) else float(mem)
     message = str(getattr(first, "message", "") or "").strip()
     fix = FIXES.get(category, Fix(category.replace("_", " ").capitalize(), "See the log."))
     when = f"first at step {step}" if step is not None else ("first before the first step" if t else "first")
     where = f"line {getattr(first, 'line_number', '?')}"
     parts = [f"{count} occurrence{'s' if count != 1 else ''}", f"{when} ({where})"]
     if mem is not None:
-        parts.append(f"memory {m.fmt_gb(mem)} GB then")
+        parts.append(f"memory {gb_figure(mem)} GB then")
     if category in FATAL and _failed(data):
         last = data.job.get("last_step")
         parts.append("the run stopped" + (f" at step {last}" if last is not None else ""))

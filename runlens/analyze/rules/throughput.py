@@ -1,4 +1,4 @@
-"""Throughput rules: where the run's time went that was not training (research/analysis.md §3.1, §3.4, §5.3 P1-P7).
+"""Throughput rules: where the run's time went that was not training.
 
 Each finding's impact is time measured in this run: the data-wait share of step time, minutes lost to a slower
 pace or to stalls, the share of wall time in eval/sampling/checkpoints, the monitoring cost against its budget.
@@ -14,24 +14,31 @@ import numpy as np
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
+from runlens.analyze.health import STALL_MADS
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
 from runlens.core.costs import ONE_OFF_OPERATIONS
+from runlens.core.humanize import duration_rough, gb_figure
+from runlens.core.phases import EVAL_PHASES, OVERHEAD_PHASES, SAVE_PHASES
 
-INPUT_BOUND = 0.05       # PyTorch profiler TB plugin and TF "moderately input-bound" (§2.2, §2.3)
+# PyTorch profiler TB plugin and TF profiler call >= 5 % of step time waiting for input "moderately input-bound"
+# (https://www.tensorflow.org/guide/profiler#input_pipeline_analyzer).
+INPUT_BOUND = 0.05
 HIGHLY_INPUT_BOUND = 0.20  # TF "HIGHLY input-bound"
 GPU_UTIL_LOW = 50.0      # TB plugin: "GPU {ids} has low utilization" below 50 %
-HEADROOM_RATIO = 0.6     # §5.3 P2: max(mem_ratio) < 0.6 leaves room for a larger batch
-DEGRADED = 1 / 0.7       # NVRx straggler threshold 0.7 -> 1.43× the best pace (§3.4)
+HEADROOM_RATIO = 0.6     # max(mem_ratio) < 0.6 leaves room for a larger batch
+# NVIDIA Resiliency Extension's straggler threshold 0.7 -> 1.43× the best pace
+# (https://github.com/NVIDIA/nvidia-resiliency-ext).
+DEGRADED = 1 / 0.7
 DEGRADED_WINDOWS = 3
 DEGRADED_MIN_LOST = 30.0   # seconds: below this (or 5 % of step time) a slow stretch is not worth a warning
 DEGRADED_MIN_SHARE = 0.05
-STALL_MADS = 5.0         # §3.4 outlier steps: > median + 5·MAD ...
-STALL_MIN_RATIO = 2.0    # ... and at least 2× the median, so a very regular run's jitter is not a stall
+# A stall: a step slower than median + STALL_MADS·MAD and at least 2× the median, so a very regular run's
+# jitter is not a stall.
+STALL_MIN_RATIO = 2.0
 STALL_SHARE = 0.01       # ≥ 1 % of steps, and costing ≥ 1 % of step time
 STALL_MIN_SECONDS = 1.0
-OVERHEAD_INFO, OVERHEAD_WARN = 0.15, 0.40   # §3.4 "Overhead share ... > 15 %"
-THETA = 0.85
+OVERHEAD_INFO, OVERHEAD_WARN = 0.15, 0.40   # eval/checkpoint share of wall time worth a word, then a warning
 MIN_COST_WALL = 30.0     # runlens.collect.cost.CostLedger.min_wall_seconds
 
 
@@ -43,11 +50,11 @@ def _count(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-# -- P1 input-bound --------------------------------------------------------------------------------------
+# -- input-bound -----------------------------------------------------------------------------------------
 
 @rule("throughput.input_bound", "throughput")
 def input_bound(data: JobData) -> list[Finding]:
-    """P1: the training loop waits for the next batch for ≥ 5 % of step time."""
+    """The training loop waits for the next batch for ≥ 5 % of step time."""
     dw = m.data_wait(data)
     if dw is None or dw.share < INPUT_BOUND:
         return []
@@ -57,7 +64,7 @@ def input_bound(data: JobData) -> list[Finding]:
     if n is None:
         n = measured if measured is not None else _count(ref.current_value) or 0
     cores = m.cpu_count(data)
-    # §5.3 P1: min(cores - 2, n + 2), leaving cores for the main process; at least one worker.
+    # min(cores - 2, n + 2), leaving cores for the main process; at least one worker.
     rec = min(max(cores - 2, 1), n + 2) if cores else n + 2
     level = "HIGHLY" if dw.share >= HIGHLY_INPUT_BOUND else "moderately"
     ev = {"data_wait_share": dw.share, "data_wait_seconds": dw.data_seconds, "step_seconds": dw.step_seconds,
@@ -66,7 +73,7 @@ def input_bound(data: JobData) -> list[Finding]:
     f = Finding(id="throughput.input_bound", severity="warning",
                 title=f"Training is input-bound ({_fmt_pct(dw.share)} of step time waiting for data)",
                 action="", impact=f"Up to -{_fmt_pct(dw.share)} step time "
-                                  f"({m.fmt_duration(dw.data_seconds)} of data wait over {dw.steps} steps)",
+                                  f"({duration_rough(dw.data_seconds)} of data wait over {dw.steps} steps)",
                 category="throughput", evidence=ev, impact_value=dw.share * 100, impact_unit="percent_time")
     if rec > n:
         f.action = (f"Load data in {rec} worker processes (num_workers {n} -> {rec}) so batches are ready when "
@@ -82,10 +89,10 @@ def input_bound(data: JobData) -> list[Finding]:
     return [f]
 
 
-# -- P2 GPU under-utilised / memory headroom --------------------------------------------------------------
+# -- GPU under-utilised / memory headroom -----------------------------------------------------------------
 
 def _gpu_util(data: JobData) -> float | None:
-    """Mean GPU utilisation while steps ran, eval/sampling/save phases excluded (§3.1)."""
+    """Mean GPU utilisation while steps ran, eval/sampling/save phases excluded."""
     s = data.samples
     util, ts = m.col(s, "gpu_utilization_percent"), m.col(s, "timestamp")
     if not np.isfinite(util).any() and data.gpus is not None and not data.gpus.empty:
@@ -113,7 +120,7 @@ def _headroom(data: JobData) -> tuple[int, int, m.BatchFit] | None:
     fit = m.batch_memory_fit(data, dom)
     if bs is None or fit is None:
         return None
-    return bs, fit.max_batch(THETA), fit
+    return bs, fit.max_batch(m.THETA), fit
 
 
 def _bigger_batch(data: JobData, f: Finding, bs: int, bs_max: int, fit: m.BatchFit) -> Finding:
@@ -125,7 +132,7 @@ def _bigger_batch(data: JobData, f: Finding, bs: int, bs_max: int, fit: m.BatchF
 
 @rule("throughput.gpu_underutilized", "throughput")
 def gpu_underutilized(data: JobData) -> list[Finding]:
-    """P2: the GPU idles more than half the time while the loop is not waiting for data and memory is free."""
+    """The GPU idles more than half the time while the loop is not waiting for data and memory is free."""
     util = _gpu_util(data)
     if util is None or util >= GPU_UTIL_LOW:
         return []
@@ -151,7 +158,7 @@ def gpu_underutilized(data: JobData) -> list[Finding]:
 
 @rule("throughput.batch_headroom", "throughput")
 def batch_headroom(data: JobData) -> list[Finding]:
-    """P2 variant: device memory peaked under 60 % and the measured relation says twice the batch fits."""
+    """Device memory peaked under 60 % and the measured relation says twice the batch fits."""
     if gpu_underutilized(data):
         return []
     hr = _headroom(data)
@@ -163,14 +170,14 @@ def batch_headroom(data: JobData) -> list[Finding]:
     f = Finding(id="throughput.batch_headroom", severity="info",
                 title=f"Memory headroom allows a larger batch ({bs} -> {min(bs_max, 2 * bs)})",
                 action="Raise the batch size (and lower gradient accumulation to keep the effective batch).",
-                impact=f"Memory allows batch size {bs_max} under {THETA:.0%} of "
-                       f"{m.fmt_gb(fit.total_gb)} GB; currently {bs}",
+                impact=f"Memory allows batch size {bs_max} under {m.THETA:.0%} of "
+                       f"{gb_figure(fit.total_gb)} GB; currently {bs}",
                 category="throughput", evidence={}, impact_value=float(bs_max - bs), impact_unit="samples",
                 confidence=0.7)
     return [_bigger_batch(data, f, bs, bs_max, fit)]
 
 
-# -- P4 degradation, P5 stalls ---------------------------------------------------------------------------
+# -- degradation, stalls ---------------------------------------------------------------------------------
 
 def _pace(data: JobData, *, without_data_wait: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(step, timestamp, step_time) of training steps, excluding steps that overlap eval/sampling/save phases.
@@ -190,7 +197,7 @@ def _pace(data: JobData, *, without_data_wait: bool = False) -> tuple[np.ndarray
 
 @rule("throughput.degradation", "throughput")
 def degradation(data: JobData) -> list[Finding]:
-    """P4: the rolling-median step time stays above 1.43× the run's best pace for ≥ 3 windows (§3.4)."""
+    """The rolling-median step time stays above 1.43× the run's best pace for ≥ 3 windows."""
     sn, ts, st = _pace(data)
     n = st.size
     w = int(min(50, max(5, n // 20)))
@@ -224,13 +231,13 @@ def degradation(data: JobData) -> list[Finding]:
                     title=f"Throughput degraded {k:.1f}× during the run (from step {onset_step})",
                     action=("Find what changed at that step: memory pressure and swap, thermal or power throttling, "
                             "other jobs on the machine, a growing input size." + cause),
-                    impact=f"Lost ~{m.fmt_duration(lost)} vs the best pace ({best:.3g} s/step)",
+                    impact=f"Lost ~{duration_rough(lost)} vs the best pace ({best:.3g} s/step)",
                     category="throughput", evidence=ev, impact_value=lost, impact_unit="seconds")]
 
 
 @rule("throughput.stalls", "throughput")
 def stalls(data: JobData) -> list[Finding]:
-    """P5: isolated steps far slower than the median (> median + 5·MAD and ≥ 2× median), ≥ 1 % of steps,
+    """Isolated steps far slower than the median (> median + 5·MAD and ≥ 2× median), ≥ 1 % of steps,
     not explained by eval/sampling/save phases or by waiting for data."""
     sn, ts, st = _pace(data, without_data_wait=True)
     n = st.size
@@ -252,21 +259,21 @@ def stalls(data: JobData) -> list[Finding]:
     return [Finding(id="throughput.stalls", severity="info", title=f"Intermittent stalls ({count} slow steps)",
                     action=("Look at what ran at those moments (I/O, garbage collection, logging, other "
                             "processes); the listed steps carry their timestamps."),
-                    impact=f"{count} stalls, {m.fmt_duration(excess)} total",
+                    impact=f"{count} stalls, {duration_rough(excess)} total",
                     category="throughput", impact_value=excess, impact_unit="seconds",
                     evidence={"median_step_seconds": med, "mad_seconds": mad, "threshold_seconds": thr,
                               "stalled_steps": count, "share": count / n, "worst": listed})]
 
 
-# -- P6 eval/sampling/checkpoint overhead -----------------------------------------------------------------
+# -- eval/sampling/checkpoint overhead --------------------------------------------------------------------
 
 @rule("throughput.overhead", "throughput")
 def overhead(data: JobData) -> list[Finding]:
-    """P6: eval/sampling/checkpoint phases take > 15 % of wall time."""
+    """Eval/sampling/checkpoint phases take > 15 % of wall time."""
     wall = m.wall_seconds(data)
     if not wall:
         return []
-    ph = [p for p in m.phases(data) if p.name in m.OVERHEAD_PHASES]
+    ph = [p for p in m.phases(data) if p.name in OVERHEAD_PHASES]
     if not ph:
         return []
     starts, ends = m.overhead_intervals(data)
@@ -274,16 +281,16 @@ def overhead(data: JobData) -> list[Finding]:
     share = total / wall
     if share < OVERHEAD_INFO:
         return []
-    evals = [p for p in ph if p.name in m.EVAL_PHASES]
-    saves = [p for p in ph if p.name in m.SAVE_PHASES]
+    evals = [p for p in ph if p.name in EVAL_PHASES]
+    saves = [p for p in ph if p.name in SAVE_PHASES]
     eval_s, save_s = sum(p.seconds for p in evals), sum(p.seconds for p in saves)
     group, concept = (evals, "eval_steps") if eval_s >= save_s else (saves, "save_steps")
     what = "evaluation/sampling" if group is evals else "checkpoint saving"
     f = Finding(id="throughput.overhead", severity="warning" if share >= OVERHEAD_WARN else "info",
                 title=f"{_fmt_pct(share)} of wall time outside training steps ({what} dominates)",
                 action=f"Run {what} less often.", category="throughput",
-                impact=f"{_fmt_pct(share)} of wall time ({m.fmt_duration(total)} of {m.fmt_duration(wall)}); "
-                       f"eval/sampling {m.fmt_duration(eval_s)}, checkpoints {m.fmt_duration(save_s)}",
+                impact=f"{_fmt_pct(share)} of wall time ({duration_rough(total)} of {duration_rough(wall)}); "
+                       f"eval/sampling {duration_rough(eval_s)}, checkpoints {duration_rough(save_s)}",
                 impact_value=share * 100, impact_unit="percent_time",
                 evidence={"overhead_seconds": total, "wall_seconds": wall, "eval_seconds": eval_s,
                           "save_seconds": save_s, "eval_count": len(evals), "save_count": len(saves)})
@@ -303,11 +310,11 @@ def overhead(data: JobData) -> list[Finding]:
     return [f]
 
 
-# -- P7 monitoring cost ----------------------------------------------------------------------------------
+# -- monitoring cost -------------------------------------------------------------------------------------
 
 @rule("throughput.monitoring_cost", "throughput")
 def monitoring_cost(data: JobData) -> list[Finding]:
-    """P7: runlens's and the user's monitoring work passes the budget (settings.monitoring_budget, 5 % of wall).
+    """Runlens's and the user's monitoring work passes the budget (settings.monitoring_budget, 5 % of wall).
 
     Counted as the collector counts it (runlens.collect.cost): every operation except the one-off start/close,
     threads' CPU included, and no verdict on runs shorter than 30 s, where start-up noise dominates.
@@ -328,8 +335,8 @@ def monitoring_cost(data: JobData) -> list[Finding]:
     f = Finding(id="throughput.monitoring_cost", severity="warning",
                 title=f"Monitoring cost {_fmt_pct(share)} of wall time (budget {_fmt_pct(budget)})",
                 action=f"Do '{top.removeprefix('user:')}' less often or move it off the training thread.",
-                impact=f"{_fmt_pct(share)} overhead ({m.fmt_duration(spent)} of {m.fmt_duration(wall)}); "
-                       f"'{top}' {m.fmt_duration(float(by_op.iloc[0]))}",
+                impact=f"{_fmt_pct(share)} overhead ({duration_rough(spent)} of {duration_rough(wall)}); "
+                       f"'{top}' {duration_rough(float(by_op.iloc[0]))}",
                 category="throughput", impact_value=share * 100, impact_unit="percent_time",
                 evidence={"operations": ops, "budget": budget, "wall_seconds": wall, "monitoring_seconds": spent})
     if top.startswith("thread:") and "sampl" in top:

@@ -1,9 +1,10 @@
-"""Training-dynamics rules: divergence, loss spikes, a loss that does not go down, gradient-norm trouble
-(research/analysis.md §3.3, §3.5, §5.3 T1-T4).
+"""Training-dynamics rules: divergence, loss spikes, a loss that does not go down, gradient-norm trouble.
 
 Per-step losses are noisy (diffusion losses depend on a random timestep), so every rule works on a robust
 baseline: a trailing median and an inter-quartile spread, and a deviation must persist for several steps before
-it counts (llm-foundry's KillLossSpike patience, OLMo-core's 6σ rule; §3.3).
+it counts (llm-foundry's KillLossSpike patience,
+https://github.com/mosaicml/llm-foundry/blob/main/llmfoundry/callbacks/kill_loss_spike_callback.py, and
+OLMo-core's 6σ rule).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from runlens.core.dialects import AITOOLKIT
 SPIKE_RATIO = 2.0        # llm-foundry: loss ≥ 2× the running mean (here: median)
 SPIKE_SIGMAS = 6.0       # OLMo-core: > mean + 6σ over the window (here: a robust σ from the IQR)
 SPIKE_PATIENCE = 5       # llm-foundry: more than 4 consecutive outliers
-RECOVERY_STEPS = 200     # §5.3 T2: "one without recovery within 200 steps"
-MANY_SPIKES = 3          # §5.3 T2: ≥ 3 spikes
-RISING = 1.5             # T3: late median ≥ 1.5× early median = the loss went up
-CLIP_SATURATION = 0.5    # §3.5: > 50 % of steps above max_grad_norm ...
+RECOVERY_STEPS = 200     # a spike without recovery within 200 steps is critical
+MANY_SPIKES = 3          # ≥ 3 spikes are a warning
+RISING = 1.5             # late median ≥ 1.5× early median = the loss went up
+CLIP_SATURATION = 0.5    # > 50 % of steps above max_grad_norm ...
 CLIP_TAIL = 0.2          # ... over the last 20 % of steps
 GRAD_SPIKES = 3
 
@@ -143,11 +144,11 @@ def _is_fp16(data: JobData) -> bool:
     return fp16 is True or str(prec).lower() in ("fp16", "float16", "16", "16-mixed", "16-true", "half")
 
 
-# -- T1 NaN/Inf --------------------------------------------------------------------------------------------
+# -- NaN/Inf -----------------------------------------------------------------------------------------------
 
 @rule("training.nonfinite", "training")
 def nonfinite_loss(data: JobData) -> list[Finding]:
-    """T1: the loss (or the gradient norm) became NaN/Inf: the run diverged."""
+    """The loss (or the gradient norm) became NaN/Inf: the run diverged."""
     steps = m.main_rank_steps(data)
     bad_loss = nonfinite(steps, "loss") if len(steps) else np.zeros(0, bool)
     bad_grad = nonfinite(steps, "gradient_norm") if len(steps) else np.zeros(0, bool)
@@ -197,11 +198,11 @@ def nonfinite_loss(data: JobData) -> list[Finding]:
     return [f]
 
 
-# -- T2 loss spikes ----------------------------------------------------------------------------------------
+# -- loss spikes -------------------------------------------------------------------------------------------
 
 @rule("training.loss_spikes", "training")
 def loss_spikes(data: JobData) -> list[Finding]:
-    """T2: persistent loss spikes against a robust trailing baseline; critical when the last one never
+    """Persistent loss spikes against a robust trailing baseline; critical when the last one never
     recovered (divergence without NaN), warning for ≥ 3, info for one or two that recovered."""
     sn, ts, loss = _finite_loss(data)
     eps = _episodes(data)
@@ -242,11 +243,11 @@ def loss_spikes(data: JobData) -> list[Finding]:
     return [f]
 
 
-# -- T3 loss not decreasing --------------------------------------------------------------------------------
+# -- loss not decreasing -----------------------------------------------------------------------------------
 
 @rule("training.loss_not_decreasing", "training")
 def loss_not_decreasing(data: JobData) -> list[Finding]:
-    """T3: the late-run median loss is not below the early-run median (robust windows of 10 % of the run)."""
+    """The late-run median loss is not below the early-run median (robust windows of 10 % of the run)."""
     sn, _, loss = _finite_loss(data)
     n = loss.size
     if n < 50:
@@ -267,7 +268,7 @@ def loss_not_decreasing(data: JobData) -> list[Finding]:
     if ratio >= RISING:
         sev = "warning"
     elif ratio >= 0.98 and data.dialect != AITOOLKIT:
-        sev = "info"   # diffusion losses stay flat by nature (§3.3), so ai-toolkit runs are not flagged
+        sev = "info"   # diffusion losses stay flat by nature, so ai-toolkit runs are not flagged
     else:
         return []
     ev = {"early_median": early, "late_median": late, "ratio": ratio, "window_steps": w,
@@ -285,11 +286,11 @@ def loss_not_decreasing(data: JobData) -> list[Finding]:
     return [f]
 
 
-# -- T4 gradient norm --------------------------------------------------------------------------------------
+# -- gradient norm -----------------------------------------------------------------------------------------
 
 @rule("training.gradient_norm", "training")
 def gradient_norm(data: JobData) -> list[Finding]:
-    """T4: the gradient norm is clipped on most late steps, or spikes repeatedly (6 robust σ and ≥ 3× the
+    """The gradient norm is clipped on most late steps, or spikes repeatedly (6 robust σ and ≥ 3× the
     trailing median)."""
     steps = m.main_rank_steps(data)
     g = m.col(steps, "gradient_norm")
