@@ -1,13 +1,14 @@
 """The ``runlens`` command line: parse, call one library function, print.
 
-Each command lives in its own module here (``analyze`` also holds ``report`` and ``recommend``, the commands
-that read one job's analysis); this one holds the group, the shared ``--db`` option and the edge where runlens
-errors become one line on stderr and an exit code (0 ok, 1 runlens error, 2 bad input).
+Each command lives in its own module here, named for it; this one holds the group, the shared ``--db`` option,
+the JSON printer and the edge where runlens errors become one line on stderr and an exit code (0 ok, 1 runlens
+error, 2 bad input).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from typing import Any, Callable, TypeVar
@@ -30,6 +31,12 @@ def fail(message: str, code: int = 2) -> None:
     """Print one line to stderr and exit with ``code``."""
     click.echo(f"runlens: {message}", err=True)
     sys.exit(code)
+
+
+def dump_json(doc: Any) -> str:
+    """An analysis document (or part of one) as indented JSON for stdout."""
+    # allow_nan=False: the document is JSON-safe by construction; a NaN here is a bug worth failing on.
+    return json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def handle_errors(fn: F) -> F:
@@ -58,7 +65,9 @@ def cli(verbose: bool) -> None:
 
 
 # Imported after the helpers above, which each command module uses; importing one adds its commands to ``cli``.
-from runlens.cli import analyze, collect, db, demo, doctor, jobs, status, watch  # noqa: E402, F401
+from runlens.cli import (  # noqa: E402, F401
+    analyze, collect, db, demo, doctor, jobs, recommend, report, status, watch,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -50,18 +49,12 @@ def demo_command(scenario: str, db: str | None, out: str, steps: int | None, bac
     Takes under a minute and a half. The troubled run really diverges, really waits for its data and its
     DataLoader workers really hold memory: the report's recommendations come from measuring that.
     """
+    from runlens.demo.run import next_steps, run_demo
     from runlens.report.terminal import format_summary
-    from runlens.demo.run import run_demo
 
     result = run_demo(scenario, db=db, out=out, steps=steps, backend=backend, echo=click.echo)
     click.echo("")
     click.echo(format_summary(result.analysis, html_path=result.html_path, color=sys.stdout.isatty()))
     click.echo("")
-    shown_db = db or str(Path(out) / "runlens.db")
-    click.echo("Next:")
-    click.echo(f"  open {result.html_path}" if result.html_path else "  (no HTML report was written)")
-    click.echo(f"  runlens jobs --db {shown_db}")
-    click.echo(f"  runlens analyze {result.job_id} --db {shown_db} --json")
-    if scenario == "troubled":
-        same_out = "" if out == DEFAULT_OUT else f" --out {out}"
-        click.echo(f"  runlens demo --scenario healthy{same_out}    # the same job, well configured")
+    for line in next_steps(result, scenario, db=db, out=out):
+        click.echo(line)

@@ -42,7 +42,8 @@ DEFAULT_OUT = "runlens-demo"
 DEFAULT_STEPS = {"troubled": 400, "healthy": 600}
 TROUBLED_WORKERS = 4
 
-__all__ = ["DEFAULT_OUT", "SCENARIOS", "DemoResult", "run_demo", "scenario_config", "worker_cache_mb"]
+__all__ = ["DEFAULT_OUT", "SCENARIOS", "DemoResult", "next_steps", "run_demo", "scenario_config",
+           "worker_cache_mb"]
 
 
 @dataclass
@@ -213,6 +214,17 @@ def run_demo(
     finally:
         store.close()
     return DemoResult(job_id, result.analysis, result.html_path, db_url, config_path, exit_code)
+
+
+def next_steps(result: DemoResult, scenario: str, *, db: str | None, out: str | os.PathLike[str]) -> list[str]:
+    """The commands to try after the demo, with the demo's own store and folder filled in."""
+    shown_db = db or str(Path(out) / "runlens.db")
+    lines = ["Next:", f"  open {result.html_path}" if result.html_path else "  (no HTML report was written)",
+             f"  runlens jobs --db {shown_db}", f"  runlens analyze {result.job_id} --db {shown_db} --json"]
+    if scenario == "troubled":
+        same_out = "" if str(out) == DEFAULT_OUT else f" --out {out}"
+        lines.append(f"  runlens demo --scenario healthy{same_out}    # the same job, well configured")
+    return lines
 
 
 def _newest_job(store: Any, name: str, since: float) -> str | None:

@@ -22,12 +22,15 @@ from runlens.analyze.analysis import build_analysis
 from runlens.analyze.load import load_job
 from runlens.core.errors import JobNotFound
 from runlens.report.html import write_report
-from runlens.store.frames import save_analysis
+from runlens.store.frames import latest_analysis, save_analysis
 from runlens.store.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnalyzeResult", "analyze_job", "default_html_path", "render_html", "resolve_job_id"]
+__all__ = ["HEALTH_RANK", "AnalyzeResult", "analyze_job", "current_analysis", "default_html_path",
+           "health_at_least", "render_html", "resolve_job_id"]
+
+HEALTH_RANK = {"good": 0, "warning": 1, "critical": 2}
 
 
 @dataclass
@@ -102,3 +105,19 @@ def render_html(analysis: Mapping[str, Any], path: Path) -> tuple[Path | None, s
         return write_report(dict(analysis), path), None
     except OSError as exc:
         return None, f"cannot write {path}: {exc.strerror or exc}"
+
+
+def current_analysis(store: Store, job_id: str) -> dict[str, Any]:
+    """The analysis to act on now: the stored one of a finished job, else (a running job, or none stored yet)
+    one made now and not stored."""
+    job = store.get_job(job_id)
+    analysis = latest_analysis(store, job_id) if job.get("status") != "running" else None
+    if analysis is None:
+        analysis = analyze_job(store, job_id, save=False, write_html=False).analysis
+    return analysis
+
+
+def health_at_least(analysis: Mapping[str, Any], level: str) -> bool:
+    """Whether the analysis's health is ``level`` ("warning", "critical") or worse; a missing health is good."""
+    health = str((analysis.get("summary") or {}).get("health_score") or "good")
+    return HEALTH_RANK.get(health, 0) >= HEALTH_RANK[level]

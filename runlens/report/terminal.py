@@ -14,7 +14,7 @@ import click
 
 from runlens.core import humanize
 
-__all__ = ["format_recommendations", "format_summary", "format_value"]
+__all__ = ["format_applied", "format_recommendations", "format_summary", "format_value"]
 
 _HEALTH_COLOURS = {"good": "green", "warning": "yellow", "critical": "red"}
 _SEVERITY_COLOURS = {"critical": "red", "warning": "yellow", "info": "cyan"}
@@ -83,6 +83,21 @@ def format_recommendations(recs: list[Mapping[str, Any]], *, color: bool = False
             lines.append(f"      alternatives: {', '.join(str(a) for a in alts)}")
     if limit is not None and len(recs) > limit:
         lines.append(f"    ... and {len(recs) - limit} more (see the report or --json)")
+    return "\n".join(lines)
+
+
+def format_applied(result: Any) -> str:
+    """What ``runlens recommend --apply`` did: each key set, each recommendation skipped and why, the file
+    written. ``result`` is a ``runlens.report.tuned_config.ApplyResult``."""
+    lines = []
+    for c in result.applied:
+        lines.append(f"set {c.file_path}: {format_value(c.old_value) if c.reason != 'key added' else 'not set'}"
+                     f" -> {format_value(c.new_value)}  ({c.rec_id})")
+    for c in result.skipped:
+        lines.append(f"skipped {c.config_path} ({c.rec_id}): {c.reason}")
+    if not result.changes:
+        lines.append("no recommendation of this run sets a config key")
+    lines.append(f"wrote {result.output}")
     return "\n".join(lines)
 
 
