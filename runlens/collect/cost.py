@@ -29,6 +29,10 @@ from typing import Any, Callable
 
 from runlens.core.costs import ONE_OFF_OPERATIONS, THREAD_PREFIX, USER_PREFIX
 
+# step() and the loader time 1 call in STEP_TIMING_EVERY (a power of two, so the test is a bit mask) and scale.
+STEP_TIMING_EVERY = 64
+TIMING_MASK = STEP_TIMING_EVERY - 1
+
 
 @dataclass
 class OperationCost:

@@ -8,7 +8,7 @@ driver, no GPU, or ``CUDA_VISIBLE_DEVICES`` selecting nothing gives ONE info lin
 Unified memory: on GB10 (DGX Spark), Jetson and some Grace Hopper set-ups NVML has no memory figures of the
 device's own (``NVML_ERROR_NOT_SUPPORTED``): the GPU allocates from system RAM. There, and on Apple silicon
 (no NVML at all), GPU memory is reported from the shared system pool (used = total - available) with
-``unified_memory=True``, so nobody adds it to host memory a second time (research/analysis.md section 3.7).
+``unified_memory=True``, so nobody adds it to host memory a second time.
 
 Device selection follows CUDA: ``CUDA_VISIBLE_DEVICES`` lists indexes or ``GPU-``/``MIG-`` UUIDs (a unique
 prefix is enough); the list ends at the first entry that names no device, as it does for CUDA. Indexes are

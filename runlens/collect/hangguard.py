@@ -13,10 +13,9 @@ has calibrated timeouts. The guard, a thread in the wrapper, covers what it cann
   polled), plus a margin that leaves the Monitor time to speak first.
 * **A child that never calls runlens.** It has no progress signal. With a fixed ``--hang-timeout`` the guard
   falls back to the child's output (a line is weaker evidence: a telemetry thread can print while the loop is
-  wedged, research/resilience.md §8.4); ``--no-output-timeout`` (the seed's "kill if no output for 10 minutes")
-  counts output in any case.
-* **The kill** (§10.2 row 7): after the evidence is stored, SIGTERM to the child's process group, ``kill_grace``
-  (30 s, Slurm's KillWait) to exit, then SIGKILL; a ``killed_by_runlens`` event, and the wrapper ends the job
+  wedged); ``--no-output-timeout`` ("kill if no output for 10 minutes") counts output in any case.
+* **The kill**: after the evidence is stored, SIGTERM to the child's process group, ``kill_grace``
+  (30 s, Slurm's default KillWait: https://slurm.schedmd.com/slurm.conf.html#OPT_KillWait) to exit, then SIGKILL; a ``killed_by_runlens`` event, and the wrapper ends the job
   as ``timed_out`` and exits 124 (``timeout(1)``'s code). The kill is armed only when asked for: a fixed
   ``--hang-timeout`` (hard = soft + max(soft, 300 s), TRT-LLM's soft->hard tiers), an explicit ``--hard-timeout``,
   or ``--no-output-timeout``. Otherwise the guard records evidence and leaves the run alone.
@@ -52,7 +51,7 @@ from runlens.core.settings import Settings
 log = logging.getLogger(__name__)
 
 HANG_EXIT_CODE = 124            # runlens collect's exit code after killing a stalled child (as timeout(1))
-HARD_EXTRA_MIN = 300.0          # hard = soft + max(soft, 5 min), research/resilience.md §10.2 row 7
+HARD_EXTRA_MIN = 300.0          # hard = soft + max(soft, 5 min): the soft timeout's evidence comes first
 GUARD_POLL_MIN, GUARD_POLL_MAX = 0.2, 2.0
 MONITOR_MARGIN = 1.5            # seconds the Monitor's watchdog gets, after its own poll, to claim a timer dump
 BACKSTOP_MARGIN = 5.0           # seconds past the guard's own deadline before it records a stall the Monitor missed
@@ -508,7 +507,7 @@ class StallGuard:
             self.writer.flush(timeout=5.0)
 
     def _kill(self, why: str, base: dict[str, Any], since: float, limit: float) -> None:
-        """SIGTERM to the group, ``kill_grace`` to exit, SIGKILL to what is left (§10.2 row 7)."""
+        """SIGTERM to the group, ``kill_grace`` to exit, SIGKILL to what is left."""
         proc = self.supervisor.proc
         phase = base.get("phase")
         step = base.get("last_step")

@@ -5,7 +5,7 @@ column present, None where not measured, so rows batch into one executemany) and
 ``gpu_samples`` rows. ``SamplerThread`` calls it periodically on a monotonic clock and hands each sample to a
 callback (the Monitor's or the wrapper's buffer).
 
-What is measured, and why that way (research/analysis.md section 3.7, research/trackers.md):
+What is measured, and why that way:
 
 * ``used_memory_gb = total - available`` (MemAvailable), not total - free: the page cache is reclaimable and
   "free" makes every long-running Linux box look full.

@@ -1,6 +1,6 @@
 """Evidence of a stall: every thread's stack, the state of each process, and a label for the likely cause.
 
-Three sources of stacks, in the order they survive trouble (research/resilience.md §5, §6, §10.2 row 9):
+Three sources of stacks, in the order they survive trouble:
 
 * **faulthandler** dumps (``dump_traceback_later``'s C timer, or the on-demand signal): written by C code that
   does not need the GIL, so they exist even when a native call holds the GIL and every Python thread, the
@@ -8,12 +8,12 @@ Three sources of stacks, in the order they survive trouble (research/resilience.
   but no names. ``parse_faulthandler`` turns the text into threads.
 * **py-spy** (``py-spy dump --pid PID --json``), from outside: thread names, which thread holds the GIL, and
   whether it is running. One process per call: ``--subprocesses --json`` returns only the parent's threads in
-  py-spy 0.4.3 (§5, §11), so each DataLoader worker is dumped on its own. Needs ptrace (root, Yama
+  py-spy 0.4.3 (measured), so each DataLoader worker is dumped on its own. Needs ptrace (root, Yama
   ``ptrace_scope`` 0, or ``SYS_PTRACE`` in a container); when it cannot attach the reason is kept.
-* **sys._current_frames()** from inside, when the watchdog thread has the GIL (~11 µs, §10.3 #8).
+* **sys._current_frames()** from inside, when the watchdog thread has the GIL (~11 µs).
 
 Plus each process's scheduler state and wait channel from ``/proc`` (``D`` = uninterruptible I/O wait), and
-``label_cause``: a deterministic first guess at why the run stopped, from those stacks and states (§10.3 #2).
+``label_cause``: a deterministic first guess at why the run stopped, from those stacks and states.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """In-process stall detection: when has the training loop gone quiet for too long, and what was it doing.
 
 Progress is a finished step or an explicit phase change (``mon.step``, ``mon.phase``), never a background
-thread's heartbeat: trainers' telemetry threads keep printing while the loop is wedged (PortOS, research/
-resilience.md §8.4; §10.2 row 1).
+thread's heartbeat: trainers' telemetry threads keep printing while the loop is wedged.
 
-How long is too long calibrates itself (§10.2 rows 3-5, 8):
+How long is too long calibrates itself, along the lines of NVIDIA's Resiliency Extension (NVRx, its in-job
+hang detection: https://github.com/NVIDIA/nvidia-resiliency-ext):
 
 ==========================  ============================================================================
 before the first step       ``startup_grace`` (20 min: model download, ``torch.compile``, dataset indexing)
@@ -12,9 +12,9 @@ first steps                 ``uncalibrated_timeout`` (300 s) until ``calibration
                             were seen after ``warmup_steps`` (5) warm-up intervals (NVRx: 5 warm-up iterations)
 then                        clamp(``calibration_factor`` (5) x the slowest of the last ``calibration_window``
                             (100) step intervals, ``calibrated_min`` (120 s), ``calibrated_max`` (15 min));
-                            NVRx uses max x 5, PortOS slowest x 6 with a 90 s floor and a 15 min cap
-inside a phase              its budget from ``phase_budgets`` (eval, save, checkpoint...: 30 min, FlagScale's
-                            ``checkpoint_timeout_s``), or 5 x its last duration when that is longer
+                            NVRx, too, takes the slowest recent iteration x 5
+inside a phase              its budget from ``phase_budgets`` (eval, save, checkpoint...: 30 min, the order of
+                            FlagScale's ``checkpoint_timeout_s``), or 5 x its last duration when that is longer
 ``hang_timeout`` set        replaces the step timeout (not the startup grace nor a phase's budget)
 ==========================  ============================================================================
 
@@ -23,11 +23,12 @@ of the calibration.
 
 Why faulthandler: a Python watchdog thread needs the GIL; a native call that holds it (a C extension's
 deadlock, a CUDA call spinning) starves every Python thread. Measured: a 0.5 s watchdog starved for 7.6 s while
-``faulthandler.dump_traceback_later`` fired on time (§6, §11). So the C timer is kept armed at the current
+``faulthandler.dump_traceback_later`` fired on time (its timer is a C thread that needs no GIL:
+https://docs.python.org/3/library/faulthandler.html). So the C timer is kept armed at the current
 deadline (re-armed by this thread when the deadline moves, at most once per poll, never per step: a re-arm costs
 ~47 µs) and writes every thread's stack to a per-process stacks file that stays open for the run; this thread,
 once it gets the GIL, or ``runlens collect`` from outside, turns that dump into a ``hang_suspected`` event.
-The same file takes on-demand dumps: ``faulthandler.register(SIGUSR2, chain=...)`` (§10.2 row 10: SIGUSR1 is
+The same file takes on-demand dumps: ``faulthandler.register(SIGUSR2, chain=...)`` (not SIGUSR1: that is
 Lightning's SLURM requeue signal; chaining only when another handler exists, because chaining to SIG_DFL
 would kill the process).
 
@@ -52,6 +53,7 @@ from typing import IO, Any, NamedTuple
 
 from runlens.collect import stacks as capture
 from runlens.core import stacks as st
+from runlens.core.phases import PHASE_ALIASES
 from runlens.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,25 +66,22 @@ MARK_SUSPECTED = "# runlens watchdog: stall suspected"
 MARK_RECOVERED = "# runlens watchdog: recovered"
 MARK_CLOSED = "# runlens watchdog: closed, on-demand signal unregistered"
 
-# Phase names that share a budget key (health.OVERHEAD_PHASES spells the same family).
-PHASE_ALIASES = {"evaluation": "eval", "evaluate": "eval", "test": "eval", "val": "validate",
-                 "validation": "validate", "sampling": "sample", "generate": "sample", "saving": "save",
-                 "checkpoint_save": "checkpoint", "checkpointing": "checkpoint", "prediction": "predict"}
+_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
 class HangSettings:
-    """The stall-detection part of ``Settings`` (defaults and evidence: research/resilience.md §10.2)."""
+    """The stall-detection part of ``Settings``, with its defaults (the table above)."""
 
-    startup_grace: float = 20 * 60.0
-    hang_timeout: float | None = None
-    uncalibrated_timeout: float = 300.0
-    calibrated_min: float = 120.0
-    calibrated_max: float = 15 * 60.0
-    calibration_steps: int = 20
-    warmup_steps: int = 5
-    calibration_factor: float = 5.0
-    calibration_window: int = 100
+    startup_grace: float = _DEFAULTS.startup_grace
+    hang_timeout: float | None = _DEFAULTS.hang_timeout
+    uncalibrated_timeout: float = _DEFAULTS.uncalibrated_timeout
+    calibrated_min: float = _DEFAULTS.calibrated_min
+    calibrated_max: float = _DEFAULTS.calibrated_max
+    calibration_steps: int = _DEFAULTS.calibration_steps
+    warmup_steps: int = _DEFAULTS.warmup_steps
+    calibration_factor: float = _DEFAULTS.calibration_factor
+    calibration_window: int = _DEFAULTS.calibration_window
     phase_budgets: Mapping[str, float] = field(default_factory=lambda: dict(Settings().phase_budgets))
 
     @classmethod
@@ -292,7 +291,7 @@ class Watchdog:
             return
         try:
             self.stacks_path.parent.mkdir(parents=True, exist_ok=True)
-            # Both stay open for the run: faulthandler writes by fd (§6, §10.2 row 11).
+            # Both stay open for the run: faulthandler writes by fd, so the file must outlive every dump.
             self._file = open(self.stacks_path, "ab", buffering=0)  # noqa: SIM115
             self._reader = open(self.stacks_path, "rb")  # noqa: SIM115
         except OSError as exc:
@@ -357,7 +356,7 @@ class Watchdog:
         self.timer_armed = False
 
     def _arm(self, remaining: float) -> None:
-        """Point faulthandler's C timer at the current deadline (one global timer per process, §6)."""
+        """Point faulthandler's C timer at the current deadline (one global timer per process)."""
         if not self._owner or self._file is None:
             return
         try:

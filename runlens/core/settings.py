@@ -27,7 +27,7 @@ class Settings:
     flush_rows: int = 2000
     buffer_max_rows: int = 200_000
     monitoring_budget: float = 0.05
-    # Hang detection (research/resilience.md section 10.2).
+    # Hang detection: the calibration, its defaults and their sources are described in runlens.collect.watchdog.
     startup_grace: float = 20 * 60.0
     hang_timeout: float | None = None          # fixed soft timeout; None = self-calibrating
     uncalibrated_timeout: float = 300.0
@@ -115,9 +115,15 @@ def settings_from_env(base: Settings | None = None, environ: Mapping[str, str] |
                 changes[attr] = kind(raw)
             except ValueError:
                 raise ConfigError(name, f"environment variable {name}={raw!r} is not a valid {kind.__name__}") from None
-    if environ.get("RUNLENS_DISABLE", "").lower() in ("1", "true", "yes"):
+    if env_disabled(environ):
         changes["disabled"] = True
     return base.replace(**changes)
+
+
+def env_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``RUNLENS_DISABLE`` is set to 1, true or yes: runlens records nothing in this process."""
+    environ = os.environ if environ is None else environ
+    return environ.get("RUNLENS_DISABLE", "").strip().lower() in ("1", "true", "yes")
 
 
 def resolve_db_url(db: str | None = None, environ: Mapping[str, str] | None = None) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 
 MAX_FRAMES = 64              # per thread, innermost kept (faulthandler itself stops at 100)
-MAX_THREADS = 100            # per process (faulthandler's own limit, §6)
+MAX_THREADS = 100            # per process (faulthandler's own limit)
 MAX_STACKS_CHARS = 100_000   # the text stored in the event
 MAX_CODE_CHARS = 200
 
@@ -231,7 +231,7 @@ def label_cause(threads: Sequence[ThreadStack], processes: Sequence[ProcessState
     the process states. One of ``CAUSES``:
 
     native_gil   a thread holds the GIL without running Python (py-spy: ``owns_gil`` and idle), or only the C-level
-                 faulthandler timer saw the stall because the Python watchdog thread was starved (§6, §11)
+                 faulthandler timer saw the stall because the Python watchdog thread was starved
     dataloader   the main thread waits in torch's DataLoader (``_try_get_data``/``_get_data``/``_next_data``) or a
                  ``queue.get`` while the loop was inside ``mon.loader``
     collective   a torch.distributed / NCCL frame (all_reduce, barrier, ...) on the main thread

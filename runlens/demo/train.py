@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 
 import runlens
-from runlens.integrations._base import preload
+from runlens.integrations.base import preload
 
 INPUT_DIM = 64
 N_TRAIN = 8192

@@ -50,14 +50,15 @@ except ImportError:
 import torch
 
 from runlens.core.dialects import LIGHTNING
-from runlens.integrations._base import PhaseSlot, open_monitor, preload
+from runlens.integrations.base import RecordingCallback
 
 log = logging.getLogger(__name__)
 
 _perf = time.perf_counter
 
 # Trainer attributes that make up the "trainer" section of the snapshot (the effective values: what the
-# Trainer resolved its arguments to). research/analysis.md §5.1 names the ones recommendations point at.
+# Trainer resolved its arguments to): those recommendations point at (accumulate_grad_batches, precision,
+# val_check_interval, limit_train_batches...) and what explains the run's length and shape.
 TRAINER_FIELDS = (
     "max_epochs",
     "min_epochs",
@@ -84,7 +85,7 @@ TRAINER_FIELDS = (
 LOADER_FIELDS = ("batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor")
 
 
-class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
+class RunlensCallback(RecordingCallback, pl.Callback):  # type: ignore[misc,unused-ignore]
     """Record a Lightning ``fit`` with runlens.
 
     Args:
@@ -109,43 +110,23 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
         grad_norm: bool = True,
         **settings: Any,
     ) -> None:
-        preload()
-        self.name = name
-        self.db = db
-        self.all_ranks = all_ranks
+        super().__init__(name, db=db, monitor=monitor, all_ranks=all_ranks, **settings)
         self.compute_grad_norm = grad_norm
-        self.settings = settings
-        self.monitor: Any = monitor
-        self.job_id: str | None = getattr(
-            monitor, "job_id", None
-        )  # kept after the run, for scripts and tests
-        self._owns_monitor = False
-        self._phase: PhaseSlot | None = None
         self._loss: Any = None
         self._lr: float | None = None
         self._grad_norm: Any = None
         self._batch_size: int | None = None
         self._last_global_step = 0
-        self._batch_multiplier = 1
-        self._idle_since: float | None = None
         self._save_open = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if self.monitor is None:
-            if not (trainer.is_global_zero or self.all_ranks):
-                return
-            self.monitor = open_monitor(
-                self.name or type(pl_module).__name__,
-                lightning_snapshot(trainer, pl_module),
-                LIGHTNING,
-                self.db,
-                self.settings,
-            )
-            self._owns_monitor = True
-        self.job_id = self.monitor.job_id
-        self._phase = PhaseSlot(self.monitor)
+        def describe() -> tuple[str, Mapping[str, Any]]:
+            return self.name or type(pl_module).__name__, lightning_snapshot(trainer, pl_module)
+
+        if not self.start_recording(trainer.is_global_zero, describe, LIGHTNING):
+            return
         self._last_global_step = trainer.global_step
         self._batch_multiplier = max(1, int(trainer.accumulate_grad_batches or 1)) * max(
             1, trainer.world_size
@@ -175,21 +156,12 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
         if self._phase is None:
             return
         self._save_open = False
-        self._phase.close(exception)
-        if self._owns_monitor:
-            # The Monitor records the exception with its traceback and marks the job failed; Lightning
-            # re-raises.
-            self.monitor.__exit__(type(exception), exception, exception.__traceback__)
-            self.monitor = None
-            self._owns_monitor = False
+        self.fail(exception)  # recorded with its traceback, the job failed; Lightning re-raises
         self._phase = None
 
     def _release(self) -> None:
-        if self._owns_monitor:
-            self.monitor.close()
-            self.monitor = None
-            self._owns_monitor = False
-        self._phase = None
+        self.close_monitor()
+        self._phase = None  # only fit is recorded, also into a Monitor passed in
 
     # -- steps ---------------------------------------------------------------------------------------
 
@@ -202,7 +174,7 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
     def on_train_epoch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._phase is not None:
             self._end_save(trainer)
-            self._idle_since = _perf()  # the epoch's iter(dataloader) (worker start-up) comes next
+            self.mark_idle()  # the epoch's iter(dataloader) (worker start-up) comes next
 
     def on_train_batch_start(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
@@ -211,11 +183,8 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
             return
         now = _perf()
         self._end_save(trainer)
-        if self._idle_since is not None:
-            # Since the last hook of the previous batch the loop fetched this batch and moved it to the
-            # device.
-            self.monitor.add_data_wait(now - self._idle_since)
-            self._idle_since = None
+        # Since the last hook of the previous batch the loop fetched this batch and moved it to the device.
+        self.add_data_wait(now)
         try:
             self._batch_size = int(extract_batch_size(batch))
         except Exception:
@@ -256,7 +225,7 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
                 epoch=trainer.current_epoch,
             )
             self._loss = self._grad_norm = self._lr = None
-        self._idle_since = _perf()
+        self.mark_idle()
 
     # -- phases --------------------------------------------------------------------------------------
 
@@ -281,7 +250,7 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
         metrics = _scalar_metrics(trainer.callback_metrics, "val")
         if metrics:
             self.monitor.event("eval_metrics", step=trainer.global_step, **metrics)
-        self._idle_since = _perf()
+        self.mark_idle()
 
     def on_save_checkpoint(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict[str, Any]
@@ -295,7 +264,7 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._phase is not None:
             self._end_save(trainer)
-            self._idle_since = _perf()
+            self.mark_idle()
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self._phase is not None:
@@ -308,7 +277,7 @@ class RunlensCallback(pl.Callback):  # type: ignore[misc,unused-ignore]
         if self._phase.name == "save":
             self._phase.close()
         self.monitor.event("checkpoint_saved", path=last_checkpoint_path(trainer), step=trainer.global_step)
-        self._idle_since = _perf()
+        self.mark_idle()
 
 
 # -- helpers -------------------------------------------------------------------------------------------

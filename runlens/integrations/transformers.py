@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
     ) from exc
 
 from runlens.core.dialects import HUGGINGFACE
-from runlens.integrations._base import PhaseSlot, open_monitor, preload
+from runlens.integrations.base import PhaseSlot, RecordingCallback
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
@@ -141,7 +141,7 @@ def _describe_loop() -> str:
     return "eval"
 
 
-class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
+class RunlensCallback(RecordingCallback, TrainerCallback):  # type: ignore[misc,unused-ignore]
     """Record a ``Trainer`` run with runlens.
 
     Args:
@@ -163,25 +163,15 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
         all_ranks: bool = False,
         **settings: Any,
     ) -> None:
-        preload()
-        self.name = name
-        self.db = db
-        self.all_ranks = all_ranks
-        self.settings = settings
-        self.monitor: Any = monitor
-        self.job_id: str | None = getattr(
-            monitor, "job_id", None
-        )  # kept after the run, for scripts and tests
-        self._owns_monitor = False
-        self._phase: PhaseSlot | None = PhaseSlot(monitor) if monitor is not None else None
+        super().__init__(name, db=db, monitor=monitor, all_ranks=all_ranks, **settings)
+        # A Monitor passed in records from the start: evaluate()/predict() before or after train() too.
+        self._phase = PhaseSlot(monitor) if monitor is not None else None
         self._loop = _LoopView()
         self._substep_loss: Any = None
         self._lr: Any = None
         self._tokens_seen = 0
-        self._idle_since: float | None = None
         self._planned: list[str] = []
         self._warned = False
-        self._batch_multiplier = 1  # gradient accumulation x processes, fixed for a run
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -191,21 +181,17 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
     def on_train_begin(
         self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
     ) -> None:
-        if self.monitor is None:
-            if not (state.is_world_process_zero or self.all_ranks):
-                return
+        def describe() -> tuple[str, Mapping[str, Any]]:
             name = (
                 self.name
                 or args.run_name
                 or os.path.basename(os.path.normpath(args.output_dir or ""))
                 or "hf-trainer"
             )
-            self.monitor = open_monitor(
-                name, training_arguments_snapshot(args), HUGGINGFACE, self.db, self.settings
-            )
-            self._owns_monitor = True
-        self.job_id = self.monitor.job_id
-        self._phase = PhaseSlot(self.monitor)
+            return name, training_arguments_snapshot(args)
+
+        if not self.start_recording(state.is_world_process_zero, describe, HUGGINGFACE):
+            return
         self._tokens_seen = state.num_input_tokens_seen or 0
         world_size = max(1, int(args.world_size or 1))
         accumulation = max(1, int(args.gradient_accumulation_steps or 1))
@@ -232,24 +218,14 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
         self.monitor.event(
             "train_end", global_step=state.global_step, epoch=state.epoch, total_flos=state.total_flos
         )
-        if self._owns_monitor:
-            self.monitor.close()
-            self.monitor = None
-            self._owns_monitor = False
-            self._phase = None
+        self.close_monitor()
 
     def record_exception(self, exc: BaseException) -> None:
         """Record ``exc`` as the exception that ended the run and close the job as failed (``train()`` calls
         it)."""
         if self.monitor is None:
             return
-        if self._phase is not None:
-            self._phase.close(exc)
-        if self._owns_monitor:
-            self.monitor.__exit__(type(exc), exc, exc.__traceback__)
-            self.monitor = None
-            self._owns_monitor = False
-            self._phase = None
+        self.fail(exc)
 
     # -- steps ---------------------------------------------------------------------------------------
 
@@ -257,7 +233,7 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
         self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
     ) -> None:
         if self._active():
-            self._idle_since = _perf()  # iter(train_dataloader) (worker start-up) comes next
+            self.mark_idle()  # iter(train_dataloader) (worker start-up) comes next
 
     def on_step_begin(
         self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
@@ -267,10 +243,8 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
         now = _perf()
         if self._phase.is_open:  # type: ignore[union-attr]
             self._phase.close()  # type: ignore[union-attr]  # a planned phase whose end hook never came
-        if self._idle_since is not None:
-            # Between the last hook of the previous step and this one the loop fetched this step's batches.
-            self.monitor.add_data_wait(now - self._idle_since)
-            self._idle_since = None
+        # Between the last hook of the previous step and this one the loop fetched this step's batches.
+        self.add_data_wait(now)
         self._substep_loss = None
 
     def on_substep_end(
@@ -325,14 +299,14 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
             epoch=state.epoch,
         )
         self._plan(control)
-        self._idle_since = _perf()
+        self.mark_idle()
 
     def on_epoch_end(
         self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
     ) -> None:
         if self._active():
             self._plan(control)
-            self._idle_since = _perf()
+            self.mark_idle()
 
     # -- phases --------------------------------------------------------------------------------------
 
@@ -358,7 +332,7 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
             return
         if self._planned and logs is not None and "loss" in logs:  # the training log comes before eval/save
             self._phase.open(self._planned.pop(0))  # type: ignore[union-attr]
-        self._idle_since = _perf()
+        self.mark_idle()
 
     def on_prediction_step(
         self, args: "TrainingArguments", state: "TrainerState", control: "TrainerControl", **kwargs: Any
@@ -384,7 +358,7 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
             self._phase.open(self._planned.pop(0))  # type: ignore[union-attr]
         elif control.should_save:  # save_strategy="best": decided after the evaluation
             self._phase.open("save")  # type: ignore[union-attr]
-        self._idle_since = _perf()
+        self.mark_idle()
 
     def on_predict(
         self,
@@ -409,7 +383,7 @@ class RunlensCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]
         self._planned = []
         path = os.path.join(args.output_dir or ".", f"{CHECKPOINT_PREFIX}-{state.global_step}")
         self.monitor.event("checkpoint_saved", path=path, step=state.global_step, timed=name == "save")
-        self._idle_since = _perf()
+        self.mark_idle()
 
     def _warn_once(self) -> None:
         if not self._warned:

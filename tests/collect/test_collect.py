@@ -18,21 +18,15 @@ import pytest
 from click.testing import CliRunner
 
 from runlens.cli import cli
-from runlens.collect.wrapper import (
-    OOM_REASON,
-    ChildSupervisor,
-    LogTee,
-    _LineAssembler,
-    child_environment,
-    end_status,
-    redact_argv,
-)
+from runlens.collect.child import ChildSupervisor, child_environment, end_status, redact_argv
+from runlens.collect.tee import LogTee, _LineAssembler
+from runlens.core.oom import OOM_KILL_REASON
 from runlens.core.redact import REDACTED
 from runlens.store import Store, absolute_db_url, open_store
 
 TINY = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny.py"
 
-from runlens.analyze.logparse import ArrivalIndex, sidecar_path
+from runlens.core.arrival import ArrivalIndex, sidecar_path
 
 
 @pytest.fixture
@@ -132,7 +126,7 @@ def test_sigkill_of_the_child_is_a_suspected_host_oom_kill(tmp_path: Path, env: 
     _, err = wrapper.communicate(timeout=60)
     assert wrapper.returncode == 137, err
     store, job = only_job(tmp_path)
-    assert job["status"] == "failed" and job["status_reason"] == OOM_REASON
+    assert job["status"] == "failed" and job["status_reason"] == OOM_KILL_REASON
     assert job["exit_code"] == 137 and job["exit_signal"] == signal.SIGKILL
     ev = events(store, job["job_id"])
     assert ev["end"]["details"]["signal"] == "SIGKILL"
@@ -146,7 +140,7 @@ def test_exit_137_is_also_a_suspected_oom_kill(tmp_path: Path, env: dict[str, st
     result = run_collect_cli(tmp_path, env, "--", "sh", "-c", "exit 137")
     assert result.returncode == 137
     store, job = only_job(tmp_path)
-    assert job["status_reason"] == OOM_REASON and job["exit_signal"] is None
+    assert job["status_reason"] == OOM_KILL_REASON and job["exit_signal"] is None
     assert "host_oom_suspected" in events(store, job["job_id"])
 
 
@@ -409,7 +403,7 @@ def test_sigterm_during_training_with_workers_stops_the_whole_group(tmp_path: Pa
 
 
 class StandInArrivals:
-    """Records what the wrapper hands the arrival sidecar (stands in for runlens.analyze.logparse.ArrivalWriter)."""
+    """Records what the wrapper hands the arrival sidecar (stands in for runlens.core.arrival.ArrivalWriter)."""
 
     def __init__(self) -> None:
         self.lines: list[tuple[int, float]] = []
@@ -472,7 +466,7 @@ def test_end_status_table() -> None:
     assert end_status(2) | {} == {"status": "failed", "status_reason": "exited with code 2", "exit_code": 2,
                                   "exit_signal": None, "signal": None, "oom_suspected": False}
     killed = end_status(-signal.SIGKILL)
-    assert killed["status_reason"] == OOM_REASON and killed["exit_code"] == 137 and killed["oom_suspected"]
+    assert killed["status_reason"] == OOM_KILL_REASON and killed["exit_code"] == 137 and killed["oom_suspected"]
     assert end_status(-signal.SIGSEGV)["status_reason"] == "killed by SIGSEGV"
     assert end_status(-signal.SIGSEGV)["exit_code"] == 128 + signal.SIGSEGV
     sup = ChildSupervisor(["x"], {})

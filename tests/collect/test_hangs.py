@@ -41,7 +41,7 @@ def test_timeout_before_the_first_step_is_the_startup_grace() -> None:
 
 
 def test_timeout_is_uncalibrated_until_enough_steps_after_warmup() -> None:
-    """300 s until calibration_steps (20) intervals were seen after warmup_steps (5) (§10.2 rows 4-5)."""
+    """300 s until calibration_steps (20) intervals were seen after warmup_steps (5)."""
     b = StallBudget(HangSettings())
     for _ in range(5 + 19):
         b.observe(1.0)
@@ -102,7 +102,7 @@ def test_hang_settings_come_from_settings_and_env() -> None:
 
 
 def test_hard_timeout_defaults_to_soft_plus_max_soft_or_five_minutes() -> None:
-    """§10.2 row 7: hard = soft + max(soft, 300 s); an explicit hard timeout never fires before the soft one."""
+    """hard = soft + max(soft, 300 s); an explicit hard timeout never fires before the soft one."""
     cfg = GuardConfig(hang=HangSettings(hang_timeout=120.0))
     assert cfg.kill_armed and cfg.hard_after(120.0) == 420.0
     assert cfg.hard_after(600.0) == 1200.0
@@ -196,7 +196,7 @@ PY_SPY_JSON = [
 
 
 def test_py_spy_json_parses_and_idle_with_the_gil_is_a_native_call() -> None:
-    """py-spy 0.4.3's output as measured in research/resilience.md §11: MainThread idle + owns_gil."""
+    """py-spy 0.4.3's output as measured on a stalled loop: MainThread idle + owns_gil."""
     threads = st.parse_py_spy(PY_SPY_JSON)
     assert threads[0].main and threads[0].name == "MainThread" and threads[0].owns_gil
     assert st.label_cause(threads) == "native_gil"

@@ -1,0 +1,249 @@
+"""The tee of ``runlens collect``: the child's output to the terminal as it arrives, and to ``log.txt`` as lines.
+
+The terminal gets the bytes at once, partial lines and ``\\r`` progress bars included, so the run looks as it
+would without runlens. ``log.txt`` gets whole lines, both streams interleaved in the order their lines
+completed, with a ``\\r`` progress bar collapsed to what a terminal shows (its latest state, at most every
+``PROGRESS_LOG_EVERY`` seconds). Each line's arrival time goes to the arrival sidecar
+(``runlens.core.arrival``), so the analyzer can place a log line in time even when the line has no timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from runlens.core.arrival import ArrivalWriter
+from runlens.core.errors import LogNotWritable
+
+logger = logging.getLogger(__name__)
+
+TEE_GRACE_SECONDS = 3.0        # after the child exits, how long a grandchild may keep its pipes open
+PROGRESS_LOG_EVERY = 10.0      # a \r progress bar reaches log.txt at most this often (ClearML: 10 s)
+MAX_LINE_BYTES = 1 << 20       # a line longer than this is cut into pieces in log.txt
+TEE_COALESCE_SECONDS = 0.05    # at most ~20 tee wake-ups a second: one per printed line cost ~70 µs of CPU each
+READ_CHUNK = 65536
+
+
+class ArrivalSink(Protocol):
+    def line(self, line_number: int, t: float) -> None: ...
+    def close(self) -> None: ...
+
+
+def arrival_writer(log_path: str) -> ArrivalSink | None:
+    """The analyzer's arrival-time sidecar (``<log>.times``); None when it cannot be written (the log goes on)."""
+    try:
+        writer: ArrivalSink = ArrivalWriter(log_path)
+    except OSError as exc:
+        logger.warning("cannot write the log's arrival times next to %s (%s); the log goes on without them",
+                       log_path, exc.strerror or exc)
+        return None
+    return writer
+
+
+def open_log(path: Path) -> tuple[BinaryIO, int]:
+    """Open the log for appending; returns it and the number of lines already in it (an existing ``--log``
+    file is continued, never truncated, and the arrival sidecar's line numbers must match its lines)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")
+        fh.seek(0)
+        lines = 0
+        last = b"\n"
+        while chunk := fh.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+        if last != b"\n":           # finish a last line that has no newline, so ours start on their own
+            fh.write(b"\n")
+            lines += 1
+        return fh, lines
+    except OSError as exc:
+        raise LogNotWritable(str(path), exc.strerror or str(exc)) from None
+
+
+
+def terminal_fd(stream: Any) -> int | None:
+    """The file descriptor the tee echoes to (``sys.stdout``, ``sys.stderr``), or None where there is none."""
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):   # pytest's capture, a closed stream
+        return None
+
+
+class _LineAssembler:
+    """One stream's bytes -> log.txt lines, with ``\\r`` progress bars collapsed to what a terminal shows."""
+
+    def __init__(self, emit: Callable[[bytes, float], None], progress_every: float, max_line: int) -> None:
+        self.emit = emit
+        self.progress_every = progress_every
+        self.max_line = max_line
+        self.buf = bytearray()
+        self.progress: bytes | None = None     # the latest complete \r-terminated state not yet logged
+        self.last_progress_emit = float("-inf")
+
+    @staticmethod
+    def _shown(line: bytes) -> bytes:
+        """What a terminal shows for a line with carriage returns: its last non-empty segment."""
+        if b"\r" not in line:
+            return line
+        for seg in reversed(line.split(b"\r")):
+            if seg:
+                return seg
+        return b""
+
+    def feed(self, data: bytes, t: float) -> None:
+        self.buf += data
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                break
+            line = self._shown(bytes(self.buf[:nl]))
+            del self.buf[: nl + 1]
+            if not line and self.progress is not None:
+                line = self.progress    # "\r 100%|...|\r\n": the bar's last state is the line
+            self.progress = None
+            self.emit(line, t)
+        cr = self.buf.rfind(b"\r")
+        if cr >= 0:
+            state = self._shown(bytes(self.buf[:cr]))
+            del self.buf[: cr + 1]
+            if state:
+                self.progress = state
+            if self.progress is not None and t - self.last_progress_emit >= self.progress_every:
+                self.emit(self.progress, t)
+                self.progress = None
+                self.last_progress_emit = t
+        while len(self.buf) > self.max_line:
+            self.emit(bytes(self.buf[: self.max_line]), t)
+            del self.buf[: self.max_line]
+
+    def close(self, t: float) -> None:
+        tail = self._shown(bytes(self.buf)) or self.progress
+        self.buf.clear()
+        self.progress = None
+        if tail:
+            self.emit(tail, t)
+
+
+class LogTee:
+    """Copies the child's pipes to the terminal at once (partial lines and ``\\r`` bars included) and to
+    ``log.txt`` as lines, both streams interleaved in the order their lines completed, each line's arrival
+    time going to the sidecar. Reads with ``os.read`` in chunks, so a huge line never blocks the terminal.
+
+    Args:
+        streams: (pipe read fd, terminal fd or None) pairs.
+        log_file: log.txt opened for binary append.
+        arrival: the arrival sidecar, or None.
+        first_line: the 1-based number the first new line gets (lines already in an appended log + 1).
+    """
+
+    def __init__(self, streams: Sequence[tuple[int, int | None]], log_file: BinaryIO,
+                 arrival: ArrivalSink | None = None, *, clock: Callable[[], float] = time.time,
+                 progress_every: float = PROGRESS_LOG_EVERY, max_line: int = MAX_LINE_BYTES,
+                 coalesce: float = TEE_COALESCE_SECONDS, first_line: int = 1,
+                 name: str = "runlens-collect-tee") -> None:
+        self.log_file = log_file
+        self.coalesce = coalesce
+        self.arrival = arrival
+        self.clock = clock
+        self.lines = first_line - 1     # line numbers continue an existing log (``--log`` to a used file)
+        self.bytes = 0
+        self.cpu_seconds = 0.0
+        self._terminal: dict[int, int | None] = dict(streams)
+        self._asm = {fd: _LineAssembler(self._emit, progress_every, max_line) for fd, _ in streams}
+        self._stop = threading.Event()
+        self._arrival_failed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> LogTee:
+        self._thread.start()
+        return self
+
+    def finish(self, grace: float = TEE_GRACE_SECONDS) -> None:
+        """Wait up to ``grace`` s for the pipes to close (a grandchild may hold them), then stop and join."""
+        self._thread.join(grace)
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _emit(self, line: bytes, t: float) -> None:
+        self.log_file.write(line + b"\n")
+        self.lines += 1
+        if self.arrival is not None and not self._arrival_failed:
+            try:
+                self.arrival.line(self.lines, t)
+            except Exception as exc:
+                self._arrival_failed = True
+                logger.warning("cannot write log arrival times (%s); log.txt goes on without them", exc)
+
+    def _to_terminal(self, fd: int, data: bytes) -> None:
+        term = self._terminal.get(fd)
+        if term is None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(term, view)
+                view = view[n:]
+        except OSError:   # the terminal went away (closed pipe, EPIPE): keep logging, stop echoing
+            self._terminal[fd] = None
+
+    def _run(self) -> None:
+        cpu0 = time.thread_time()
+        sel = selectors.DefaultSelector()
+        for fd in self._asm:
+            sel.register(fd, selectors.EVENT_READ)
+        try:
+            stop_by: float | None = None
+            while sel.get_map():
+                events = sel.select(timeout=0.5)   # the timeout only bounds how late a stop is noticed
+                if self._stop.is_set():
+                    # Told to stop (a grandchild holds the pipes open): drain what is there, for a second at most.
+                    stop_by = stop_by or time.monotonic() + 1.0
+                    if not events or time.monotonic() > stop_by:
+                        break
+                if not events:
+                    continue
+                round_start = time.monotonic()
+                t = self.clock()
+                more = False
+                for key, _ in events:
+                    fd = int(key.fd)
+                    try:
+                        data = os.read(fd, READ_CHUNK)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sel.unregister(fd)
+                        self._asm[fd].close(t)
+                        continue
+                    more = more or len(data) == READ_CHUNK
+                    self.bytes += len(data)
+                    self._to_terminal(fd, data)
+                    self._asm[fd].feed(data, t)
+                self.log_file.flush()
+                if not more and self.coalesce > 0:
+                    # Let a chatty child's lines pile up in the pipe for a moment and take them in one read:
+                    # 50 ms is invisible on a terminal; a full pipe (``more``) is read again at once.
+                    pause = self.coalesce - (time.monotonic() - round_start)
+                    if pause > 0:
+                        time.sleep(pause)   # not Event.wait: a timed sleep is the cheaper wake-up
+        finally:
+            t = self.clock()
+            for fd, asm in self._asm.items():
+                asm.close(t)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            sel.close()
+            try:
+                self.log_file.flush()
+            except OSError:
+                pass
+            self.cpu_seconds = time.thread_time() - cpu0
+
