@@ -17,15 +17,15 @@ import collections
 import itertools
 import json
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Iterable
 
+from runlens.core.notices import warn_on_stderr
 from runlens.store.store import Store
 
-log = logging.getLogger(__name__)
+log = warn_on_stderr(logging.getLogger(__name__))   # the store's trouble must reach the user
 
 StepConverter = Callable[[Any], dict[str, Any]]
 
@@ -118,7 +118,7 @@ class BatchWriter:
         self._served = 0      # flush() calls a finished flush started after
         self._last_ok = True
         self._warned = False
-        self._warn = warn or (lambda msg: print(f"runlens: {msg}", file=sys.stderr, flush=True))
+        self._warn = warn or (lambda msg: log.warning("%s", msg))
         self._backoff = 0.0
         self._drop_recorded = False
         self._thread = threading.Thread(target=self._run, name="runlens-writer", daemon=True)
