@@ -98,7 +98,7 @@ def goodput(data: JobData) -> Goodput:
     zero = {k: 0.0 for k in LOST_PARTS}
     if wall <= 0 or start is None or end is None:
         return {"ratio": None, "productive_seconds": 0.0, "wall_seconds": wall, "lost_seconds": zero,
-                "end_source": end_source}  # type: ignore[typeddict-unknown-key]
+                "end_source": end_source}
 
     steps = main_rank(data.steps)
     ts = col(steps, "timestamp")
@@ -166,7 +166,7 @@ def goodput(data: JobData) -> Goodput:
         "wall_seconds": wall,
         "lost_seconds": {k: lost[k] for k in LOST_PARTS},
         # Additions to the contract's Goodput (fields are added, never changed).
-        "stall_steps": n_stalls,  # type: ignore[typeddict-unknown-key]
+        "stall_steps": n_stalls,
         "end_source": end_source,
     }
 

@@ -55,10 +55,11 @@ from runlens.analyze.measures.timing import (
 from runlens.analyze.measures.workers import cpu_count, measured_workers, worker_peak
 
 __all__ = [
-    "EXACT_BASELINE_MAX", "THETA", "BatchFit", "DataWait", "MemorySeries", "OomOccurrence", "Phase", "batch_memory_fit",
-    "bytes_per_param", "col", "cpu_count", "current_batch_size", "data_wait", "details_of", "finite",
-    "gpu_series", "is_nan", "main_rank_steps", "measured_workers", "memo", "memory_domain",
-    "merged_intervals", "model_info", "num", "oom_occurrences", "overhead_intervals", "overlaps", "phase_at",
-    "phase_name", "phases", "ram_series", "robust_mad", "runs_of", "sample_at", "static_memory", "step_at",
-    "steps_at", "time_bounds", "training_window", "trailing_baseline", "unified", "wall_seconds", "worker_peak",
+    "EXACT_BASELINE_MAX", "THETA", "BatchFit", "DataWait", "MemorySeries", "OomOccurrence", "Phase",
+    "batch_memory_fit", "bytes_per_param", "col", "cpu_count", "current_batch_size", "data_wait",
+    "details_of", "finite", "gpu_series", "is_nan", "main_rank_steps", "measured_workers", "memo",
+    "memory_domain", "merged_intervals", "model_info", "num", "oom_occurrences", "overhead_intervals",
+    "overlaps", "phase_at", "phase_name", "phases", "ram_series", "robust_mad", "runs_of", "sample_at",
+    "static_memory", "step_at", "steps_at", "time_bounds", "training_window", "trailing_baseline", "unified",
+    "wall_seconds", "worker_peak",
 ]

@@ -27,5 +27,5 @@ from runlens.analyze.rules.memory.levers import (
 from runlens.analyze.rules.memory.pressure import Pressure, pressure
 from runlens.analyze.rules.memory.shm import shm
 
-__all__ = ["Pressure", "batch_size", "ema", "fragmentation", "gradient_checkpointing", "oom", "peak", "pressure",
-           "quantize", "resolution", "sampling_peak", "shm", "swap", "workers"]
+__all__ = ["Pressure", "batch_size", "ema", "fragmentation", "gradient_checkpointing", "oom", "peak",
+           "pressure", "quantize", "resolution", "sampling_peak", "shm", "swap", "workers"]

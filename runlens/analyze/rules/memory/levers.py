@@ -162,8 +162,8 @@ def quantize(data: JobData, p: Pressure) -> Finding | None:
     ev["also_set"] = {resolve(data, "qtype").path: qtype} if data.dialect == AITOOLKIT else {}
     f = lever_finding(data, p, "memory.quantize", "Enable 8-bit quantization of the model weights",
                       (f"Set quantize to true with qtype {qtype}." if data.dialect == AITOOLKIT else
-                       f"Quantize the model weights to 8 bit ({ref.hint or 'load it in 8 bit'})."), impact, saves, ev,
-                      confidence=conf)
+                       f"Quantize the model weights to 8 bit ({ref.hint or 'load it in 8 bit'})."),
+                      impact, saves, ev, confidence=conf)
     return apply_ref(f, ref, True)
 
 
@@ -205,7 +205,8 @@ def gradient_checkpointing(data: JobData, p: Pressure) -> Finding | None:
     if act is None:
         return None
     f = lever_finding(data, p, "memory.gradient_checkpointing", "Enable gradient checkpointing",
-                      "Turn gradient checkpointing on" + (f" ({ref.hint})" if ref.path is None and ref.hint else "") + ".",
+                      "Turn gradient checkpointing on"
+                      + (f" ({ref.hint})" if ref.path is None and ref.hint else "") + ".",
                       f"Cuts most of the ~{gb_figure(act)} GB of activation memory; {GC_SLOWDOWN}", act,
                       {"activation_gb": act}, confidence=0.5)
     return apply_ref(f, ref, True)
