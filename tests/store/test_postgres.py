@@ -1,53 +1,38 @@
-"""The same store on a real PostgreSQL server: migrations, the writer, concurrent writers, the CLI.
+"""The same store on a real PostgreSQL server: migrations, the writer, frames and the analysis document,
+concurrent writers (64 ranks into one job), the CLI.
 
 The server comes from Debian's packages: .ci/run starts it and exports RUNLENS_TEST_PG_URL; run locally, the
-fixture starts one itself through .ci/start-postgres.sh.
+``pg_url`` fixture (tests/conftest.py) starts one itself through .ci/start-postgres.sh, or skips where
+PostgreSQL is not installed. Each test gets a database of its own.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
+import json
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sample_jobs import make_job
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 
+from runlens.analyze import registry
+from runlens.analyze.analysis import build_analysis
+from runlens.analyze.load import load_job
 from runlens.core.errors import SchemaTooNew
-from runlens.store import open_store
+from runlens.store import Store, open_store
+from runlens.store.frames import latest_analysis, load_frames, save_analysis
 from runlens.store.migrate import HEAD_REVISION, upgrade
 from runlens.store.writer import BatchWriter
 
 pytestmark = pytest.mark.postgres
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def server_url() -> str:
-    url = os.environ.get("RUNLENS_TEST_PG_URL")
-    if not url:
-        out = subprocess.run(["bash", str(ROOT / ".ci" / "start-postgres.sh")], capture_output=True, text=True)
-        if out.returncode != 0:
-            pytest.fail(f"PostgreSQL tests need a server: {out.stderr.strip()} (CI starts one in .ci/run)")
-        url = out.stdout.strip()
-    return url
-
-
-@pytest.fixture
-def pg_url(server_url: str):
-    """A fresh, empty database on the server for each test, dropped afterwards."""
-    name = f"runlens_test_{secrets.token_hex(4)}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_new_database_is_created_at_head(pg_url: str) -> None:
@@ -107,6 +92,21 @@ def test_writer_round_trip_on_postgres(pg_url: str) -> None:
     store.close()
 
 
+def test_frames_and_analysis_on_postgres(pg_store: Store, only_test_rules: dict[str, registry.Rule]) -> None:
+    """Native JSON and booleans from psycopg load like SQLite's text: same frames, same document."""
+    jid = make_job(pg_store, n_steps=50, n_samples=10)
+    f = load_frames(pg_store, jid)
+    assert len(f.steps) == 50 and f.steps["step"].dtype == np.int64
+    assert f.steps["x_tokens_per_s"].iloc[3] == pytest.approx(103.0)
+    assert f.events["details"].iloc[1] == {"status": "succeeded"}
+    assert not f.costs.set_index("operation").loc["thread:runlens-writer", "on_training_thread"]
+    doc = build_analysis(load_job(pg_store, jid))
+    json.dumps(doc, allow_nan=False)
+    assert doc["summary"]["steps_completed"] == 50
+    rid = save_analysis(pg_store, jid, doc)
+    assert rid and latest_analysis(pg_store, jid)["summary"]["steps_completed"] == 50  # type: ignore[index]
+
+
 _WRITER_SCRIPT = """
 import sys, time
 from runlens.store import open_store
@@ -138,6 +138,89 @@ def test_four_processes_write_one_job_without_loss(pg_url: str) -> None:
     store.close()
 
 
+_RANK_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import runlens
+import runlens.collect.monitor, runlens.collect.sampler, runlens.store.writer  # import before the race
+barrier, rank, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+os.environ["RANK"] = rank   # what torchrun sets for each process it starts
+(barrier / f"ready-{rank}").touch()
+while not (barrier / "go").exists():
+    time.sleep(0.001)
+with runlens.Monitor(name="ranks", sample_interval=60) as mon:
+    for step in range(steps):
+        mon.step(step, loss=1.0 / (step + 1), lr=1e-4, batch_size=8)
+stats = mon._writer.stats
+print(mon.job_id, mon.attached, stats.failures, stats.steps_written, stats.steps_dropped)
+"""
+
+
+class _ConnectionPeak:
+    """Samples the server's connection count to one database on a thread, keeping the peak."""
+
+    def __init__(self, url: str) -> None:
+        self.database = make_url(url).database
+        self.engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), poolclass=NullPool)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.engine.connect() as conn:
+            while not self._stop.wait(0.05):
+                n = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d "
+                                      "AND pid <> pg_backend_pid()"), {"d": self.database}).scalar_one()
+                self.peak = max(self.peak, n)
+
+    def __enter__(self) -> _ConnectionPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.engine.dispose()
+
+
+@pytest.mark.slow
+def test_sixty_four_ranks_write_one_job_without_loss_and_it_analyses(
+        pg_url: str, tmp_path: Path, child_env: dict[str, str], start_together: Any) -> None:
+    """64 processes (RANK 0..63, the way torchrun starts them under `runlens collect`) attach to one job and
+    write 300 steps each at the same moment: no row is lost, each process holds one or two connections (the
+    server's default max_connections is 100), and the job is then analysed in reasonable time."""
+    world, steps = 64, 300
+    store = open_store(pg_url)
+    job_id = store.create_job(name="ranks", world_size=world, status="running", started_at=time.time())
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    barrier = tmp_path / "barrier"   # all import first, then open and write at the same moment
+    argvs = [[sys.executable, str(script), str(barrier), str(rank), str(steps)] for rank in range(world)]
+    env = {**child_env, "RUNLENS_JOB_ID": job_id, "RUNLENS_DB": pg_url, "WORLD_SIZE": str(world)}
+    with _ConnectionPeak(pg_url) as connections:
+        procs = start_together(argvs, barrier, env)
+        results = [p.communicate(timeout=240) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err
+        got_job, attached, failures, written, dropped = out.split()
+        assert (got_job, attached, failures, written, dropped) == (job_id, "True", "0", str(steps), "0"), err
+    assert connections.peak <= 2 * world, connections.peak
+    store.update_job(job_id, status="succeeded", ended_at=time.time())
+    assert store.count("step_metrics", job_id) == world * steps
+    per_rank = Counter(r["rank"] for r in store.rows("step_metrics", job_id, columns=["rank"]))
+    assert per_rank == {rank: steps for rank in range(world)}
+    store.close()
+
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "runlens", "analyze", job_id, "--db", pg_url, "--json"],
+                         cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=240)
+    elapsed = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["job"]["job_id"] == job_id
+    assert elapsed < 60, f"analyze took {elapsed:.1f} s"
+
+
 def test_cli_jobs_against_postgres(pg_url: str) -> None:
     store = open_store(pg_url)
     store.create_job(name="listed-on-pg")
@@ -147,7 +230,7 @@ def test_cli_jobs_against_postgres(pg_url: str) -> None:
     assert "listed-on-pg" in out.stdout
 
 
-def test_unreachable_server_is_one_line(server_url: str) -> None:
+def test_unreachable_server_is_one_line(pg_server: str) -> None:
     url = "postgresql://postgres:hunter2@127.0.0.1:1/none"
     out = subprocess.run([sys.executable, "-m", "runlens", "jobs", "--db", url], capture_output=True, text=True)
     assert out.returncode == 2
