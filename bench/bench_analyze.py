@@ -195,10 +195,8 @@ def poll_rss(proc: psutil.Popen) -> tuple[int, str]:
 
 
 def bench_log_parser(log_path: Path) -> dict[str, Any]:
-    try:
-        from runlens.analyze.logparse import parse_log
-    except ImportError:
-        return {"log_parser": "runlens.analyze.logparse is not there yet"}
+    from runlens.analyze.logparse import parse_log
+
     size = log_path.stat().st_size
     t0, c0 = time.perf_counter(), time.process_time()
     findings = parse_log(log_path)
