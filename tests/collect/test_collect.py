@@ -110,7 +110,8 @@ def test_success_marks_the_job_succeeded_with_default_name_and_log(tmp_path: Pat
     assert log_path.read_text() == "ok\n"
 
 
-def test_sigkill_of_the_child_is_a_suspected_host_oom_kill(tmp_path: Path, env: dict[str, str]) -> None:
+def test_sigkill_of_the_child_is_a_suspected_host_oom_kill(tmp_path: Path, env: dict[str, str],
+                                                           wait_until: Any) -> None:
     """SIGKILL from outside (what the OOM killer sends): failed with the OOM reason, exit 137, an event."""
     pidfile = tmp_path / "pid"
     child = script(tmp_path, f"""
@@ -121,7 +122,10 @@ def test_sigkill_of_the_child_is_a_suspected_host_oom_kill(tmp_path: Path, env: 
     wrapper = subprocess.Popen(collect_argv(tmp_path / "runlens.db", "--", sys.executable, child), cwd=tmp_path,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pid = int(wait_for_file(pidfile))
-    time.sleep(0.7)     # a sample or two while it is alive
+    watching, live = only_job(tmp_path)
+    wait_until(lambda: any(s["main_process_memory_gb"] for s in watching.rows("metrics_samples", live["job_id"])),
+               timeout=60, interval=0.05, message="a stored sample of the living child")
+    watching.close()
     os.kill(pid, signal.SIGKILL)
     _, err = wrapper.communicate(timeout=60)
     assert wrapper.returncode == 137, err
@@ -144,7 +148,7 @@ def test_exit_137_is_also_a_suspected_oom_kill(tmp_path: Path, env: dict[str, st
     assert "host_oom_suspected" in events(store, job["job_id"])
 
 
-def test_sigterm_to_the_wrapper_is_forwarded_to_the_child(tmp_path: Path, env: dict[str, str]) -> None:
+def test_sigterm_to_the_wrapper_is_forwarded_to_the_child(tmp_path: Path, env: dict[str, str], spawn: Any) -> None:
     """SIGTERM to `runlens collect` reaches the child's process group; the wrapper waits, records, exits 143."""
     pidfile = tmp_path / "pid"
     child = script(tmp_path, f"""
@@ -152,8 +156,8 @@ def test_sigterm_to_the_wrapper_is_forwarded_to_the_child(tmp_path: Path, env: d
         open({str(pidfile)!r}, 'w').write(str(os.getpid()))
         time.sleep(60)
     """)
-    wrapper = subprocess.Popen(collect_argv(tmp_path / "runlens.db", "--", sys.executable, child), cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wrapper = spawn(collect_argv(tmp_path / "runlens.db", "--", sys.executable, child), cwd=tmp_path, env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pid = int(wait_for_file(pidfile))
     assert os.getpgid(pid) == pid != os.getpgid(wrapper.pid)   # the child leads its own process group
     wrapper.send_signal(signal.SIGTERM)
@@ -166,22 +170,22 @@ def test_sigterm_to_the_wrapper_is_forwarded_to_the_child(tmp_path: Path, env: d
     assert events(store, job["job_id"])["end"]["details"]["forwarded_signals"] == ["SIGTERM"]
 
 
-def test_sigint_is_forwarded_once_and_python_child_can_clean_up(tmp_path: Path, env: dict[str, str]) -> None:
+def test_sigint_is_forwarded_once_and_python_child_can_clean_up(tmp_path: Path, env: dict[str, str],
+                                                                spawn: Any) -> None:
     """Ctrl-C: the child gets one SIGINT (KeyboardInterrupt), may clean up and exit with its own code."""
     pidfile = tmp_path / "pid"
     child = script(tmp_path, f"""
         import os, sys, time
-        open({str(pidfile)!r}, 'w').write(str(os.getpid()))
         try:
+            open({str(pidfile)!r}, 'w').write(str(os.getpid()))   # inside: a SIGINT right after is still caught
             time.sleep(60)
         except KeyboardInterrupt:
             print('cleaning up', flush=True)
             sys.exit(5)
     """)
-    wrapper = subprocess.Popen(collect_argv(tmp_path / "runlens.db", "--", sys.executable, child), cwd=tmp_path,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wrapper = spawn(collect_argv(tmp_path / "runlens.db", "--", sys.executable, child), cwd=tmp_path, env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_file(pidfile)
-    time.sleep(0.3)
     wrapper.send_signal(signal.SIGINT)
     out, err = wrapper.communicate(timeout=60)
     assert wrapper.returncode == 5, err
@@ -352,9 +356,9 @@ def test_collect_has_help() -> None:
 # -- a real training loop --------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_torch
 def test_real_training_loop_with_monitor_and_dataloader_workers(tmp_path: Path, env: dict[str, str]) -> None:
     """torch CPU loop, Monitor attached inside, 2 DataLoader workers: steps, worker samples, one job, end event."""
-    pytest.importorskip("torch")
     result = run_collect_cli(tmp_path, env, "--name", "tiny", "--", sys.executable, str(TINY),
                              "--steps", "80", "--workers", "2", "--sleep", "0.04", "--monitor", timeout=240)
     assert result.returncode == 0, result.stderr
@@ -377,18 +381,22 @@ def test_real_training_loop_with_monitor_and_dataloader_workers(tmp_path: Path, 
     assert "step 79 loss" in log_text and "stderr at step 75" in log_text
 
 
-def test_sigterm_during_training_with_workers_stops_the_whole_group(tmp_path: Path, env: dict[str, str]) -> None:
+@pytest.mark.needs_torch
+def test_sigterm_during_training_with_workers_stops_the_whole_group(tmp_path: Path, env: dict[str, str],
+                                                                     spawn: Any, wait_until: Any) -> None:
     """SIGTERM to the wrapper mid-training: the child and its DataLoader workers go, the job says SIGTERM."""
-    pytest.importorskip("torch")
     pidfile = tmp_path / "pid"
-    wrapper = subprocess.Popen(
+    wrapper = spawn(
         collect_argv(tmp_path / "runlens.db", "--", sys.executable, str(TINY), "--steps", "100000", "--workers",
                      "2", "--sleep", "0.02", "--monitor", "--pidfile", str(pidfile)),
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pid = int(wait_for_file(pidfile, timeout=120))
     workers = psutil.Process(pid).children(recursive=True)
     assert len(workers) == 2
-    time.sleep(1.0)
+    watching, live = only_job(tmp_path)
+    wait_until(lambda: watching.count("step_metrics", live["job_id"]) > 10, timeout=60, interval=0.05,
+               message="more than 10 stored steps")
+    watching.close()
     wrapper.send_signal(signal.SIGTERM)
     _, err = wrapper.communicate(timeout=60)
     assert wrapper.returncode == 143, err
@@ -416,7 +424,7 @@ class StandInArrivals:
         self.closed = True
 
 
-def test_log_tee_records_each_lines_arrival_time(tmp_path: Path) -> None:
+def test_log_tee_records_each_lines_arrival_time(tmp_path: Path, wait_until: Any) -> None:
     """Lines are numbered from 1 in log order; each carries the time its newline arrived."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -424,12 +432,13 @@ def test_log_tee_records_each_lines_arrival_time(tmp_path: Path) -> None:
     arrivals = StandInArrivals()
     with open(tmp_path / "log.txt", "ab") as log_file:
         tee = LogTee([(out_r, None), (err_r, None)], log_file, arrivals, clock=lambda: next(clock)).start()
+        # Each write is read in a round of its own (one clock reading each): wait for its line before the next.
         os.write(out_w, b"first\nsec")
-        time.sleep(0.2)
+        wait_until(lambda: len(arrivals.lines) == 1)
         os.write(err_w, b"an error\n")
-        time.sleep(0.2)
+        wait_until(lambda: len(arrivals.lines) == 2)
         os.write(out_w, b"ond\n")
-        time.sleep(0.2)
+        wait_until(lambda: len(arrivals.lines) == 3)
         os.close(out_w)
         os.close(err_w)
         tee.finish()

@@ -23,8 +23,6 @@ from runlens.core.errors import ConfigError
 from runlens.core.redact import REDACTED
 from runlens.store import Store, open_store
 
-torch = pytest.importorskip("torch")
-
 
 def _events(store: Store, job_id: str) -> list[dict[str, Any]]:
     return store.rows("training_events", job_id)
@@ -82,8 +80,11 @@ def test_loop_records_steps_phases_events_samples_and_costs(db_url: str, store: 
     assert any(op.startswith("thread:runlens-") and not c["on_training_thread"] for op, c in costs.items())
 
 
+@pytest.mark.needs_torch
 def test_tensor_loss_is_resolved_on_the_writer_thread(db_url: str, store: Store) -> None:
     """A tensor's .item() / __float__ is never called on the training thread (no device sync there)."""
+    import torch
+
     calls: list[str] = []
 
     class SpyTensor(torch.Tensor):
@@ -107,8 +108,11 @@ def test_tensor_loss_is_resolved_on_the_writer_thread(db_url: str, store: Store)
     assert math.isclose(steps[0]["learning_rate"], 1e-4, rel_tol=1e-6)
 
 
+@pytest.mark.needs_torch
 def test_nonfinite_values_are_flagged_in_extras(db_url: str, store: Store) -> None:
     """SQLite turns NaN into NULL, so a diverged loss is also recorded as text in extras["nonfinite"]."""
+    import torch
+
     with runlens.Monitor(name="nan", db=db_url) as mon:
         mon.step(0, loss=1.0)
         mon.step(1, loss=float("nan"), grad_norm=float("inf"), ratio=float("-inf"))
@@ -130,7 +134,10 @@ def test_batch_size_change_is_an_event(db_url: str, store: Store) -> None:
     assert changed[0]["details"] == {"from": 32, "to": 16} and changed[0]["step"] == 4
 
 
+@pytest.mark.needs_torch
 def test_loader_passes_len_and_attributes_through_a_torch_dataloader(db_url: str, store: Store) -> None:
+    import torch
+
     dataset = torch.utils.data.TensorDataset(torch.arange(40.0).reshape(20, 2))
     loader = torch.utils.data.DataLoader(dataset, batch_size=4)
     with runlens.Monitor(name="dl", db=db_url) as mon:
@@ -144,7 +151,10 @@ def test_loader_passes_len_and_attributes_through_a_torch_dataloader(db_url: str
     assert all(s["data_time_seconds"] is not None for s in steps)
 
 
+@pytest.mark.needs_torch
 def test_cuda_oom_is_recorded_and_reraised(db_url: str, store: Store) -> None:
+    import torch
+
     message = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity)"
     with pytest.raises(torch.OutOfMemoryError):
         with runlens.Monitor(name="oom", db=db_url) as mon:
@@ -239,7 +249,10 @@ def test_config_file_is_snapshotted_with_secrets_redacted(tmp_path: Path, db_url
     assert b"SECRET" not in raw
 
 
+@pytest.mark.needs_torch
 def test_dict_config_is_deep_copied_and_stringified(tmp_path: Path) -> None:
+    import torch
+
     source = {"out": tmp_path, "dtype": torch.bfloat16, "layers": (1, 2), "nested": {"password": "pw"}}
     snapshot, path = load_config(source)
     assert path is None
@@ -275,7 +288,10 @@ def test_config_errors_name_the_problem(tmp_path: Path, content: str | None, nam
 # -- disabled and attach modes ----------------------------------------------------------------------------
 
 
+@pytest.mark.needs_torch
 def test_runlens_disable_makes_every_method_a_noop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     monkeypatch.setenv("RUNLENS_DISABLE", "1")
     db = tmp_path / "never.db"
     data = [1, 2, 3]
@@ -427,7 +443,7 @@ def test_exception_is_recorded_and_reraised_like_without_runlens(tmp_path: Path,
 @pytest.mark.parametrize("signame, expected_rc", [("SIGTERM", -signal.SIGTERM), ("SIGINT", -signal.SIGINT)])
 def test_signal_is_recorded_and_the_process_dies_as_without_runlens(tmp_path: Path, db_url: str,
                                                                     child_env: dict[str, str], signame: str,
-                                                                    expected_rc: int) -> None:
+                                                                    expected_rc: int, spawn: Any) -> None:
     body = f"""
         import sys, time, runlens
         with runlens.Monitor(name="sig", db={db_url!r}, flush_interval=30) as mon:
@@ -441,8 +457,8 @@ def test_signal_is_recorded_and_the_process_dies_as_without_runlens(tmp_path: Pa
     script.write_text(textwrap.dedent(body))
     codes = []
     for env in ({**child_env, "RUNLENS_DISABLE": "1"}, child_env):
-        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = spawn([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         proc.send_signal(getattr(signal, signame))
         proc.communicate(timeout=30)
@@ -460,8 +476,8 @@ def test_signal_is_recorded_and_the_process_dies_as_without_runlens(tmp_path: Pa
     assert store.count("step_metrics", job["job_id"]) >= 201
 
 
-def test_sigterm_chains_to_the_programs_own_handler(tmp_path: Path, db_url: str,
-                                                    child_env: dict[str, str]) -> None:
+def test_sigterm_chains_to_the_programs_own_handler(tmp_path: Path, db_url: str, child_env: dict[str, str],
+                                                    spawn: Any) -> None:
     """A program's own SIGTERM handler (checkpoint and exit 3) still runs, after runlens flushed."""
     body = f"""
         import signal, sys, time, runlens
@@ -477,7 +493,7 @@ def test_sigterm_chains_to_the_programs_own_handler(tmp_path: Path, db_url: str,
     script.write_text(textwrap.dedent(body))
     codes = []
     for env in ({**child_env, "RUNLENS_DISABLE": "1"}, child_env):
-        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+        proc = spawn([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
