@@ -46,7 +46,7 @@ from runlens.collect.watchdog import (
     HangSettings,
     StallBudget,
 )
-from runlens.core.settings import Settings
+from runlens.core.settings import Settings, timeout_or_off
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ class GuardConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> GuardConfig:
-        return cls(hang=HangSettings.from_settings(s), hard_timeout=_positive(s.hard_timeout),
-                   kill_grace=max(0.0, float(s.kill_grace)), no_output_timeout=_positive(s.no_output_timeout),
+        return cls(hang=HangSettings.from_settings(s), hard_timeout=timeout_or_off(s.hard_timeout),
+                   kill_grace=max(0.0, float(s.kill_grace)),
+                   no_output_timeout=timeout_or_off(s.no_output_timeout),
                    stacks_dir=Path(s.stacks_dir) if s.stacks_dir else None, flush_interval=float(s.flush_interval))
 
     @property
@@ -86,10 +87,6 @@ class GuardConfig:
         never before the soft timeout, whose evidence comes first."""
         hard = self.hard_timeout if self.hard_timeout is not None else soft + max(soft, HARD_EXTRA_MIN)
         return max(hard, soft)
-
-
-def _positive(value: float | None) -> float | None:
-    return float(value) if value is not None and value > 0 else None
 
 
 @dataclass

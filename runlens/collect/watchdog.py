@@ -54,7 +54,7 @@ from typing import IO, Any, NamedTuple
 from runlens.collect import stacks as capture
 from runlens.core import stacks as st
 from runlens.core.phases import PHASE_ALIASES
-from runlens.core.settings import Settings
+from runlens.core.settings import Settings, timeout_or_off
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,7 @@ class HangSettings:
 
     @classmethod
     def from_settings(cls, s: Settings) -> HangSettings:
-        hang = s.hang_timeout if s.hang_timeout is not None and s.hang_timeout > 0 else None
-        return cls(startup_grace=float(s.startup_grace), hang_timeout=float(hang) if hang is not None else None,
+        return cls(startup_grace=float(s.startup_grace), hang_timeout=timeout_or_off(s.hang_timeout),
                    uncalibrated_timeout=float(s.uncalibrated_timeout), calibrated_min=float(s.calibrated_min),
                    calibrated_max=float(s.calibrated_max), calibration_steps=int(s.calibration_steps),
                    warmup_steps=int(s.warmup_steps), calibration_factor=float(s.calibration_factor),

@@ -120,6 +120,11 @@ def settings_from_env(base: Settings | None = None, environ: Mapping[str, str] |
     return base.replace(**changes)
 
 
+def timeout_or_off(value: float | None) -> float | None:
+    """A timeout setting in seconds, or None for off: unset, 0 and negative values switch it off."""
+    return float(value) if value is not None and value > 0 else None
+
+
 def env_disabled(environ: Mapping[str, str] | None = None) -> bool:
     """``RUNLENS_DISABLE`` is set to 1, true or yes: runlens records nothing in this process."""
     environ = os.environ if environ is None else environ
