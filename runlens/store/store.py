@@ -6,6 +6,7 @@ SQLAlchemy. Database errors become ``StoreUnavailable`` with the reason, never a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from runlens.core.errors import JobNotFound, StoreUnavailable
 from runlens.core.redact import redact_url
 from runlens.core.settings import resolve_db_url
 from runlens.store import models
+from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, ValuesPlan, bind_limit, chunks
 from runlens.store.engine import create_store_engine
 from runlens.store.migrate import ensure_schema
 
@@ -57,6 +59,7 @@ class Store:
         self.url = url
         self.engine = engine
         self._step_sql: tuple[str, bool] | None = None
+        self._step_values: ValuesPlan | bool | None = None
 
     @property
     def shown_url(self) -> str:
@@ -86,6 +89,10 @@ class Store:
         except (OperationalError, DatabaseError) as exc:
             raise StoreUnavailable(self.shown_url, error_reason(exc)) from exc
 
+    def held_connection(self) -> "HeldConnection":
+        """One connection for a writer thread to keep across its transactions (see ``HeldConnection``)."""
+        return HeldConnection(self)
+
     # -- writing -------------------------------------------------------------------------------------
 
     def insert_many(self, conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -94,16 +101,17 @@ class Store:
             conn.execute(insert(TABLES[table]), _uniform_rows(TABLES[table], rows))
 
     def insert_steps(self, conn: Connection, job_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """The hot write path: step rows as tuples straight to the driver's executemany.
+        """The hot write path: step rows as multi-row ``INSERT ... VALUES`` statements straight to the driver
+        (``runlens.store.bulk`` says why not ``executemany``).
 
-        Steps are nearly all of a run's rows; skipping per-row SQLAlchemy parameter processing roughly
-        doubles sustained throughput (bench/bench_collect.py).
+        Steps are nearly all of a run's rows; skipping SQLAlchemy's per-row parameter processing keeps the
+        Python work per row small (bench/bench_collect.py, bench/bench_tightloop.py). Values are bound as
+        before: NaN becomes NULL in SQLite, +-inf is stored.
         """
         if not rows:
             return
-        sql, positional = self._step_insert_sql()
         dumps = json.dumps
-        params: list[Any] = []
+        params: list[tuple[Any, ...]] = []
         append = params.append
         for r in rows:
             g = r.get
@@ -112,9 +120,28 @@ class Store:
             append((job_id, g("step"), g("timestamp"), g("loss"), g("batch_size"), g("gradient_norm"),
                     g("learning_rate"), g("step_time_seconds"), g("data_time_seconds"), g("rank"), g("tokens"),
                     dumps(extras) if extras else None))
-        if not positional:
-            params = [dict(zip(_STEP_COLUMNS, p)) for p in params]
-        conn.exec_driver_sql(sql, params)
+        plan = self._step_plan(conn)
+        if plan is None:   # a driver whose placeholders we do not write by hand: its executemany
+            sql, positional = self._step_insert_sql()
+            conn.exec_driver_sql(sql, params if positional else [dict(zip(_STEP_COLUMNS, p)) for p in params])
+            return
+        flat = itertools.chain.from_iterable
+        for start, count in chunks(len(params), plan.max_rows):
+            conn.exec_driver_sql(plan.sql(count), tuple(flat(params[start:start + count])))
+
+    def _step_plan(self, conn: Connection) -> ValuesPlan | None:
+        if self._step_values is None:
+            sql, positional = self._step_insert_sql()
+            head, _, group = sql.partition(" VALUES ")
+            if not positional:
+                # Named placeholders (psycopg's pyformat); its drivers also take %s with a sequence.
+                group = "(" + ", ".join(["%s"] * len(_STEP_COLUMNS)) + ")" if self.dialect == "postgresql" else ""
+            if not group.startswith("("):
+                self._step_values = False
+            else:
+                per_statement = max(1, bind_limit(conn) // len(_STEP_COLUMNS))
+                self._step_values = ValuesPlan(head + " VALUES ", group, min(MAX_ROWS_PER_STATEMENT, per_statement))
+        return self._step_values or None
 
     def _step_insert_sql(self) -> tuple[str, bool]:
         if self._step_sql is None:
@@ -164,6 +191,25 @@ class Store:
         if row is None:
             raise JobNotFound(job_id)
         return dict(row)
+
+    def check_writable(self) -> None:
+        """Write a job row inside a transaction that is then rolled back: proves the store takes writes (a
+        read-only file, a read-only replica, a full disk) without leaving anything behind.
+
+        Raises:
+            SQLAlchemyError (or the driver's error): the write failed.
+        """
+
+        class _Rollback(Exception):
+            pass
+
+        try:
+            with self.begin() as conn:
+                conn.execute(TABLES["jobs"].insert(), [{"job_id": "runlens-write-probe", "name": "runlens-probe",
+                                                        "status": "never_started", "created_at": time.time()}])
+                raise _Rollback
+        except _Rollback:
+            return
 
     def job_exists(self, job_id: str) -> bool:
         jobs = TABLES["jobs"]
@@ -251,6 +297,44 @@ class Store:
                          "analysis_reports", "metrics_samples"):
                 conn.execute(delete(TABLES[name]).where(TABLES[name].c.job_id == job_id))
             conn.execute(delete(TABLES["jobs"]).where(TABLES["jobs"].c.job_id == job_id))
+
+
+class HeldConnection:
+    """A connection the batch writer keeps open across flushes, opened on first use and dropped on any error.
+
+    Why: a SQLite engine hands out a new connection per checkout (NullPool), so a transaction per flush paid a
+    file open, four pragmas and the preparation of every statement again, and each of those calls releases
+    the GIL and waits to take it back behind a busy training loop. Kept open, the driver's statement cache
+    keeps the multi-row INSERTs prepared. Idle between transactions, it holds no lock. After an error the
+    connection is closed, so a broken one (a restarted server) is never reused.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction on the held connection; database errors surface as StoreUnavailable."""
+        try:
+            if self._conn is None:
+                self._conn = self.store.engine.connect()
+            with self._conn.begin():
+                yield self._conn
+        except (OperationalError, DatabaseError) as exc:
+            self.close()
+            raise StoreUnavailable(self.store.shown_url, error_reason(exc)) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection must not hide the error that broke it
+                pass
 
 
 def _uniform_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

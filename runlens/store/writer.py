@@ -1,14 +1,21 @@
 """The batch writer: the one thread that writes a job's rows to the store.
 
 Collectors (the training thread, the sampler, the watchdog) only append to in-memory buffers; this thread
-wakes every ``flush_interval`` seconds (or sooner when asked), drains the buffers and writes everything in
-one transaction with one executemany per table. Pattern from datasette's ``_execute_writes`` and MLflow's
-async logging queue.
+wakes every ``flush_interval`` seconds (or sooner when ``flush_rows`` steps wait), drains the buffers and
+writes them in one transaction: steps as multi-row INSERTs (``runlens.store.bulk``), the rest with one
+executemany per table. Pattern from datasette's ``_execute_writes`` and MLflow's async logging queue.
 
-When the store refuses writes (locked, read-only, disk full, server down) training goes on: the batch is kept
-and retried with exponential backoff, one warning goes to stderr, and memory stays bounded by dropping the
-oldest *samples* first, then the oldest steps, never silently: the counts are recorded as a
-``buffer_overflow`` event once the store accepts writes again.
+It stays durable whatever the training loop does:
+
+* A transaction holds at most ``STEPS_PER_TRANSACTION`` steps, so a backlog is committed in steady pieces
+  (readers see steps within seconds) and the next piece follows at once, without waiting for the interval.
+* Memory is bounded by ``max_rows``, by dropping the oldest *samples* first, then the oldest steps, and never
+  silently: whether the store refuses writes (locked, read-only, disk full, server down; the batch is kept and
+  retried with exponential backoff) or takes them slower than they are logged, the counts and the bound go in
+  a ``buffer_overflow`` event and on stderr (``runlens.core.notices``) when it happens, then at most every
+  ``OVERFLOW_NOTICE_SECONDS`` while drops go on, and once more at close with the totals.
+* ``close()`` writes everything while the store keeps taking rows, however long that takes; it gives up only
+  on a store that stopped taking writes, or at a deadline its caller sets (a signal's grace period).
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from runlens.store.store import Store
 log = warn_on_stderr(logging.getLogger(__name__))   # the store's trouble must reach the user
 
 StepConverter = Callable[[Any], dict[str, Any]]
+
+STEPS_PER_TRANSACTION = 20_000   # steps converted and committed per transaction
+OVERFLOW_NOTICE_SECONDS = 60.0   # between buffer_overflow events and warnings while drops go on
+CLOSE_RETRY_SECONDS = 10.0       # a store that refuses writes at close is retried this long
 
 
 @dataclass
@@ -81,23 +92,31 @@ class BatchWriter:
         job_id: the job every row belongs to (rows get ``job_id`` filled in).
         flush_interval: seconds between flushes.
         flush_rows: wake early once this many steps are buffered.
-        max_rows: upper bound on buffered rows while the store refuses writes.
+        max_rows: upper bound on buffered rows, whether the store refuses writes or takes them slower than they
+            come; past it the oldest samples, then the oldest steps are dropped (and the drop recorded).
+        steps_per_transaction: the most steps one transaction writes.
         step_converter: turns what the training thread appended to ``steps`` into a row dict; runs on the
             writer thread, so resolving a torch tensor (a device sync) never touches the caller.
         on_cycle: called on the writer thread at the start of every flush cycle (about every
-            ``flush_interval``); the Monitor hangs its periodic bookkeeping (cost rows, budget) here instead of
-            running another thread. Exceptions are logged and ignored.
+            ``flush_interval``, more often while a backlog is written); the Monitor hangs its periodic
+            bookkeeping (cost rows, budget) here instead of running another thread. Exceptions are logged and
+            ignored.
+        warn: where warnings for the user go (default: this module's logger, shown on stderr).
+        clock: monotonic seconds, for rate-limiting the overflow notices (injected by tests).
     """
 
     def __init__(self, store: Store, job_id: str, *, flush_interval: float = 1.0, flush_rows: int = 2000,
-                 max_rows: int = 200_000, step_converter: StepConverter = _identity,
+                 max_rows: int = 200_000, steps_per_transaction: int = STEPS_PER_TRANSACTION,
+                 step_converter: StepConverter = _identity,
                  warn: Callable[[str], None] | None = None,
-                 on_cycle: Callable[[], None] | None = None) -> None:
+                 on_cycle: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.job_id = job_id
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.max_rows = max_rows
+        self.steps_per_transaction = max(1, steps_per_transaction)
         self.step_converter = step_converter
         self.on_cycle = on_cycle
         self.stats = WriterStats()
@@ -120,7 +139,14 @@ class BatchWriter:
         self._warned = False
         self._warn = warn or (lambda msg: log.warning("%s", msg))
         self._backoff = 0.0
-        self._drop_recorded = False
+        self._clock = clock
+        self._drop_reason: str | None = None
+        self._drops_recorded = (0, 0)               # (samples, steps) dropped, as last written in an event
+        self._drops_recorded_at: float | None = None
+        self._overflow_warned_at: float | None = None
+        self._close_deadline: float | None = None
+        self._drained = 0   # steps taken from ``steps`` so far
+        self._session = store.held_connection()
         self._thread = threading.Thread(target=self._run, name="runlens-writer", daemon=True)
 
     # -- called from collector threads ---------------------------------------------------------------
@@ -173,14 +199,35 @@ class BatchWriter:
                                           timeout=timeout)
             return done and self._last_ok
 
-    def close(self, timeout: float = 15.0) -> None:
-        """Drain everything, stop the thread, and raise the first write error if rows could not be stored."""
+    def close(self, timeout: float = 15.0, *, deadline: float | None = None) -> None:
+        """Write everything, stop the thread, and raise the first write error if rows could not be stored.
+
+        Args:
+            timeout: how long the store may go without committing anything before close gives up on the rest
+                (the rows stay buffered and ``alive`` stays True). While flushes keep committing rows close
+                keeps waiting, so a large backlog is written rather than dropped.
+            deadline: seconds after which close returns however the writing goes (a signal's grace period).
+        """
         self._stop.set()
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        now = time.monotonic()
+        hard = None if deadline is None else now + deadline
+        stalled_at = now + timeout
+        progress = self._progress()
+        while self._thread.is_alive():
+            limit = stalled_at if hard is None else min(stalled_at, hard)
+            now = time.monotonic()
+            if now >= limit:
+                break
+            self._thread.join(min(limit - now, 0.1))
+            if self._progress() != progress:
+                progress = self._progress()
+                stalled_at = time.monotonic() + timeout
         if self.buffered_rows() and self.stats.first_error is not None:
             raise self.stats.first_error
+
+    def _progress(self) -> tuple[int, int]:
+        return self.stats.flushes, self.stats.rows_written
 
     def buffered_rows(self) -> int:
         return (len(self.steps) + len(self._pending_steps) + len(self._samples) + len(self._events)
@@ -205,35 +252,53 @@ class BatchWriter:
                         log.debug("writer on_cycle hook failed", exc_info=True)
                 with self._flushed:
                     serving = self._requested
+                    asked = serving > self._served
+                # A flush someone waits for writes every step buffered when it started, in as many
+                # transactions as that takes; otherwise one transaction per cycle.
+                owed = len(self.steps) + len(self._pending_steps) if asked else 0
+                drained = self._drained
                 ok = self._flush_once()
+                while ok and self.steps and self._drained - drained < owed:
+                    ok = self._flush_once()
                 self._last_ok = ok
                 with self._flushed:
                     self._served = serving
                     self._flushed.notify_all()
                 if stopping:
-                    if ok or not self._retry_while_closing():
+                    if ok:
+                        self._close_deadline = None   # the store answered: a later failure gets its own retries
+                    if ok and not self.buffered_rows():
                         break
+                    if not ok and not self._retry_while_closing():
+                        break
+                elif ok and len(self.steps) >= self.flush_rows:
+                    self._wake.set()   # a backlog: its next transaction at once, not after the interval
                 self.stats.cpu_seconds = time.thread_time() - cpu0
         finally:
             self.stats.cpu_seconds = time.thread_time() - cpu0
+            self._session.close()
             with self._flushed:
                 self._served = self._requested
                 self._flushed.notify_all()
 
     def _retry_while_closing(self) -> bool:
-        """On close with a failing store, keep trying for a few seconds; the caller's join timeout bounds it."""
-        if not hasattr(self, "_close_deadline"):
-            self._close_deadline = time.monotonic() + 10.0
+        """On close with a failing store, keep trying for a few seconds; the caller's close timeout bounds it."""
+        if self._close_deadline is None:
+            self._close_deadline = time.monotonic() + CLOSE_RETRY_SECONDS
         if time.monotonic() > self._close_deadline:
             return False
         time.sleep(min(self._backoff or 0.2, 1.0))
         return True
 
     def _drain(self) -> tuple[list[_Sample], list[_Event], list[dict[str, Any]], dict[str, Any]]:
+        """Take what the collectors buffered: steps up to ``steps_per_transaction`` pending (each converted
+        here, on the writer thread, by ``step_converter``), and every sample, event, cost row and job update."""
         steps = self.steps
         convert = self.step_converter
         pending = self._pending_steps
-        for _ in range(len(steps)):
+        take = min(len(steps), self.steps_per_transaction - len(pending))
+        self._drained += max(0, take)
+        for _ in range(take):
             raw = steps.popleft()
             try:
                 pending.append(convert(raw))
@@ -275,17 +340,47 @@ class BatchWriter:
         self.stats.rows_written += n_steps + len(samples) + len(events) + len(costs)
         self.stats.flush_seconds += time.perf_counter() - t0
         if self._warned and self._backoff:
-            self._warn("the store accepts writes again; buffered rows were written")
+            self._warn("the store accepts writes again; buffered rows were written" + self._drops_text())
         self._backoff = 0.0
+        if self.buffered_rows() > self.max_rows and self._bound_memory():
+            # The store takes rows, but more wait than the bound allows: they come faster than it takes them.
+            self._drop_reason = "steps are logged faster than the store takes them"
+            self._announce_overflow()
         return True
 
+    def _drop_counts(self) -> tuple[int, int]:
+        return self.stats.samples_dropped, self.stats.steps_dropped
+
     def _drop_event_due(self) -> bool:
-        return bool(self.stats.samples_dropped or self.stats.steps_dropped) and not self._drop_recorded
+        """New drops to record: the first at once, then at most every OVERFLOW_NOTICE_SECONDS, and the totals
+        at close."""
+        if self._drop_counts() == self._drops_recorded:
+            return False
+        return (self._drops_recorded_at is None or self._stop.is_set()
+                or self._clock() - self._drops_recorded_at >= OVERFLOW_NOTICE_SECONDS)
+
+    def _drops_text(self) -> str:
+        samples, steps = self._drop_counts()
+        if not (samples or steps):
+            return ""
+        return (f" ({steps} steps and {samples} samples, the oldest, were dropped to keep the buffer under "
+                f"{self.max_rows} rows)")
+
+    def _announce_overflow(self) -> None:
+        """Warn on stderr when the buffer first overflows, then at most every OVERFLOW_NOTICE_SECONDS."""
+        now = self._clock()
+        if self._overflow_warned_at is not None and now - self._overflow_warned_at < OVERFLOW_NOTICE_SECONDS:
+            return
+        self._overflow_warned_at = now
+        samples, steps = self._drop_counts()
+        self._warn(f"{self._drop_reason}: the buffer is bounded at {self.max_rows} rows, so the oldest are "
+                   f"dropped ({steps} steps and {samples} samples so far; recorded as buffer_overflow events)")
 
     def _write(self, samples: list[_Sample], events: list[_Event], costs: list[dict[str, Any]],
                job: dict[str, Any]) -> None:
         store, job_id = self.store, self.job_id
-        with store.begin() as conn:
+        drops = self._drop_counts() if self._drop_event_due() else None
+        with self._session.begin() as conn:
             if samples:
                 ids = store.insert_returning_ids(conn, "metrics_samples",
                                                  [{**s.row, "job_id": job_id} for s in samples])
@@ -301,11 +396,10 @@ class BatchWriter:
             event_rows = [{**e.row, "job_id": job_id, "details": _json_safe(e.row.get("details")),
                            "memory_snapshot_id": self._sample_ids.get(e.snapshot_key) if e.snapshot_key else None}
                           for e in events]
-            if self._drop_event_due():
+            if drops is not None:
                 event_rows.append({"job_id": job_id, "timestamp": time.time(), "event_type": "buffer_overflow",
-                                   "details": {"samples_dropped": self.stats.samples_dropped,
-                                               "steps_dropped": self.stats.steps_dropped,
-                                               "reason": self.stats.last_error}})
+                                   "details": {"samples_dropped": drops[0], "steps_dropped": drops[1],
+                                               "max_rows": self.max_rows, "reason": self._drop_reason}})
             store.insert_many(conn, "training_events", event_rows)
             if self._pending_steps:
                 store.insert_steps(conn, job_id, self._pending_steps)
@@ -315,8 +409,9 @@ class BatchWriter:
             store.insert_many(conn, "monitoring_costs", [{**c, "job_id": job_id} for c in costs])
             if job:
                 store.update_job(job_id, conn=conn, **job)
-        if self._drop_event_due():
-            self._drop_recorded = True
+        if drops is not None:
+            self._drops_recorded = drops
+            self._drops_recorded_at = self._clock()
 
     def _on_failure(self, exc: Exception) -> None:
         self.stats.failures += 1
@@ -327,11 +422,17 @@ class BatchWriter:
         if not self._warned:
             self._warned = True
             self._warn(f"cannot write to the store ({self.stats.last_error}); training continues, "
-                       f"rows are buffered and retried")
-        self._bound_memory()
+                       f"rows are buffered (up to {self.max_rows}, then the oldest are dropped) and retried")
+        if self._bound_memory():
+            self._drop_reason = self.stats.last_error
 
-    def _bound_memory(self) -> None:
+    def _bound_memory(self) -> int:
+        """Drop the oldest samples, then the oldest steps, until at most ``max_rows`` are buffered; returns how
+        many rows went."""
         excess = self.buffered_rows() - self.max_rows
+        if excess <= 0:
+            return 0
+        before = self.stats.samples_dropped + self.stats.steps_dropped
         while excess > 0 and self._samples:
             self._samples.popleft()
             self.stats.samples_dropped += 1
@@ -345,5 +446,4 @@ class BatchWriter:
                 self.steps.popleft()
                 self.stats.steps_dropped += 1
                 excess -= 1
-        if self.stats.samples_dropped or self.stats.steps_dropped:
-            self._drop_recorded = False
+        return self.stats.samples_dropped + self.stats.steps_dropped - before
