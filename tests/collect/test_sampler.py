@@ -191,14 +191,15 @@ def test_named_dataloader_workers_are_the_only_workers_once_seen() -> None:
 
 
 @linux_only
-def test_exec_children_and_helpers_are_not_workers() -> None:
+def test_exec_children_and_helpers_are_not_workers(wait_until: Any) -> None:
     """A program the process ran (subprocess) and multiprocessing helpers are neither counted nor measured."""
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     tracker = subprocess.Popen([sys.executable, "-c",
                                 "from multiprocessing.resource_tracker import main  # noqa\nimport time; time.sleep(30)"])
     kids = _Children(1, private_mb=10)
     try:
-        time.sleep(0.3)   # let the exec'd children finish exec'ing
+        # until exec, a child is a fork of this process; its command line changes when it has exec'd
+        wait_until(lambda: all(psutil.Process(p.pid).cmdline()[1:2] == ["-c"] for p in (sleeper, tracker)))
         reading = ProcessTree(os.getpid(), pss_budget=None).read()
     finally:
         kids.close()
@@ -210,15 +211,16 @@ def test_exec_children_and_helpers_are_not_workers() -> None:
 
 
 @linux_only
-def test_main_process_found_below_a_shell_launcher() -> None:
+def test_main_process_found_below_a_shell_launcher(wait_until: Any) -> None:
     """`runlens collect -- sh run.sh`: the shell is a launcher, the Python below it is the main process."""
     sh = subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(30)'; true"])
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline and not psutil.Process(sh.pid).children():
-            time.sleep(0.05)
-        time.sleep(0.2)
-        child = psutil.Process(sh.pid).children()[0]
+        def python_started() -> psutil.Process | None:
+            kids = psutil.Process(sh.pid).children()
+            ready = kids and kids[0].cmdline()[:1] == [sys.executable] and kids[0].memory_info().rss > 5 * MiB
+            return kids[0] if ready else None
+
+        child = wait_until(python_started, message="the Python below the shell")
         reading = ProcessTree(sh.pid).read()
     finally:
         for p in psutil.Process(sh.pid).children(recursive=True):
@@ -348,9 +350,11 @@ def test_cuda_allocator_read_only_when_torch_already_uses_cuda() -> None:
     assert (row["cuda_allocated_gb"], row["cuda_reserved_gb"], row["cuda_max_allocated_gb"]) == (3.0, 5.0, 7.0)
 
 
+@pytest.mark.needs_torch
 def test_cpu_torch_gives_no_cuda_figures() -> None:
     """With the real (CPU) torch imported, CUDA is never initialised: the columns stay None."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     assert not torch.cuda.is_initialized()
     row = SystemSampler(gpu=no_gpu()).sample().row
     assert row["cuda_allocated_gb"] is None
@@ -574,24 +578,22 @@ class _CountingSampler:
         return Sample(row={"timestamp": time.time()})
 
 
-def test_first_sample_is_immediate_and_stop_joins() -> None:
+def test_first_sample_is_immediate_and_stop_joins(wait_until: Any) -> None:
     fake = _CountingSampler()
     got: list[Sample] = []
     t0 = time.monotonic()
     thread = SamplerThread(fake, 30.0, got.append).start()   # type: ignore[arg-type]
-    deadline = time.monotonic() + 2
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: got, timeout=2, interval=0.005)
     assert got and fake.times[0] - t0 < 0.5
     t1 = time.monotonic()
     thread.stop()
     assert not thread.alive and time.monotonic() - t1 < 1.0      # stop wakes the 30 s wait at once
 
 
-def test_interval_is_honoured_on_a_monotonic_schedule() -> None:
+def test_interval_is_honoured_on_a_monotonic_schedule(wait_until: Any) -> None:
     fake = _CountingSampler()
     thread = SamplerThread(fake, 0.1, lambda s: None).start()   # type: ignore[arg-type]
-    time.sleep(1.05)
+    wait_until(lambda: len(fake.times) >= 10)
     thread.stop()
     assert 7 <= len(fake.times) <= 12
     gaps = [b - a for a, b in zip(fake.times, fake.times[1:])]
@@ -600,11 +602,11 @@ def test_interval_is_honoured_on_a_monotonic_schedule() -> None:
     assert thread.cpu_seconds >= 0 and thread.samples_taken == len(fake.times)
 
 
-def test_slow_samples_skip_missed_ticks_instead_of_bursting() -> None:
+def test_slow_samples_skip_missed_ticks_instead_of_bursting(wait_until: Any) -> None:
     """A sample taking 2.5 intervals: the next one waits for the next free tick, never runs back to back."""
     fake = _CountingSampler(cost=0.25)
     thread = SamplerThread(fake, 0.1, lambda s: None).start()   # type: ignore[arg-type]
-    time.sleep(1.4)
+    wait_until(lambda: len(fake.times) >= 5)
     thread.stop()
     gaps = [b - a for a, b in zip(fake.times, fake.times[1:])]
     assert thread.ticks_skipped >= 2 * (len(fake.times) - 1) - 1
@@ -614,19 +616,19 @@ def test_slow_samples_skip_missed_ticks_instead_of_bursting() -> None:
     assert sorted(gaps)[len(gaps) // 2] >= 0.29, gaps
 
 
-def test_request_takes_an_extra_sample_without_moving_the_schedule() -> None:
+def test_request_takes_an_extra_sample_without_moving_the_schedule(wait_until: Any) -> None:
     fake = _CountingSampler()
     thread = SamplerThread(fake, 10.0, lambda s: None).start()   # type: ignore[arg-type]
-    time.sleep(0.3)
+    wait_until(lambda: thread.samples_taken == 1)
     thread.request()
-    time.sleep(0.3)
+    wait_until(lambda: thread.samples_taken == 2)
     thread.request()
-    time.sleep(0.3)
+    wait_until(lambda: thread.samples_taken == 3)
     thread.stop()
     assert len(fake.times) == 3
 
 
-def test_failing_callback_does_not_stop_the_thread(caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_callback_does_not_stop_the_thread(caplog: pytest.LogCaptureFixture, wait_until: Any) -> None:
     fake = _CountingSampler()
     calls = []
 
@@ -635,13 +637,13 @@ def test_failing_callback_does_not_stop_the_thread(caplog: pytest.LogCaptureFixt
         raise RuntimeError("store is gone")
 
     thread = SamplerThread(fake, 0.05, boom).start()   # type: ignore[arg-type]
-    time.sleep(0.3)
+    wait_until(lambda: len(calls) >= 4)
     thread.stop()
     assert len(calls) >= 4
     assert len([r for r in caplog.records if "callback failed" in r.getMessage()]) == 1
 
 
-def test_real_sampler_thread_measures_its_own_cpu() -> None:
+def test_real_sampler_thread_measures_its_own_cpu(wait_until: Any) -> None:
     got: list[Sample] = []
     lock = threading.Lock()
 
@@ -650,7 +652,7 @@ def test_real_sampler_thread_measures_its_own_cpu() -> None:
             got.append(s)
 
     thread = SamplerThread(SystemSampler(gpu=no_gpu()), 0.05, keep).start()
-    time.sleep(0.4)
+    wait_until(lambda: len(got) >= 5)
     thread.stop()
     assert len(got) >= 5
     assert 0 < thread.cpu_seconds < 0.4
