@@ -228,12 +228,12 @@ def test_writer_flush_waits_for_a_flush_that_started_after_the_call(store: Store
     writer.close()
 
 
-def test_writer_on_cycle_hook_runs_on_the_writer_thread(store: Store) -> None:
+def test_writer_on_cycle_hook_runs_on_the_writer_thread(store: Store, wait_until: Any) -> None:
     job_id = store.create_job(name="hook")
     seen: list[str] = []
     writer = BatchWriter(store, job_id, flush_interval=0.02,
                          on_cycle=lambda: seen.append(threading.current_thread().name)).start()
-    time.sleep(0.2)
+    wait_until(lambda: len(seen) >= 3)
     writer.close()
     assert seen and set(seen) == {"runlens-writer"}
 
