@@ -316,7 +316,7 @@ def within(value: float, measured: float, tol: float = TOLERANCE) -> bool:
     return abs(value - measured) <= tol * abs(measured)
 
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_torch]   # every workload trains a small torch model
 
 
 # -- the tests -----------------------------------------------------------------------------------------------

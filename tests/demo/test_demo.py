@@ -4,7 +4,6 @@ in their evidence and impact are compared with the samples and steps stored for 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from runlens.store import open_store
 
 pytestmark = pytest.mark.slow
 
-needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+needs_torch = pytest.mark.needs_torch
 
 
 def run_demo_cli(tmp_path: Path, env: dict[str, str], *args: str) -> str:

@@ -48,6 +48,7 @@ def by_name(results: list[Any]) -> dict[str, Any]:
     return {r.name: r for r in results}
 
 
+@pytest.mark.needs_torch
 def test_every_check_runs_here_within_its_timeout(tmp_path: Path) -> None:
     """All checks produce a verdict on this machine, each in a child under the timeout."""
     t0, started = time.monotonic(), time.time()
@@ -217,6 +218,7 @@ def test_nccl_timeout_ladder() -> None:
     assert fine["nccl"].status == PASS
 
 
+@pytest.mark.needs_torch
 def test_a_probe_that_hangs_is_killed_and_reported() -> None:
     """A probe over its timeout (torch import alone exceeds 0.5 s) is killed with its process group: a FAIL row,
     never a hung doctor."""

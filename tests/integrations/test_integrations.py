@@ -35,7 +35,7 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-needs_torch = pytest.mark.skipif(not _has("torch"), reason="needs torch (pip install 'runlens[torch]')")
+needs_torch = pytest.mark.needs_torch
 needs_transformers = pytest.mark.skipif(
     not (_has("transformers") and _has("accelerate")),
     reason="needs transformers and accelerate (pip install 'runlens[transformers]')",
