@@ -1,8 +1,10 @@
 """The analysis document: what ``runlens analyze --json`` prints, what the report renders, what a UI reads.
 
 Versioned by ``SCHEMA_VERSION``: fields are added, never renamed or given a new meaning. Every value is plain
-JSON (no NaN: missing numbers are null). Memory is GiB, times are UNIX seconds, durations seconds unless the
-name says minutes.
+JSON (no NaN: missing numbers are null). Memory is GiB (2**30 bytes): every ``_gb`` field holds GiB, and every
+sentence (title, action, impact, label) writes it as "GiB". The one exception is the unit code
+``impact_unit: "GB"``, kept as it was first published; it too means GiB. Times are UNIX seconds, durations
+seconds unless the name says minutes.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ class Recommendation(TypedDict, total=False):
     severity: Severity
     title: str
     action: str                         # what to change, in one sentence
-    impact: str                         # quantified from this run: "Saves ~3.1 GB (0.78 GB/worker)"
+    impact: str                         # quantified from this run: "Saves ~3.1 GiB (0.78 GiB/worker)"
     impact_value: float | None          # the number behind impact, in impact_unit
-    impact_unit: str | None             # "GB", "percent_time", "seconds", ...
+    impact_unit: str | None             # "GB" (a code: the value is GiB), "percent_time", "seconds", ...
     config_path: str | None             # in the job's dialect: "config.process[0].datasets[0].num_workers"
     current_value: Any                  # from the config snapshot, or the framework default
     current_value_source: Literal["config", "default", "measured", "unknown"]

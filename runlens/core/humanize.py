@@ -3,7 +3,8 @@
 One home for each format, named for where it is read: ``duration`` (compact, for tables, status lines and
 alerts), ``duration_fine`` (the report, from milliseconds to days), ``run_length`` (the terminal summary's
 "how long did it run"), ``gb`` (GiB figures), ``size`` (a byte count such as free disk space) and
-``local_time``. Each takes None for a reading that is missing and says so with ``missing`` rather than
+``local_time``. Memory is held in GiB (2**30 bytes, see ``runlens.core.units``) and labelled GiB wherever a
+person reads it: the terminal, the report and the sentences of the analysis document. Each takes None for a reading that is missing and says so with ``missing`` rather than
 printing a zero, which would be a claim. Inside a finding's sentence the analyzer uses ``gb_figure`` and
 ``duration_rough``.
 """
@@ -70,17 +71,18 @@ def run_length(minutes: float | None, *, missing: str = "unknown") -> str:
 
 
 def gb(value: float | None, total: float | None = None, *, missing: str = "-") -> str:
-    """``119.2 / 120.0 GB``, ``3.1 GB``, ``1,234.6 GB``. GB here means GiB, as nvidia-smi and top show."""
+    """``119.2 / 120.0 GiB``, ``3.1 GiB``, ``1,234.6 GiB``: a GiB figure labelled as what it is (nvidia-smi's
+    "MiB" and top's "GiB" are the same binary units)."""
     if value is None:
         return missing
     if total:
-        return f"{value:,.1f} / {total:,.1f} GB"
-    return f"{value:,.1f} GB"
+        return f"{value:,.1f} / {total:,.1f} GiB"
+    return f"{value:,.1f} GiB"
 
 
 def size(n_bytes: float) -> str:
-    """A byte count such as free space on a mount: ``1.2 GB`` from a GiB up, ``512 MB`` below."""
-    return f"{n_bytes / GIB:.1f} GB" if n_bytes >= GIB else f"{n_bytes / MIB:.0f} MB"
+    """A byte count such as free space on a mount: ``1.2 GiB`` from a GiB up, ``512 MiB`` below."""
+    return f"{n_bytes / GIB:.1f} GiB" if n_bytes >= GIB else f"{n_bytes / MIB:.0f} MiB"
 
 
 def local_time(t: float | None, *, missing: str = "-") -> str:
@@ -95,7 +97,7 @@ def local_time(t: float | None, *, missing: str = "-") -> str:
 
 def gb_figure(value: float | None) -> str:
     """``2.50``, ``12.3``: a GiB figure inside a sentence that names the unit itself (a finding's impact, "Saves
-    ~2.50 GB"), with two decimals below 10 so a small saving does not read as zero; ``?`` when unknown."""
+    ~2.50 GiB"), with two decimals below 10 so a small saving does not read as zero; ``?`` when unknown."""
     if value is None or not math.isfinite(value):
         return "?"
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"

@@ -78,7 +78,7 @@ def judge_shm(f: Mapping[str, Any], workers: int | None) -> CheckResult:
         if workers == 0:
             return CheckResult("shm", PASS, f"{size}: small, but enough with num_workers=0")
         who = f"with {workers} DataLoader workers" if workers else "if you use DataLoader workers"
-        detail = (f"{size}, under 1 GB {who}: workers hand batches over through it and die with "
+        detail = (f"{size}, under 1 GiB {who}: workers hand batches over through it and die with "
                   f"'Bus error' or hang when it fills (Docker's default is 64 MB)")
         return CheckResult("shm", FAIL if workers and total < SHM_FAIL else WARN, detail, _SHM_FIX)
     if free < 512 * (1 << 20):

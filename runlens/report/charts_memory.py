@@ -1,4 +1,4 @@
-"""The memory chart: GB against time since start, with the threshold zones shaded, the machine's totals drawn,
+"""The memory chart: GiB against time since start, with the threshold zones shaded, the machine's totals drawn,
 events marked and the peak labelled.
 
 It reads ``metrics_timeline`` of the analysis document (see runlens.analyze.contract) and defends itself
@@ -68,7 +68,7 @@ _FALLBACK_STYLES = [
 
 
 def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, height: int = 320) -> Markup:
-    """The memory chart: GB against minutes since start, threshold zones shaded, events marked.
+    """The memory chart: GiB against minutes since start, threshold zones shaded, events marked.
 
     Args:
         timeline: the analysis document's ``metrics_timeline`` (see runlens.analyze.contract).
@@ -134,7 +134,7 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
         + ([gpu_total] if show_gpu_total and gpu_total else [])
     )
     if total is not None and not show_total:
-        notes.append(f"Total RAM {total:.1f} GB is off the scale (peak use was under a quarter of it).")
+        notes.append(f"Total RAM {total:.1f} GiB is off the scale (peak use was under a quarter of it).")
 
     minutes = [x for s in drawable for x in s.xs]
     markers: list[Marker] = []
@@ -156,21 +156,21 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
         upper = crit_gb if crit_gb is not None and crit_gb > warn_gb else frame.y_hi
         pct = f" ({warn_ratio:.0%} of RAM)" if warn_ratio else ""
         bands.append(
-            Band(warn_gb, min(upper, frame.y_hi), "warning", f"Warning zone ≥ {warn_gb:.1f} GB{pct}")
+            Band(warn_gb, min(upper, frame.y_hi), "warning", f"Warning zone ≥ {warn_gb:.1f} GiB{pct}")
         )
     if crit_gb is not None and crit_gb < frame.y_hi:
         pct = f" ({crit_ratio:.0%} of RAM)" if crit_ratio else ""
-        bands.append(Band(crit_gb, frame.y_hi, "critical", f"Critical zone ≥ {crit_gb:.1f} GB{pct}"))
+        bands.append(Band(crit_gb, frame.y_hi, "critical", f"Critical zone ≥ {crit_gb:.1f} GiB{pct}"))
     hlines: list[HLine] = []
     if show_total and total is not None:
-        hlines.append(HLine(total, f"RAM total {total:.1f} GB"))
+        hlines.append(HLine(total, f"RAM total {total:.1f} GiB"))
     if show_gpu_total and gpu_total is not None:
-        hlines.append(HLine(gpu_total, f"GPU total {gpu_total:.1f} GB", OKABE_ITO["purple"]))
+        hlines.append(HLine(gpu_total, f"GPU total {gpu_total:.1f} GiB", OKABE_ITO["purple"]))
 
     desc = _memory_desc(drawable, total, [m * unit / 60.0 for m in minutes], len(markers))
     parts = svg.svg_open(frame, label, desc, "chart-memory")
     parts += _bands(frame, bands)
-    parts += svg.axes(frame, "minutes since start" if unit == 60.0 else "seconds since start", "GB")
+    parts += svg.axes(frame, "minutes since start" if unit == 60.0 else "seconds since start", "GiB")
     parts += _hlines(frame, hlines)
     parts += _markers(frame, markers)
     parts.append(svg.clip_def(frame, "clip-memory"))
@@ -212,12 +212,12 @@ def _raw_peak(
 def _memory_desc(
     series: Sequence[Series], total: float | None, minutes: Sequence[float], n_events: int
 ) -> str:
-    bits = [f"Memory in GB over {max(minutes) - min(minutes):.1f} minutes."]
+    bits = [f"Memory in GiB over {max(minutes) - min(minutes):.1f} minutes."]
     for s in series:
         vals = [y for y in s.ys if y is not None]
-        bits.append(f"{s.label}: peak {max(vals):.1f} GB.")
+        bits.append(f"{s.label}: peak {max(vals):.1f} GiB.")
     if total is not None:
-        bits.append(f"Total RAM {total:.1f} GB.")
+        bits.append(f"Total RAM {total:.1f} GiB.")
     if n_events:
         bits.append(f"{n_events} events marked.")
     return " ".join(bits)
@@ -334,7 +334,7 @@ def _markers(frame: Frame, markers: Sequence[Marker]) -> list[str]:
 def _peak(frame: Frame, series: Series, raw_peak: tuple[float, float] | None = None) -> list[str]:
     """Mark the highest point of the main series: the number the reader came for.
 
-    ``raw_peak`` (x in chart units, GB) is the analyzer's maximum from the raw rows when it sent one; the
+    ``raw_peak`` (x in chart units, GiB) is the analyzer's maximum from the raw rows when it sent one; the
     drawn points hold the same maximum (the downsampler keeps it), so either way the label is the true peak.
     """
     best: tuple[float, float] | None = raw_peak
@@ -345,7 +345,7 @@ def _peak(frame: Frame, series: Series, raw_peak: tuple[float, float] | None = N
     if best is None or not (frame.x_lo <= best[0] <= frame.x_hi and frame.y_lo <= best[1] <= frame.y_hi):
         return []
     px, py = frame.px(best[0]), frame.py(best[1])
-    text = f"peak {best[1]:.1f} GB"
+    text = f"peak {best[1]:.1f} GiB"
     near_right = px > frame.plot_right - 90
     anchor = "end" if near_right else "start"
     tx = px - 7 if near_right else px + 7

@@ -116,7 +116,7 @@ _LABELS = {
     "cpu": "CPU",
     "gpu": "GPU",
     "gpus": "GPUs",
-    "gb": "GB",
+    "gb": "GiB",
     "os": "OS",
     "id": "ID",
     "pid": "PID",
@@ -131,7 +131,7 @@ _LABELS = {
 
 
 def _label(key: str) -> str:
-    """``total_memory_gb`` -> ``Total memory GB``: readable without hiding which field it is."""
+    """``total_memory_gb`` -> ``Total memory GiB``: readable without hiding which field it is."""
     if key in _LABELS:
         return _LABELS[key]
     words = [_LABELS.get(w, w) for w in key.replace("-", "_").split("_") if w]

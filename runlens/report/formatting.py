@@ -2,7 +2,7 @@
 the page bounded.
 
 Every filter is safe with None and with a value of the wrong type (a partial or hand-written document): it
-shows a dash, never ``0.0 GB``, which would be a claim. Durations, sizes and times come from
+shows a dash, never ``0.0 GiB``, which would be a claim. Durations, sizes and times come from
 ``runlens.core.humanize``, as everywhere else in runlens; this module adds only what is the report's own.
 """
 
@@ -69,7 +69,7 @@ def register_filters(env: jinja2.Environment) -> None:
 
 
 def fmt_gb(value: Any) -> str:
-    """``119.2 GB``; a dash for a missing reading (never ``0.0 GB``, which would be a claim)."""
+    """``119.2 GiB``; a dash for a missing reading (never ``0.0 GiB``, which would be a claim)."""
     return humanize.gb(number(value), missing=DASH)
 
 

@@ -233,7 +233,7 @@ def test_oom_from_cpu_allocator_exception_names_step_phase_and_figures() -> None
     assert f.evidence["step"] == 29 and f.evidence["phase"] == "train" and f.evidence["kind"] == "cpu"
     assert f.evidence["tried_to_allocate_gb"] == pytest.approx(0.25)
     assert f.evidence["process_memory_gb"] == pytest.approx(2.25)
-    assert "step 29" in f.title and "0.25 GB" in f.impact and "2.25 GB" in f.impact
+    assert "step 29" in f.title and "0.25 GiB" in f.impact and "2.25 GiB" in f.impact
 
 
 def test_oom_not_triggered_by_an_ordinary_exception() -> None:
@@ -256,7 +256,7 @@ def test_cuda_oom_log_gives_fragmentation_lever_with_env_path() -> None:
     d = job(steps=steps_frame(20, batch_size=2), logs_=[LogLine("cuda_oom", text, text=text, timestamp=T0 + 6)],
             status="failed", exit_code=1)
     oom = one(memory.oom(d), "memory.oom")
-    assert oom.evidence["kind"] == "cuda" and "GPU 22.5 / 23.6 GB" in oom.impact
+    assert oom.evidence["kind"] == "cuda" and "GPU 22.5 / 23.6 GiB" in oom.impact
     frag = one(memory.fragmentation(d), "memory.fragmentation")
     assert frag.config_path == "env:PYTORCH_CUDA_ALLOC_CONF"
     assert frag.recommended_value == "expandable_segments:True" and frag.impact_value == pytest.approx(4.9)
@@ -282,7 +282,7 @@ def test_peak_thresholds(used: float, severity: str | None) -> None:
 def test_gpu_peak_is_judged_apart_from_ram() -> None:
     s = samples_frame(20, used=10.0, gpu_memory_used_gb=23.0, gpu_memory_total_gb=24.0)
     f = one(memory.peak(job(samples=s)), "memory.gpu_peak")
-    assert f.severity == "critical" and "23.0 / 24.0 GB" in f.impact
+    assert f.severity == "critical" and "23.0 / 24.0 GiB" in f.impact
 
 
 def test_swap_growth_with_measured_slowdown() -> None:
@@ -320,7 +320,7 @@ def test_worker_memory_lever_per_dialect(dialect: str, config: Any, path: str, c
     f = one(memory.workers(_pressured_workers(dialect, config)), "memory.workers")
     assert f.severity == "critical" and f.memory_lever
     assert (f.config_path, f.current_value, f.current_value_source, f.recommended_value) == (path, current, source, 0)
-    assert f.impact == "Saves ~3.00 GB (1.00 GB/worker)" and f.impact_value == pytest.approx(3.0)
+    assert f.impact == "Saves ~3.00 GiB (1.00 GiB/worker)" and f.impact_value == pytest.approx(3.0)
 
 
 def test_worker_memory_without_pressure_is_info_or_nothing() -> None:
@@ -434,7 +434,7 @@ def test_oom_names_the_best_measured_lever() -> None:
     # activations 8 × 2 GB = 16 GB; dropping 1024px saves 16 × (1 - 0.75²) = 7 GB > quantization's 3 GB
     assert f.severity == "critical" and f.evidence["best_lever"] == "memory.resolution"
     assert f.alternatives[:3] == ["memory.resolution", "memory.quantize", "memory.batch_size"]
-    assert "7.00 GB" in f.action
+    assert "7.00 GiB" in f.action
 
 
 def test_sampling_oom_before_training_skips_first_sample() -> None:
@@ -455,7 +455,7 @@ def test_shm_too_small_and_shm_errors() -> None:
     small.job["environment"]["shm_total_gb"] = 0.0625
     f = one(memory.shm(small), "memory.shm")
     assert f.severity == "warning" and f.config_path == "TrainingArguments.dataloader_num_workers"
-    assert f.recommended_value == 0 and "0.06 GB" in f.impact
+    assert f.recommended_value == 0 and "0.06 GiB" in f.impact
     err = job(samples=s, logs_=[LogLine("shm_bus_error", "ERROR: Unexpected bus error encountered in worker. "
                                         "This might be caused by insufficient shared memory (shm).")])
     assert one(memory.shm(err), "memory.shm").severity == "critical"

@@ -338,7 +338,7 @@ def test_workers_holding_memory(tmp_path: Path, child_env: dict[str, str]) -> No
     assert (f.current_value, f.current_value_source, f.recommended_value) == (3, "config", rec)
     measured = m["worker_pss_gb"] * (3 - rec) / 3
     assert within(f.impact_value, measured), (f.impact, m)
-    assert f.impact.startswith("Saves ~") and "GB/worker" in f.impact
+    assert f.impact.startswith("Saves ~") and "GiB/worker" in f.impact
     assert f.evidence["worker_count"] == 3
     # The same measured run under the other dialects' configs names their own keys.
     from runlens.analyze.rules import memory

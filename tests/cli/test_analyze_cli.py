@@ -45,7 +45,7 @@ def test_analyze_prints_the_summary_stores_the_row_and_writes_html(
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Health:          WARNING" in out
-    assert "Peak memory:     31.0 / 32.0 GB (97%)" in out
+    assert "Peak memory:     31.0 / 32.0 GiB (97%)" in out
     assert "Steps:           120 (last step 119)" in out
     assert "Completed:       yes" in out
     assert "config.process[0].datasets[0].num_workers: 4 -> 0" in out

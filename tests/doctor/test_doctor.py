@@ -99,7 +99,7 @@ def test_tiny_shm(workers: int | None, status: str) -> None:
     """Docker's 64 MB /dev/shm: FAIL with workers, WARN when unsaid, fine with num_workers=0."""
     result = by_name(run_doctor(checks=["shm"], workers=workers, statvfs=fake_statvfs(64 * MB)))["shm"]
     assert result.status == status, result
-    assert "64 MB" in result.detail
+    assert "64 MiB" in result.detail
     if status != PASS:
         assert "--shm-size=8g" in result.fix and "num_workers=0" in result.fix
 
@@ -189,7 +189,7 @@ def test_existing_store_gets_a_rolled_back_write(tmp_path: Path) -> None:
 
 def test_disk_thresholds(tmp_path: Path) -> None:
     low = by_name(run_doctor(checks=["disk"], db=str(tmp_path / "r.db"), statvfs=fake_statvfs(100 << 30, 500 * MB)))
-    assert low["disk"].status == FAIL and "500 MB free" in low["disk"].detail
+    assert low["disk"].status == FAIL and "500 MiB free" in low["disk"].detail
     mid = by_name(run_doctor(checks=["disk"], db=str(tmp_path / "r.db"), statvfs=fake_statvfs(100 << 30, 5 << 30)))
     assert mid["disk"].status == WARN and mid["disk"].fix
 

@@ -84,7 +84,7 @@ def test_summary_card_shows_health_peak_and_completion(full_html: str) -> None:
     summary = full_html[full_html.index('id="summary"') : full_html.index('id="recommendations"')]
     assert "health-critical" in summary
     assert "Critical" in summary
-    assert "119.2 / 120.0 GB <small>(99%)</small>" in summary
+    assert "119.2 / 120.0 GiB <small>(99%)</small>" in summary
     assert "Failed at step 8,120" in summary
     assert "76%" in summary  # goodput
     assert 'class="stack"' in summary and "gp-data_wait" in summary
@@ -97,7 +97,7 @@ def test_recommendation_cards_show_change_and_impact(full_html: str) -> None:
     assert '<code class="cur" title="current value">8</code>' in recs
     assert '<code class="new" title="recommended value">4</code>' in recs
     assert "not set (default 2)" in recs
-    assert "Saves ~29 GB at peak" in recs
+    assert "Saves ~29 GiB at peak" in recs
     assert "Primary fix" in recs
     # Ranked order is kept.
     assert recs.index("memory.workers") < recs.index("memory.prefetch") < recs.index("throughput.data_wait")
@@ -109,7 +109,7 @@ def test_charts_are_inline_svg(full_html: str) -> None:
     assert memory.count("<svg") >= 1 and 'viewBox="0 0 920 320"' in memory
     assert "zone-warning" in memory and "zone-critical" in memory
     assert "OOM killer: worker pid 48213" in memory  # event tooltip/label
-    assert "peak 119.2 GB" in memory
+    assert "peak 119.2 GiB" in memory
     training = full_html[full_html.index('id="training"') : full_html.index('id="log-errors"')]
     for title in ("Loss", "Learning rate", "Gradient norm", "Step time"):
         assert f"<h3>{title}</h3>" in training
@@ -355,12 +355,12 @@ def test_write_report_keeps_old_file_when_rendering_fails(
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (119.2, "119.2 GB"),
-        (0, "0.0 GB"),
+        (119.2, "119.2 GiB"),
+        (0, "0.0 GiB"),
         (None, "—"),
         (float("nan"), "—"),
         ("x", "—"),
-        (1234.56, "1,234.6 GB"),
+        (1234.56, "1,234.6 GiB"),
     ],
 )
 def test_fmt_gb(value: Any, expected: str) -> None:
@@ -509,7 +509,7 @@ def test_events_have_tooltips_and_thresholds_have_zones() -> None:
     figure = str(charts_memory.memory_timeline(timeline))
     assert "<title>OOM kill (oom_kill, critical) at 20.0 min" in figure
     assert 'class="zone zone-warning"' in figure and 'class="zone zone-critical"' in figure
-    assert "RAM total 120.0 GB" in figure
+    assert "RAM total 120.0 GiB" in figure
 
 
 def test_small_usage_of_a_big_machine_keeps_the_lines_readable() -> None:
@@ -537,6 +537,6 @@ def test_raw_peak_from_the_analyzer_is_labelled() -> None:
         "memory": {"system_used_gb": {"x": [0, 60, 120], "y": [1.0, 5.0, 2.0]}},
         "peaks": {"system_used_gb": {"value": 5.26, "timestamp": 60.0}},
     }
-    assert "peak 5.3 GB" in str(charts_memory.memory_timeline(timeline))
+    assert "peak 5.3 GiB" in str(charts_memory.memory_timeline(timeline))
     del timeline["peaks"]
-    assert "peak 5.0 GB" in str(charts_memory.memory_timeline(timeline))
+    assert "peak 5.0 GiB" in str(charts_memory.memory_timeline(timeline))

@@ -161,7 +161,7 @@ def _log_finding(category: str, data: JobData) -> list[Finding]:
     where = f"line {getattr(first, 'line_number', '?')}"
     parts = [f"{count} occurrence{'s' if count != 1 else ''}", f"{when} ({where})"]
     if mem is not None:
-        parts.append(f"memory {gb_figure(mem)} GB then")
+        parts.append(f"memory {gb_figure(mem)} GiB then")
     if category in FATAL and _failed(data):
         last = data.job.get("last_step")
         parts.append("the run stopped" + (f" at step {last}" if last is not None else ""))

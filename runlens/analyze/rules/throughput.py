@@ -171,7 +171,7 @@ def batch_headroom(data: JobData) -> list[Finding]:
                 title=f"Memory headroom allows a larger batch ({bs} -> {min(bs_max, 2 * bs)})",
                 action="Raise the batch size (and lower gradient accumulation to keep the effective batch).",
                 impact=f"Memory allows batch size {bs_max} under {m.THETA:.0%} of "
-                       f"{gb_figure(fit.total_gb)} GB; currently {bs}",
+                       f"{gb_figure(fit.total_gb)} GiB; currently {bs}",
                 category="throughput", evidence={}, impact_value=float(bs_max - bs), impact_unit="samples",
                 confidence=0.7)
     return [_bigger_batch(data, f, bs, bs_max, fit)]

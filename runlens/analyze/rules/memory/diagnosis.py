@@ -45,19 +45,19 @@ def oom(data: JobData) -> list[Finding]:
     if o.kind == "cuda" and figs.get("total_capacity_gb"):
         total = figs["total_capacity_gb"]
         used = total - figs.get("free_gb", 0.0)
-        parts.append(f"GPU {gb_figure(used)} / {gb_figure(total)} GB in use")
+        parts.append(f"GPU {gb_figure(used)} / {gb_figure(total)} GiB in use")
     elif dom is not None and dom.peak is not None:
         ratio = f" ({dom.peak_ratio:.0%})" if dom.peak_ratio else ""
-        parts.append(f"peak {gb_figure(dom.peak)} / {gb_figure(dom.total)} GB{ratio}")
+        parts.append(f"peak {gb_figure(dom.peak)} / {gb_figure(dom.total)} GiB{ratio}")
         ev.update(peak_gb=dom.peak, total_gb=dom.total, domain=dom.kind)
     if snap is not None:
         proc = snap.get("main_process_memory_gb")
         if proc is not None and not m.is_nan(proc):
             ev["process_memory_gb"] = float(proc)
-            parts.append(f"the process held {gb_figure(float(proc))} GB")
+            parts.append(f"the process held {gb_figure(float(proc))} GiB")
         ev["memory_at_oom_gb"] = snap.get("used_memory_gb")
     if figs.get("tried_to_allocate_gb") is not None:
-        parts.append(f"an allocation of {gb_figure(figs['tried_to_allocate_gb'])} GB failed")
+        parts.append(f"an allocation of {gb_figure(figs['tried_to_allocate_gb'])} GiB failed")
     ev.update({k: v for k, v in figs.items() if k.endswith("_gb")})
     # A CPU allocation that fails while the machine's RAM is far from full hit a limit of its own: the
     # process's address space (ulimit -v / RLIMIT_AS) or a container's memory limit.
@@ -118,7 +118,7 @@ def peak(data: JobData) -> list[Finding]:
             id=rid, severity=sev,
             title=f"{label} peaked at {ser.peak_ratio:.0%} of total",
             action=("Reduce the biggest consumer" + (f": {best}" if best else "") + "."),
-            impact=f"Peak {gb_figure(ser.peak)} / {gb_figure(ser.total)} GB ({ser.peak_ratio:.0%})",
+            impact=f"Peak {gb_figure(ser.peak)} / {gb_figure(ser.total)} GiB ({ser.peak_ratio:.0%})",
             category="memory", impact_value=(ser.peak or 0) - warn * (ser.total or 0), impact_unit="GB",
             evidence={"peak_gb": ser.peak, "total_gb": ser.total, "peak_ratio": ser.peak_ratio,
                       "peak_time": ser.peak_time, "peak_step": m.step_at(data, ser.peak_time),
@@ -143,7 +143,7 @@ def swap(data: JobData) -> list[Finding]:
     if s is None or not s.triggered:
         return []
     sev = "critical" if s.slowdown is None or s.slowdown >= SLOWDOWN else "warning"
-    parts = [f"Swap grew {gb_figure(s.growth_gb)} GB"]
+    parts = [f"Swap grew {gb_figure(s.growth_gb)} GiB"]
     if s.slowdown is not None:
         parts.append(f"step time ×{s.slowdown:.1f} vs the pre-swap median")
     if s.lost_seconds:

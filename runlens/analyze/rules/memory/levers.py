@@ -67,7 +67,7 @@ def workers(data: JobData, p: Pressure) -> Finding | None:
                       (f"Set num_workers to {rec}: each worker holds its own copy of the dataset and Python heap."
                        + (" The run waits for data, so keep some workers." if input_bound else
                           " If steps then wait for data, use 1.")),
-                      f"Saves ~{gb_figure(saves)} GB ({gb_figure(per)} GB/worker)", saves,
+                      f"Saves ~{gb_figure(saves)} GiB ({gb_figure(per)} GiB/worker)", saves,
                       {"worker_memory_gb": pss, "worker_count": n, "per_worker_gb": per, "at": t,
                        "at_step": m.step_at(data, t), "used_memory_gb": used, "worker_share_of_used": share,
                        "main_process_memory_gb": main,
@@ -103,7 +103,7 @@ def batch_size(data: JobData, p: Pressure) -> Finding | None:
             rec = bs_max
             saves = fit.per_sample_gb * (bs - rec)
             conf = 1.0
-        impact = f"Peak -{gb_figure(saves)} GB ({gb_figure(fit.per_sample_gb)} GB per sample)"
+        impact = f"Peak -{gb_figure(saves)} GiB ({gb_figure(fit.per_sample_gb)} GiB per sample)"
     else:
         rec, saves, conf = max(1, bs // 2), None, 0.5
         impact = "Activation memory scales with the batch; halving it cuts the part above the model's own memory"
@@ -137,7 +137,7 @@ def quantize(data: JobData, p: Pressure) -> Finding | None:
     ev: dict[str, Any] = {}
     if info.get("parameters"):
         saves = info["parameters"] * (b_now - 1.0) / GIB
-        impact, conf = f"Saves ~{gb_figure(saves)} GB (weights {b_now:g} -> 1 B/param)", 1.0
+        impact, conf = f"Saves ~{gb_figure(saves)} GiB (weights {b_now:g} -> 1 B/param)", 1.0
         ev["parameters"] = info["parameters"]
     else:
         dom = p.domain
@@ -145,8 +145,8 @@ def quantize(data: JobData, p: Pressure) -> Finding | None:
         if static is None:
             return None
         saves = static * (b_now - 1.0) / b_now
-        impact = (f"Saves up to ~{gb_figure(saves)} GB (weights {b_now:g} -> 1 B/param of the "
-                  f"{gb_figure(static)} GB held before the first step)")
+        impact = (f"Saves up to ~{gb_figure(saves)} GiB (weights {b_now:g} -> 1 B/param of the "
+                  f"{gb_figure(static)} GiB held before the first step)")
         conf = 0.5
         ev["static_gb"] = static
     qtype = "qfloat8"
@@ -182,7 +182,7 @@ def ema(data: JobData, p: Pressure) -> Finding | None:
         resolve(data, "precision").current_value) or 4.0
     if trainable:
         saves: float | None = trainable * b / GIB
-        impact = f"Saves ~{gb_figure(saves)} GB (one copy of {trainable:,} trainable parameters)"
+        impact = f"Saves ~{gb_figure(saves)} GiB (one copy of {trainable:,} trainable parameters)"
     else:
         saves = None
         impact = "Saves one copy of the trainable parameters (their count was not recorded)"
@@ -207,7 +207,7 @@ def gradient_checkpointing(data: JobData, p: Pressure) -> Finding | None:
     f = lever_finding(data, p, "memory.gradient_checkpointing", "Enable gradient checkpointing",
                       "Turn gradient checkpointing on"
                       + (f" ({ref.hint})" if ref.path is None and ref.hint else "") + ".",
-                      f"Cuts most of the ~{gb_figure(act)} GB of activation memory; {GC_SLOWDOWN}", act,
+                      f"Cuts most of the ~{gb_figure(act)} GiB of activation memory; {GC_SLOWDOWN}", act,
                       {"activation_gb": act}, confidence=0.5)
     return apply_ref(f, ref, True)
 
@@ -239,7 +239,7 @@ def resolution(data: JobData, p: Pressure) -> Finding | None:
     saves = act * (1 - (r_new / r_max) ** 2)
     f = lever_finding(data, p, "memory.resolution", f"Drop the {r_max}px resolution",
                       f"Train at {new} instead of {res}.",
-                      f"Activations ×{(r_new / r_max) ** 2:.2f} (-{gb_figure(saves)} GB)", saves,
+                      f"Activations ×{(r_new / r_max) ** 2:.2f} (-{gb_figure(saves)} GiB)", saves,
                       {"activation_gb": act, "resolution_max": r_max, "resolution_new": r_new})
     return apply_ref(f, ref, new)
 
@@ -279,7 +279,7 @@ def sampling_peak(data: JobData, p: Pressure) -> Finding | None:
             return None
     saves = max(0.0, eval_peak - train_peak)
     f = lever_finding(data, p, "memory.sampling_peak", "Memory peaks during sampling/evaluation", action,
-                      f"Sampling peak {gb_figure(eval_peak)} GB vs training peak {gb_figure(train_peak)} GB", saves,
+                      f"Sampling peak {gb_figure(eval_peak)} GiB vs training peak {gb_figure(train_peak)} GiB", saves,
                       {"eval_peak_gb": eval_peak, "train_peak_gb": train_peak, "oom_in_eval": oom_in_eval},
                       severity="warning" if p.level == "warning" or not oom_in_eval else "critical")
     return apply_ref(f, ref, rec)
@@ -301,10 +301,10 @@ def fragmentation(data: JobData, p: Pressure) -> Finding | None:
     current = env.get("PYTORCH_CUDA_ALLOC_CONF") or env.get("PYTORCH_ALLOC_CONF")
     if current and "expandable_segments:true" in str(current).replace(" ", "").lower():
         return None
-    tail = f" ({r / t:.0%} of {gb_figure(t)} GB)" if t else ""
+    tail = f" ({r / t:.0%} of {gb_figure(t)} GiB)" if t else ""
     f = lever_finding(data, p, "memory.fragmentation", "Allocator fragmentation",
                       "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the environment of the run.",
-                      f"{gb_figure(r)} GB reserved but unallocated at the OOM{tail}", r,
+                      f"{gb_figure(r)} GiB reserved but unallocated at the OOM{tail}", r,
                       {"reserved_unallocated_gb": r, "total_capacity_gb": t, "timestamp": o.timestamp},
                       severity="warning")
     f.config_key = "PYTORCH_CUDA_ALLOC_CONF"

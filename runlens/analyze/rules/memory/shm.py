@@ -53,7 +53,7 @@ def shm(data: JobData) -> list[Finding]:
     t = getattr(first, "timestamp", None) if first else None
     parts = []
     if size is not None:
-        parts.append(f"/dev/shm {gb_figure(size)} GB for {n or '?'} workers")
+        parts.append(f"/dev/shm {gb_figure(size)} GiB for {n or '?'} workers")
     if count:
         parts.append(f"{count} shared-memory error(s), first at step {m.step_at(data, t)}")
     f = Finding(id="memory.shm", severity="critical" if errors else "warning",
