@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from runlens.collect.config import to_jsonable
+from runlens.collect.device_scalars import DeviceScalarResolver
 from runlens.collect.events import EVENT_SAMPLE_WAIT, EventSampler
 from runlens.core.dialects import detect_dialect
 from runlens.core.errors import StoreUnavailable
@@ -106,6 +107,7 @@ class JobLifecycle:
         s = self.settings
         self._writer = BatchWriter(store, self.job_id, flush_interval=s.flush_interval, flush_rows=s.flush_rows,
                                    max_rows=s.buffer_max_rows, step_converter=self._convert_step,
+                                   step_resolver=DeviceScalarResolver(),   # CUDA scalars without a sync each
                                    on_cycle=self._on_writer_cycle).start()
         self._last_cost_rows = _perf()
         self._start_sampler()

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Iterable
+from typing import Any, Callable, Deque, Iterable, Protocol, Sequence
 
 from runlens.core.notices import warn_on_stderr
 from runlens.store.store import Store
@@ -35,6 +35,18 @@ from runlens.store.store import Store
 log = warn_on_stderr(logging.getLogger(__name__))   # the store's trouble must reach the user
 
 StepConverter = Callable[[Any], dict[str, Any]]
+
+
+class StepResolver(Protocol):
+    """Runs before the converter and may hold steps back, in order, until their values exist on the host
+    (CUDA scalars still being computed: ``runlens.collect.device_scalars``)."""
+
+    def resolve(self, rows: list[Any], *, block: bool = False) -> list[Any]: ...
+
+    def resolve_all(self, rows: Sequence[Any] = ()) -> list[Any]: ...
+
+    def held(self) -> int: ...
+
 
 STEPS_PER_TRANSACTION = 20_000   # steps converted and committed per transaction
 OVERFLOW_NOTICE_SECONDS = 60.0   # between buffer_overflow events and warnings while drops go on
@@ -97,6 +109,8 @@ class BatchWriter:
         steps_per_transaction: the most steps one transaction writes.
         step_converter: turns what the training thread appended to ``steps`` into a row dict; runs on the
             writer thread, so resolving a torch tensor (a device sync) never touches the caller.
+        step_resolver: hands drained steps to the converter once their device values are on the host
+            (waiting for them when a flush is asked for, and for all of them at close).
         on_cycle: called on the writer thread at the start of every flush cycle (about every
             ``flush_interval``, more often while a backlog is written); the Monitor hangs its periodic
             bookkeeping (cost rows, budget) here instead of running another thread. Exceptions are logged and
@@ -107,7 +121,7 @@ class BatchWriter:
 
     def __init__(self, store: Store, job_id: str, *, flush_interval: float = 1.0, flush_rows: int = 2000,
                  max_rows: int = 200_000, steps_per_transaction: int = STEPS_PER_TRANSACTION,
-                 step_converter: StepConverter = _identity,
+                 step_converter: StepConverter = _identity, step_resolver: StepResolver | None = None,
                  warn: Callable[[str], None] | None = None,
                  on_cycle: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -118,6 +132,8 @@ class BatchWriter:
         self.max_rows = max_rows
         self.steps_per_transaction = max(1, steps_per_transaction)
         self.step_converter = step_converter
+        self.step_resolver = step_resolver
+        self._resolve_block = False   # this cycle serves a flush() or close: wait for held steps
         self.on_cycle = on_cycle
         self.stats = WriterStats()
         # The training thread appends here directly (deque.append is atomic and lock-free under the GIL).
@@ -230,7 +246,8 @@ class BatchWriter:
         return self.stats.flushes, self.stats.rows_written
 
     def buffered_rows(self) -> int:
-        return (len(self.steps) + len(self._pending_steps) + len(self._samples) + len(self._events)
+        held = self.step_resolver.held() if self.step_resolver is not None else 0
+        return (len(self.steps) + len(self._pending_steps) + held + len(self._samples) + len(self._events)
                 + len(self._costs))
 
     # -- the writer thread ---------------------------------------------------------------------------
@@ -253,6 +270,7 @@ class BatchWriter:
                 with self._flushed:
                     serving = self._requested
                     asked = serving > self._served
+                self._resolve_block = asked or stopping
                 # A flush someone waits for writes every step buffered when it started, in as many
                 # transactions as that takes; otherwise one transaction per cycle.
                 owed = len(self.steps) + len(self._pending_steps) if asked else 0
@@ -298,8 +316,13 @@ class BatchWriter:
         pending = self._pending_steps
         take = min(len(steps), self.steps_per_transaction - len(pending))
         self._drained += max(0, take)
-        for _ in range(take):
-            raw = steps.popleft()
+        raws = [steps.popleft() for _ in range(take)]
+        resolver = self.step_resolver
+        if resolver is not None:
+            # Closing: everything, in order (the resolver bounds the wait); else what is ready.
+            raws = (resolver.resolve_all(raws) if self._stop.is_set() and not steps
+                    else resolver.resolve(raws, block=self._resolve_block))
+        for raw in raws:
             try:
                 pending.append(convert(raw))
             except Exception as exc:  # a bad value from user code must not kill the writer

@@ -13,11 +13,13 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pytest
 
 from runlens.collect.device_scalars import DeviceScalarResolver, TorchCopier, is_device_scalar
+from runlens.store import Store
+from runlens.store.writer import BatchWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -253,6 +255,63 @@ def test_torch_is_not_imported_for_duck_typed_values(tmp_path: Path) -> None:
                             cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# -- in the writer --------------------------------------------------------------------------------------------
+
+def _writer(store: Store, job_id: str, resolver: DeviceScalarResolver) -> BatchWriter:
+    return BatchWriter(store, job_id, flush_interval=0.05, step_resolver=resolver,
+                       step_converter=lambda r: {"step": r[0], "timestamp": r[1], "loss": r[2]}).start()
+
+
+def _losses(store: Store, job_id: str) -> list[tuple[int, float | None]]:
+    return [(r["step"], r["loss"]) for r in store.rows("step_metrics", job_id, order_by="step")]
+
+
+def test_the_writer_stores_held_steps_in_order_once_their_copy_is_done(
+        store: Store, wait_until: Callable[..., Any]) -> None:
+    copier = FakeCopier(instant=False, finish_on_wait=False)
+    resolver = DeviceScalarResolver(copier, max_hold=600)
+    job_id = store.create_job(name="device")
+    writer = _writer(store, job_id, resolver)
+    try:
+        writer.put_step((0, 1.0, FakeCudaTensor(2.5)))
+        writer.put_step((1, 2.0, 3.5))
+        wait_until(lambda: resolver.held() == 2, message="the steps to be drained and held")
+        writer.put_event({"timestamp": 2.5, "event_type": "still_flowing"})
+        assert writer.flush(timeout=10)
+        assert copier.waits, "a flush someone waits for waits for the device (bounded)"
+        assert _losses(store, job_id) == [], "a step whose value is still on the device is held back"
+        assert [e["event_type"] for e in store.rows("training_events", job_id)] == ["still_flowing"]
+        copier.complete()
+        wait_until(lambda: len(_losses(store, job_id)) == 2, message="the held steps to land")
+        assert _losses(store, job_id) == [(0, 2.5), (1, 3.5)]
+    finally:
+        writer.close()
+
+
+def test_writer_close_resolves_every_held_step(store: Store, wait_until: Callable[..., Any]) -> None:
+    copier = FakeCopier(instant=False)   # finishes when waited for
+    resolver = DeviceScalarResolver(copier, max_hold=600)
+    job_id = store.create_job(name="device-close")
+    writer = _writer(store, job_id, resolver)
+    writer.put_step((0, 1.0, FakeCudaTensor(4.0)))
+    wait_until(lambda: resolver.held() == 1, message="the step to be held")
+    assert writer.buffered_rows() == 1
+    writer.put_step((1, 2.0, FakeCudaTensor(5.0)))
+    writer.close()
+    assert not writer.alive and writer.buffered_rows() == 0
+    assert _losses(store, job_id) == [(0, 4.0), (1, 5.0)]
+
+
+def test_writer_close_keeps_the_steps_of_a_device_that_never_answers(store: Store) -> None:
+    resolver = DeviceScalarResolver(FakeCopier(instant=False, finish_on_wait=False), max_hold=600)
+    job_id = store.create_job(name="device-hung")
+    writer = _writer(store, job_id, resolver)
+    writer.put_step((0, 1.0, FakeCudaTensor(4.0)))
+    writer.put_step((1, 2.0, 6.0))
+    writer.close()
+    assert _losses(store, job_id) == [(0, None), (1, 6.0)]
 
 
 @pytest.mark.needs_torch
