@@ -75,6 +75,7 @@ def wait_for_file(path: Path, timeout: float = 60) -> str:
 # -- exit status ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_exit_code_passes_through_and_job_records_start_and_end(tmp_path: Path, env: dict[str, str]) -> None:
     """exit 3 -> the wrapper exits 3; the job is failed "exited with code 3" with start and end events."""
     child = script(tmp_path, "import sys, time\ntime.sleep(0.8)\nprint('bye')\nsys.exit(3)\n")
@@ -213,6 +214,7 @@ def test_command_not_executable_is_exit_126(tmp_path: Path, env: dict[str, str])
 # -- output --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stdout_and_stderr_are_teed_to_terminal_and_one_log(tmp_path: Path, env: dict[str, str]) -> None:
     """Both streams reach the wrapper's own stdout/stderr and log.txt (lines whole, in arrival order).
 
@@ -255,6 +257,7 @@ def test_an_existing_log_is_continued_and_arrival_line_numbers_follow(tmp_path: 
     assert arrivals.time_of(3) is None and arrivals.time_of(4) is not None    # the new lines are 4 and 5
 
 
+@pytest.mark.slow
 def test_partial_lines_and_progress_bars_reach_the_terminal_promptly(tmp_path: Path, env: dict[str, str]) -> None:
     """A prompt without a newline and a \\r progress bar are on the terminal before the child finishes."""
     child = script(tmp_path, """
@@ -356,6 +359,7 @@ def test_collect_has_help() -> None:
 # -- a real training loop --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.needs_torch
 def test_real_training_loop_with_monitor_and_dataloader_workers(tmp_path: Path, env: dict[str, str]) -> None:
     """torch CPU loop, Monitor attached inside, 2 DataLoader workers: steps, worker samples, one job, end event."""
@@ -381,6 +385,7 @@ def test_real_training_loop_with_monitor_and_dataloader_workers(tmp_path: Path, 
     assert "step 79 loss" in log_text and "stderr at step 75" in log_text
 
 
+@pytest.mark.slow
 @pytest.mark.needs_torch
 def test_sigterm_during_training_with_workers_stops_the_whole_group(tmp_path: Path, env: dict[str, str],
                                                                      spawn: Any, wait_until: Any) -> None:

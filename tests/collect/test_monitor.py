@@ -352,6 +352,7 @@ def _hold_exclusive_lock(path: str, seconds: float, locked: threading.Event) -> 
     conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("busy_timeout_ms", [30_000, 200], ids=["waits", "fails-and-retries"])
 def test_a_locked_store_never_reaches_the_loop(db_url: str, store: Store, busy_timeout_ms: int,
                                                monkeypatch: pytest.MonkeyPatch,

@@ -48,6 +48,7 @@ def by_name(results: list[Any]) -> dict[str, Any]:
     return {r.name: r for r in results}
 
 
+@pytest.mark.slow
 @pytest.mark.needs_torch
 def test_every_check_runs_here_within_its_timeout(tmp_path: Path) -> None:
     """All checks produce a verdict on this machine, each in a child under the timeout."""

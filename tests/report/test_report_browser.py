@@ -159,6 +159,7 @@ def test_full_page_screenshot_is_non_trivial(browser: Any, report_path: Path, tm
         context.close()
 
 
+@pytest.mark.slow
 def test_phone_viewport_has_no_horizontal_overflow(browser: Any, report_path: Path, tmp_path: Path) -> None:
     context, page, watch = _open(
         browser,
