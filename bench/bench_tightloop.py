@@ -158,12 +158,42 @@ def _lag_figures(readings: list[tuple[float, int]], marks: list[float], mark_eve
     }
 
 
+class _StatementRuns:
+    """Counts the statements SQLite runs (its trace hook fires once per run: once per row under executemany).
+    Each run releases the GIL and takes it back. Costs a Python call per run, so it is off by default."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def __enter__(self) -> "_StatementRuns":
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "connect", self._on_connect)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.remove(Engine, "connect", self._on_connect)
+
+    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.set_trace_callback(self._trace)
+
+    def _trace(self, _sql: str) -> None:
+        self.runs += 1
+
+
 def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | None,
-             mark_every: int, sample_interval: float) -> dict[str, Any]:
+             mark_every: int, sample_interval: float, count_statements: bool = False) -> dict[str, Any]:
     import runlens
 
     db = workdir / f"{kind}.db"
+    counter = _StatementRuns().__enter__() if count_statements else None
     mon = runlens.Monitor(name=f"bench-{kind}", db=str(db), sample_interval=sample_interval).start()
+    writer = mon._writer
     poller = _Poller(db, workdir)
     ns = time.perf_counter_ns
     wall = time.time
@@ -195,6 +225,8 @@ def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | No
         t_close = time.perf_counter()
         mon.close()
         close_seconds = time.perf_counter() - t_close
+    if counter is not None:
+        counter.__exit__()
     readings = poller.stop()
     conn = sqlite3.connect(str(db))
     stored = conn.execute("SELECT count(*) FROM step_metrics").fetchone()[0]
@@ -209,6 +241,10 @@ def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | No
         "step_us": {"median": statistics.median(us), "mean": statistics.fmean(us), "p99": _percentile(us, 99),
                     "p999": _percentile(us, 99.9), "max": us[-1]},
         "gc_training_thread": gct.summary(),
+        "writer": {"flushes": writer.stats.flushes, "flush_seconds": writer.stats.flush_seconds,
+                   "cpu_seconds": writer.stats.cpu_seconds, "steps_dropped": writer.stats.steps_dropped,
+                   "statement_runs": counter.runs if counter is not None else None,
+                   "cpu_us_per_stored_row": writer.stats.cpu_seconds / max(stored, 1) * 1e6},
         **_lag_figures(readings, marks, mark_every, loop_end),
     }
     out["mean_over_median"] = out["step_us"]["mean"] / max(out["step_us"]["median"], 1e-9)
@@ -249,6 +285,10 @@ def _show(name: str, r: dict[str, Any]) -> None:
     print(f"  commit lag during the loop: median {r['lag_median_s']}s, max {lag}s; steps older than "
           f"{OLD_SECONDS:.0f}s on disk: min {share}, mean {r['old_share_mean']}, polls >= 95%: "
           f"{r['polls_with_old_share_ge_95']}; most steps in memory {r['steps_in_memory_max']}")
+    w = r["writer"]
+    runs = "" if w["statement_runs"] is None else f", {w['statement_runs']} SQLite statement runs"
+    print(f"  writer: {w['flushes']} transactions, {w['flush_seconds']:.2f}s in them, {w['cpu_seconds']:.2f}s CPU, "
+          f"({w['cpu_us_per_stored_row']:.1f} us a stored row), {w['steps_dropped']} steps dropped{runs}")
     g = r["gc_training_thread"]
     print(f"  full GC passes on the training thread: {g['full_passes']}, max {g['full_max_ms']:.0f} ms, "
           f"total {g['full_total_ms']:.0f} ms")
@@ -264,6 +304,8 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=1.9)
     parser.add_argument("--sample-interval", type=float, default=5.0)
     parser.add_argument("--only", choices=("tight", "busy"))
+    parser.add_argument("--count-statements", action="store_true",
+                        help="count the statements SQLite runs (slows the writer where it runs one per row)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -275,7 +317,8 @@ def main() -> None:
         if args.only in (None, "tight"):
             workdir = Path(tmp, "tight")
             workdir.mkdir()
-            results["tight"] = run_loop("tight", args.steps, workdir, None, 1024, args.sample_interval)
+            results["tight"] = run_loop("tight", args.steps, workdir, None, 1024, args.sample_interval,
+                                        args.count_statements)
             _show("tight loop", results["tight"])
         if args.only in (None, "busy"):
             workdir = Path(tmp, "busy")
@@ -286,7 +329,7 @@ def main() -> None:
                 work()
             per_step = (time.perf_counter() - t0) / 50
             n = max(100, int(args.busy_seconds / per_step))
-            results["busy"] = run_loop("busy", n, workdir, work, 1, args.sample_interval)
+            results["busy"] = run_loop("busy", n, workdir, work, 1, args.sample_interval, args.count_statements)
             results["busy"]["work_ms_per_step"] = per_step * 1e3
             _show(f"busy loop ({per_step * 1e3:.2f} ms of GIL-held work a step)", results["busy"])
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,20 @@ writer to a few hundred rows a second and the backlog grew without bound (CPytho
 in Python/ceval_gil.c). One statement per chunk of up to ``MAX_ROWS_PER_STATEMENT`` rows releases it a few
 times per flush, and the database's own work on a chunk (done without the GIL) covers most of the wait.
 Values are still bound as parameters, so they are stored exactly as ``executemany`` stored them.
+
+On SQLite a None is bound as NaN. Python's sqlite3 binds None through its adapter lookup (a key tuple, a dict
+lookup, attribute lookups: ``need_adapt`` in CPython's Modules/_sqlite/cursor.c), about ten times the cost of
+a float, with the GIL held, and most columns of a step row are None. SQLite stores a bound NaN as NULL
+(``sqlite3VdbeMemSetDouble`` leaves the value NULL), so the stored row is the same.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
 from sqlalchemy.engine import Connection
 
@@ -31,6 +38,7 @@ class ValuesPlan:
     head: str
     group: str
     max_rows: int
+    nan_for_none: bool = False   # SQLite: bind NaN, stored as NULL, instead of the costlier None
     _sql: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -41,6 +49,18 @@ class ValuesPlan:
         if text is None:
             text = self._sql[count] = self.head + ", ".join([self.group] * count)
         return text
+
+
+def insert_values(conn: Connection, plan: ValuesPlan, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (tuples in the plan's column order) with as few statements as the plan allows."""
+    flat = itertools.chain.from_iterable
+    nan = math.nan
+    for start, count in chunks(len(rows), plan.max_rows):
+        values = flat(rows[start:start + count])
+        if plan.nan_for_none:
+            conn.exec_driver_sql(plan.sql(count), tuple([nan if v is None else v for v in values]))
+        else:
+            conn.exec_driver_sql(plan.sql(count), tuple(values))
 
 
 def chunks(n: int, max_rows: int) -> Iterator[tuple[int, int]]:

@@ -154,16 +154,22 @@ def test_non_finite_values_are_stored_as_before(any_store: Store) -> None:
     assert stored[2]["timestamp"] == 1.7e9 + 0.123456789 and stored[2]["gradient_norm"] is None
 
 
-def test_rows_missing_columns_get_nulls(store: Store) -> None:
-    """The wrapper's progress-line steps carry only some columns."""
+def test_rows_missing_columns_get_nulls(store: Store, db_url: str) -> None:
+    """The wrapper's progress-line steps carry only some columns; what is missing or None is SQL NULL (on
+    SQLite it is bound as NaN, which SQLite stores as NULL: the stored row must be the same)."""
     job_id = store.create_job(name="sparse")
     writer = BatchWriter(store, job_id, flush_interval=60.0).start()
     writer.put_step({"step": 3, "timestamp": 2.0})
-    writer.put_step({"step": 4, "timestamp": 3.0, "loss": 0.5, "rank": 1})
+    writer.put_step({"step": 4, "timestamp": 3.0, "loss": 0.5, "rank": 1, "batch_size": None})
     writer.close()
     a, b = store.rows("step_metrics", job_id, order_by="step")
     assert a["loss"] is None and a["rank"] is None and a["extras"] is None
     assert b["loss"] == 0.5 and b["rank"] == 1
+    raw = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    types = raw.execute("SELECT typeof(loss), typeof(batch_size), typeof(rank), typeof(extras), typeof(step) "
+                        "FROM step_metrics ORDER BY step").fetchall()
+    raw.close()
+    assert types == [("null", "null", "null", "null", "integer"), ("real", "null", "integer", "null", "integer")]
 
 
 # -- bounds ---------------------------------------------------------------------------------------------------
