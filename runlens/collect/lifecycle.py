@@ -203,7 +203,10 @@ class JobLifecycle:
             if budget:
                 self._budget_exceeded(budget)
             try:
-                writer.close(timeout=WRITER_CLOSE_TIMEOUT)
+                # Close waits while the store keeps taking rows; it gives up after WRITER_CLOSE_TIMEOUT without
+                # progress, or, closing for a signal, at that deadline (the scheduler's grace period runs).
+                writer.close(timeout=WRITER_CLOSE_TIMEOUT,
+                             deadline=WRITER_CLOSE_TIMEOUT if exit_signal is not None else None)
             except Exception as exc:
                 self._warn("close", f"could not store the run's last rows ({exc}); they are lost")
             else:
