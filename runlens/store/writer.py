@@ -204,7 +204,8 @@ class BatchWriter:
             self._job_updates.update(fields)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Ask for a flush now and wait until one that started after this call has finished."""
+        """Ask for a flush now and wait until one that started after this call has finished: it writes every
+        step buffered at the call, in as many transactions as that takes."""
         if not self._thread.is_alive():
             return False
         with self._flushed:
