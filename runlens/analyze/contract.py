@@ -98,9 +98,23 @@ class Analysis(TypedDict, total=False):
 #   {
 #     "start_time": float,                       # UNIX seconds of the first sample or step (x origin)
 #     "memory": {name: {"x": [t...], "y": [gb...]}},   # system_used_gb, main_process_gb, workers_gb,
-#                                                      # gpu_used_gb, swap_used_gb (absent series omitted)
+#                                                      # gpu_used_gb (the device's used memory, summed over
+#                                                      # the job's GPUs), swap_used_gb; added: gpu_device_used_gb
+#                                                      # (the fullest GPU, when there are several), gpu_job_gb
+#                                                      # (the job's own processes on its GPUs, where recorded)
+#                                                      # (absent series omitted)
 #     "total_memory_gb": float | None, "gpu_total_memory_gb": float | None,
 #     "thresholds": {"warning_ratio": .85, "critical_ratio": .95, "warning_gb": float, "critical_gb": float},
+#                                                      # the levels on system RAM (total_memory_gb)
+#     "binding_resource": "host" | "gpu" | "both" | "unified" | None,   # added: the pool(s) that bind the run
+#                                                      # (a CUDA OOM binds the GPU, a host OOM RAM; else the
+#                                                      # pool whose peak is the largest share of its limit;
+#                                                      # both when both pass 70 %; None without samples)
+#     "binding_reason": str | None,                    # added: "CUDA out of memory; GPU 0 peaked at 96% of ..."
+#     "zones": [{"resource": "host" | "gpu" | "unified", "series": name in "memory", "device_index": int | None,
+#                "limit_gb": float, "warning_ratio": .85, "critical_ratio": .95, "warning_gb": float,
+#                "critical_gb": float, "peak_gb": float, "peak_ratio": float}],   # added: the zones to draw,
+#                                                      # one per binding pool with a known limit
 #     "training": {name: {"x": [step...], "y": [value...]}},   # loss, learning_rate, gradient_norm,
 #                                                             # step_time_seconds, data_time_seconds
 #     "events": [{"timestamp": t, "type": str, "label": str, "severity": Severity}],   # at most 200

@@ -7,6 +7,11 @@ from the raw rows, never from the drawn points: ``peaks`` records each series' r
 
 x values: memory series and events are UNIX seconds (``start_time`` is the origin the report subtracts);
 training series are step numbers.
+
+Zones: ``zones`` names the pool(s) that bind the run (``binding_resource``, see
+runlens.analyze.measures.memory.binding) and the warning/critical levels on each, so the chart shades GPU
+zones on the GPU line when the GPU is what fills, and RAM zones when RAM does. ``thresholds`` keeps its first
+meaning (the levels on system RAM) for readers that predate ``zones``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import pandas as pd
 from runlens.analyze.downsample import minmax_downsample
 from runlens.analyze.health import main_rank
 from runlens.analyze.jobdata import JobData
+from runlens.analyze import measures as m
 from runlens.analyze.measures import col
 from runlens.core.numbers import parse_finite
 
@@ -36,6 +42,8 @@ MEMORY_COLUMNS = (
     ("gpu_used_gb", "gpu_memory_used_gb"),
     ("swap_used_gb", "swap_used_gb"),
 )
+GPU_DEVICE_SERIES = "gpu_device_used_gb"   # the fullest GPU, drawn when the job has several (the sum is not zoned)
+GPU_JOB_SERIES = "gpu_job_gb"              # the job's own processes' memory on its GPUs, where recorded
 TRAINING_COLUMNS = ("loss", "learning_rate", "gradient_norm", "step_time_seconds", "data_time_seconds")
 
 # Always drawn, whatever the cap: they are what a post-mortem is about.
@@ -62,6 +70,13 @@ def build_timeline(data: JobData, *, total_memory_gb: float | None = None, gpu_t
             continue   # a series never recorded (no GPU, no workers) is left out, not drawn as a flat zero
         memory[name] = _series(s_ts, y, max_points)
         peaks[name] = _peak(s_ts, y)
+    own = m.job_gpu_series(data)
+    if own is not None:
+        memory[GPU_JOB_SERIES] = _series(own.timestamps, own.used, max_points)
+        peaks[GPU_JOB_SERIES] = _peak(own.timestamps, own.used)
+    binding = m.binding(data)
+    zones = [_zone(data, pool, memory, peaks, max_points, total_memory_gb, gpu_total_memory_gb)
+             for pool in (binding.pools if binding is not None else ())]
 
     training: dict[str, dict[str, list[Any]]] = {}
     x_steps = col(steps, "step")
@@ -88,10 +103,42 @@ def build_timeline(data: JobData, *, total_memory_gb: float | None = None, gpu_t
         "total_memory_gb": total_memory_gb,
         "gpu_total_memory_gb": gpu_total_memory_gb,
         "thresholds": thresholds,
+        # Additions to the contract: the pool(s) whose zones are drawn, and each zone's levels and limit.
+        "binding_resource": binding.resource if binding is not None else None,
+        "binding_reason": binding.reason if binding is not None else None,
+        "zones": zones,
         "training": training,
         "events": timeline_events(data, max_events),
         "raw_counts": {"samples": len(data.samples), "steps": len(data.steps), "events": len(data.events)},
         "peaks": peaks,   # addition to the contract: raw maxima per series, {"value", "x"}
+    }
+
+
+def _zone(data: JobData, pool: m.MemorySeries, memory: dict[str, dict[str, list[Any]]],
+          peaks: dict[str, dict[str, float]], max_points: int, host_total: float | None,
+          gpu_total: float | None) -> dict[str, Any]:
+    """The warning/critical levels on one binding pool, and the drawn series they apply to.
+
+    The limit is the summary's figure where it has one (the container's limit for RAM, the fullest device's
+    total for a GPU), so the zones, the summary and the chart's total line agree. A GPU pool on a job with
+    several devices is one device, drawn as its own series: the summed ``gpu_used_gb`` has no device's limit.
+    """
+    if pool.kind == "gpu":
+        resource, limit, series = "gpu", gpu_total or pool.total, "gpu_used_gb"
+        if series not in memory or m.gpu_device_count(data) > 1:
+            series = GPU_DEVICE_SERIES
+            memory[series] = _series(pool.timestamps, pool.used, max_points)
+            peaks[series] = _peak(pool.timestamps, pool.used)
+    else:
+        resource = "unified" if m.unified(data) else "host"
+        limit, series = host_total or pool.total, "system_used_gb"
+    warn, crit = data.settings.memory_warning_threshold, data.settings.memory_critical_threshold
+    return {
+        "resource": resource, "series": series, "device_index": pool.device, "limit_gb": limit,
+        "warning_ratio": warn, "critical_ratio": crit,
+        "warning_gb": round(warn * limit, 4) if limit else None,
+        "critical_gb": round(crit * limit, 4) if limit else None,
+        "peak_gb": pool.peak, "peak_ratio": pool.peak / limit if pool.peak is not None and limit else None,
     }
 
 

@@ -1,6 +1,10 @@
 """The memory chart: GiB against time since start, with the threshold zones shaded, the machine's totals drawn,
 events marked and the peak labelled.
 
+The zones are drawn for the pool that binds the run (``metrics_timeline.zones``, chosen by the analyzer): the
+GPU's zones on the GPU line when the GPU is what fills, RAM's when RAM does, both when both came close. A
+document from before ``zones`` gets the RAM zones of its ``thresholds``, as it always did.
+
 It reads ``metrics_timeline`` of the analysis document (see runlens.analyze.contract) and defends itself
 against a partial one: a run that sampled nothing gets a "no data" placeholder, not an error.
 """
@@ -34,6 +38,21 @@ class Band:
     hi: float
     cls: str  # "warning" | "critical"
     label: str
+    resource: str = "host"  # host | gpu | unified: the pool whose limit the zone is a share of
+
+
+@dataclass(frozen=True)
+class Zone:
+    """The warning and critical levels (GiB) on one memory pool, and the drawn series they apply to."""
+
+    resource: str  # host | gpu | unified
+    series: str
+    name: str  # "RAM", "GPU 0", "Unified memory"
+    limit: float | None
+    warning: float | None
+    critical: float | None
+    warning_ratio: float | None
+    critical_ratio: float | None
 
 
 @dataclass(frozen=True)
@@ -58,7 +77,15 @@ MEMORY_SERIES: dict[str, tuple[str, LineStyle]] = {
     "main_process_gb": ("Main process", LineStyle("orange", None, 1.7)),
     "workers_gb": ("Data workers", LineStyle("green", "7 3", 1.7)),
     "gpu_used_gb": ("GPU memory used", LineStyle("purple", "2 2", 1.9)),
+    "gpu_device_used_gb": ("Fullest GPU's memory used", LineStyle("purple", None, 1.9)),
+    "gpu_job_gb": ("GPU memory of this job", LineStyle("purple", "6 3", 1.5)),
     "swap_used_gb": ("Swap used", LineStyle("vermillion", "1 3", 1.9)),
+}
+BINDING_TEXT = {
+    "host": "system RAM",
+    "gpu": "GPU memory",
+    "both": "system RAM and GPU memory",
+    "unified": "the unified memory pool",
 }
 _FALLBACK_STYLES = [
     LineStyle("sky", "8 2 2 2", 1.7),
@@ -114,24 +141,23 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
 
     total = finite(tl.get("total_memory_gb"))
     gpu_total = finite(tl.get("gpu_total_memory_gb"))
-    thresholds = tl.get("thresholds") if isinstance(tl.get("thresholds"), Mapping) else {}
-    assert isinstance(thresholds, Mapping)
-    warn_ratio = finite(thresholds.get("warning_ratio"))
-    crit_ratio = finite(thresholds.get("critical_ratio"))
-    warn_gb = finite(thresholds.get("warning_gb")) or (warn_ratio * total if warn_ratio and total else None)
-    crit_gb = finite(thresholds.get("critical_gb")) or (crit_ratio * total if crit_ratio and total else None)
+    zones = _zones(tl, total)
 
     data_max = max(svg.values_of(drawable))
     notes: list[str] = []
     # The chart is about headroom, so the machine's total is on the scale, unless the run used so little of a
     # big machine that the lines would lie flat against the floor.
     show_total = total is not None and data_max >= 0.25 * total
-    has_gpu = any(s.key == "gpu_used_gb" for s in drawable)
+    has_gpu = any(s.key in ("gpu_used_gb", "gpu_device_used_gb") for s in drawable)
     show_gpu_total = gpu_total is not None and has_gpu and data_max >= 0.25 * gpu_total
+    # A zoned pool's limit is on the scale by the same rule, so its zones are where they belong.
+    drawn_keys = {s.key for s in drawable}
+    zone_limits = [z.limit for z in zones if z.limit and z.series in drawn_keys and data_max >= 0.25 * z.limit]
     y_top = max(
         [data_max]
         + ([total] if show_total and total else [])
         + ([gpu_total] if show_gpu_total and gpu_total else [])
+        + zone_limits
     )
     if total is not None and not show_total:
         notes.append(f"Total RAM {total:.1f} GiB is off the scale (peak use was under a quarter of it).")
@@ -151,21 +177,13 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     frame = Frame(width, height, left=56, right=16, top=44, bottom=38)
     svg.set_domain(frame, x_lo, x_hi, 0.0, y_top * 1.02, x_target=8, y_target=6)
 
-    bands: list[Band] = []
-    if warn_gb is not None and warn_gb < frame.y_hi:
-        upper = crit_gb if crit_gb is not None and crit_gb > warn_gb else frame.y_hi
-        pct = f" ({warn_ratio:.0%} of RAM)" if warn_ratio else ""
-        bands.append(
-            Band(warn_gb, min(upper, frame.y_hi), "warning", f"Warning zone ≥ {warn_gb:.1f} GiB{pct}")
-        )
-    if crit_gb is not None and crit_gb < frame.y_hi:
-        pct = f" ({crit_ratio:.0%} of RAM)" if crit_ratio else ""
-        bands.append(Band(crit_gb, frame.y_hi, "critical", f"Critical zone ≥ {crit_gb:.1f} GiB{pct}"))
+    bands = [band for zone in zones for band in _zone_bands(zone, frame.y_hi)]
+    gpu_name = next((z.name for z in zones if z.resource == "gpu"), "GPU")
     hlines: list[HLine] = []
     if show_total and total is not None:
         hlines.append(HLine(total, f"RAM total {total:.1f} GiB"))
     if show_gpu_total and gpu_total is not None:
-        hlines.append(HLine(gpu_total, f"GPU total {gpu_total:.1f} GiB", OKABE_ITO["purple"]))
+        hlines.append(HLine(gpu_total, f"{gpu_name} total {gpu_total:.1f} GiB", OKABE_ITO["purple"]))
 
     desc = _memory_desc(drawable, total, [m * unit / 60.0 for m in minutes], len(markers))
     parts = svg.svg_open(frame, label, desc, "chart-memory")
@@ -178,10 +196,18 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     for s in drawable:
         parts += svg.series_path(frame, s)
     parts.append("</g>")
-    parts += _peak(frame, drawable[0], _raw_peak(tl, drawable[0].key, start, unit))
+    # The peak that matters is the binding pool's: the GPU's when the GPU is what fills.
+    main = next((s for z in zones for s in drawable if s.key == z.series), drawable[0])
+    parts += _peak(frame, main, _raw_peak(tl, main.key, start, unit))
     parts.append("</svg>")
 
     legend = svg.legend(svg.with_missing(series, drawable), [(f"zone-{b.cls}", b.label) for b in bands])
+    binding = tl.get("binding_resource")
+    if isinstance(binding, str) and binding in BINDING_TEXT:
+        reason = tl.get("binding_reason")
+        because = f" ({reason})" if isinstance(reason, str) and reason else ""
+        notes.append(f"Zones are drawn for {BINDING_TEXT[binding]}, the memory this run came closest to "
+                     f"exhausting{because}.")
     raw_counts = tl.get("raw_counts") if isinstance(tl.get("raw_counts"), Mapping) else {}
     assert isinstance(raw_counts, Mapping)
     samples = raw_counts.get("samples")
@@ -195,6 +221,53 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
             f"{len(markers)} event marker{'s' if len(markers) != 1 else ''}; hover a marker for details."
         )
     return svg.figure(Markup("".join(parts)), legend, " ".join(notes), cls="chart-memory")
+
+
+def _zones(tl: Mapping[str, Any], total: float | None) -> list[Zone]:
+    """The zones to shade: the analyzer's ``zones`` (the binding pools), else RAM's from ``thresholds``."""
+    given = tl.get("zones")
+    if isinstance(given, list):
+        out: list[Zone] = []
+        for z in given:
+            if not isinstance(z, Mapping):
+                continue
+            resource = str(z.get("resource") or "host")
+            device = finite(z.get("device_index"))
+            name = {"host": "RAM", "unified": "Unified memory"}.get(
+                resource, "GPU" if device is None else f"GPU {device:.0f}"
+            )
+            out.append(Zone(resource, str(z.get("series") or ""), name, finite(z.get("limit_gb")),
+                            finite(z.get("warning_gb")), finite(z.get("critical_gb")),
+                            finite(z.get("warning_ratio")), finite(z.get("critical_ratio"))))
+        return out
+    thresholds = tl.get("thresholds") if isinstance(tl.get("thresholds"), Mapping) else {}
+    assert isinstance(thresholds, Mapping)
+    warn_ratio = finite(thresholds.get("warning_ratio"))
+    crit_ratio = finite(thresholds.get("critical_ratio"))
+    warn_gb = finite(thresholds.get("warning_gb")) or (warn_ratio * total if warn_ratio and total else None)
+    crit_gb = finite(thresholds.get("critical_gb")) or (crit_ratio * total if crit_ratio and total else None)
+    return [Zone("host", "system_used_gb", "RAM", total, warn_gb, crit_gb, warn_ratio, crit_ratio)]
+
+
+def _zone_bands(zone: Zone, y_hi: float) -> list[Band]:
+    """A zone's warning band (up to its critical level) and critical band, where they fall inside the plot."""
+    def share(ratio: float | None) -> str:
+        if ratio is None:
+            return ""
+        return f" ({ratio:.0%} of {zone.limit:.1f} GiB)" if zone.limit else f" ({ratio:.0%} of {zone.name})"
+
+    bands: list[Band] = []
+    warn, crit = zone.warning, zone.critical
+    # A zone ends at its pool's limit: above it lies nothing of that pool (and, with two pools, the other's).
+    top = min(zone.limit, y_hi) if zone.limit and zone.limit > (crit or warn or 0.0) else y_hi
+    if warn is not None and warn < y_hi:
+        upper = crit if crit is not None and crit > warn else top
+        label = f"{zone.name} warning zone ≥ {warn:.1f} GiB{share(zone.warning_ratio)}"
+        bands.append(Band(warn, min(upper, top), "warning", label, zone.resource))
+    if crit is not None and crit < y_hi:
+        label = f"{zone.name} critical zone ≥ {crit:.1f} GiB{share(zone.critical_ratio)}"
+        bands.append(Band(crit, top, "critical", label, zone.resource))
+    return bands
 
 
 def _raw_peak(
@@ -234,7 +307,7 @@ def _bands(frame: Frame, bands: Sequence[Band]) -> list[str]:
             f'<rect x="{coord(frame.plot_left)}" y="{coord(y_top)}" '
             f'width="{coord(frame.plot_right - frame.plot_left)}" '
             f'height="{coord(y_bottom - y_top)}" fill="{fills[band.cls]}" fill-opacity="0.13" '
-            f'class="zone zone-{band.cls}"><title>{escape(band.label)}</title></rect>'
+            f'class="zone zone-{band.cls}" data-resource="{escape(band.resource)}"><title>{escape(band.label)}</title></rect>'
         )
         parts.append(
             f'<line x1="{coord(frame.plot_left)}" x2="{coord(frame.plot_right)}" y1="{coord(y_bottom)}" '

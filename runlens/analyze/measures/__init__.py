@@ -8,7 +8,7 @@ because the measuring lives here once, one concern per module:
     columns    numbers out of frames and rows, and the per-job cache (``memo``)
     timing     the run's bounds, the main rank's steps, the step or sample at a moment, data wait
     phases     eval/checkpoint/load phase intervals and the phase open at a moment
-    memory     RAM and GPU memory series and the domain the job is likeliest to run out of
+    memory     RAM and GPU memory series, the domain the job is likeliest to run out of, the binding pool(s)
     workers    DataLoader worker count and memory, usable CPUs
     oom        every sign of an out-of-memory failure
     batchfit   memory against batch size, static memory, reported parameter counts
@@ -29,7 +29,18 @@ from runlens.analyze.measures.batchfit import (
     static_memory,
 )
 from runlens.analyze.measures.columns import col, details_of, finite, is_nan, memo, num
-from runlens.analyze.measures.memory import MemorySeries, gpu_series, memory_domain, ram_series, unified
+from runlens.analyze.measures.memory import (
+    JOB_GPU_COLUMN,
+    Binding,
+    MemorySeries,
+    binding,
+    gpu_device_count,
+    gpu_series,
+    job_gpu_series,
+    memory_domain,
+    ram_series,
+    unified,
+)
 from runlens.analyze.measures.oom import OomOccurrence, oom_occurrences
 from runlens.analyze.measures.phases import (
     Phase,
@@ -55,9 +66,10 @@ from runlens.analyze.measures.timing import (
 from runlens.analyze.measures.workers import cpu_count, measured_workers, worker_peak
 
 __all__ = [
-    "EXACT_BASELINE_MAX", "THETA", "BatchFit", "DataWait", "MemorySeries", "OomOccurrence", "Phase",
-    "batch_memory_fit", "bytes_per_param", "col", "cpu_count", "current_batch_size", "data_wait",
-    "details_of", "finite", "gpu_series", "is_nan", "main_rank_steps", "measured_workers", "memo",
+    "EXACT_BASELINE_MAX", "JOB_GPU_COLUMN", "THETA", "BatchFit", "Binding", "DataWait", "MemorySeries",
+    "OomOccurrence", "Phase", "batch_memory_fit", "binding", "bytes_per_param", "col", "cpu_count",
+    "current_batch_size", "data_wait", "details_of", "finite", "gpu_device_count", "gpu_series", "is_nan",
+    "job_gpu_series", "main_rank_steps", "measured_workers", "memo",
     "memory_domain", "merged_intervals", "model_info", "num", "oom_occurrences", "overhead_intervals",
     "overlaps", "phase_at", "phase_name", "phases", "ram_series", "robust_mad", "runs_of", "sample_at",
     "static_memory", "step_at", "steps_at", "time_bounds", "training_window", "trailing_baseline", "unified",

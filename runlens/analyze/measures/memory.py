@@ -1,5 +1,10 @@
-"""Memory over time, one domain at a time: system RAM (or unified memory) and the fullest discrete GPU, and
-which of the two the job is most likely to run out of.
+"""Memory over time, one domain at a time: system RAM (or unified memory) and the fullest discrete GPU, which
+of the two the job is most likely to run out of, and which pool binds (the one the memory chart draws its zones
+for).
+
+GPU figures are the device's as NVML reports them (``memory_used_gb``: every process on the device, against
+the device's total); where the collector also recorded the job's own share (``job_gpu_memory_gb``, from NVML's
+per-process list) it is read as a series of its own. All figures are GiB.
 """
 
 from __future__ import annotations
@@ -11,6 +16,14 @@ import pandas as pd
 
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.measures.columns import col, finite, memo
+from runlens.analyze.measures.oom import oom_occurrences
+
+# The job's process tree's memory on its GPUs (NVML's per-process list), in metrics_samples (all the job's
+# devices) and gpu_samples (per device) where the collector records it.
+JOB_GPU_COLUMN = "job_gpu_memory_gb"
+# A pool whose peak passed this share of its limit binds too: both sets of zones are drawn.
+BINDING_SHARE = 0.70
+_HOST_OOM_KINDS = frozenset({"host", "cpu"})
 
 
 @dataclass
@@ -21,6 +34,7 @@ class MemorySeries:
     timestamps: np.ndarray
     used: np.ndarray
     total: float | None
+    device: int | None = None   # the NVML index of the GPU, when the series is one device's
 
     @property
     def peak(self) -> float | None:
@@ -81,8 +95,10 @@ def _gpu_series(data: JobData) -> MemorySeries | None:
         best: MemorySeries | None = None
         for _, dev in g.groupby("device_index") if "device_index" in g.columns else [(0, g)]:
             tot = finite(col(dev, "memory_total_gb"))
+            index = finite(col(dev, "device_index"))
             ser = MemorySeries("gpu", col(dev, "timestamp"), col(dev, "memory_used_gb"),
-                               float(np.median(tot)) if tot.size else None)
+                               float(np.median(tot)) if tot.size else None,
+                               int(index[0]) if index.size else None)
             if best is None or (ser.peak_ratio or 0) > (best.peak_ratio or 0):
                 best = ser
         return best
@@ -100,3 +116,104 @@ def memory_domain(data: JobData) -> MemorySeries | None:
     if gpu is not None and gpu.total and (ram is None or (gpu.peak_ratio or 0) >= (ram.peak_ratio or 0)):
         return gpu
     return ram or gpu
+
+
+def gpu_device_count(data: JobData) -> int:
+    """How many GPUs the per-device rows name (0 without per-device rows)."""
+    g = data.gpus
+    if g is None or g.empty or "device_index" not in g.columns:
+        return 0
+    return int(g["device_index"].nunique())
+
+
+def job_gpu_series(data: JobData) -> MemorySeries | None:
+    """The job's own GPU memory over time (all its devices together), where the collector recorded it; None
+    where it did not (the device's used memory, ``gpu_series``, is then the only GPU figure)."""
+    return memo(data, "job_gpu_series", lambda: _job_gpu_series(data))
+
+
+def _job_gpu_series(data: JobData) -> MemorySeries | None:
+    if unified(data):
+        return None
+    s = data.samples
+    used = col(s, JOB_GPU_COLUMN)
+    if np.isfinite(used).any():
+        tot = finite(col(s, "gpu_memory_total_gb"))
+        return MemorySeries("gpu", col(s, "timestamp"), used, float(np.median(tot)) if tot.size else None)
+    g = data.gpus
+    if g is None or g.empty or not np.isfinite(col(g, JOB_GPU_COLUMN)).any():
+        return None
+    frame = pd.DataFrame({"t": col(g, "timestamp"), "used": col(g, JOB_GPU_COLUMN),
+                          "total": col(g, "memory_total_gb")})
+    per = frame.groupby("t").agg(used=("used", lambda v: v.sum(min_count=1)), total=("total", "sum"))
+    tot = finite(per["total"].to_numpy(dtype=float))
+    return MemorySeries("gpu", per.index.to_numpy(dtype=float), per["used"].to_numpy(dtype=float),
+                        float(np.median(tot)) if tot.size else None)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The memory pool(s) that bind this run, whose warning and critical zones the memory chart draws.
+
+    ``resource`` is "host" (system RAM, or a container's limit), "gpu" (the fullest discrete GPU), "both", or
+    "unified" (GPU and CPU share one pool: Apple silicon, GH200, DGX Spark). ``pools`` are the series to zone,
+    those with a known limit; a CUDA OOM without GPU samples binds the GPU with no pool to zone.
+    """
+
+    resource: str
+    pools: tuple[MemorySeries, ...]
+    reason: str
+
+
+def binding(data: JobData) -> Binding | None:
+    """Which memory pool binds: the one that ran out (a CUDA OOM binds the GPU; a host OOM, RAM), else the one
+    whose peak came closest to its limit; both when both passed 70 % of their limits. None without memory
+    samples."""
+    return memo(data, "binding", lambda: _binding(data))
+
+
+def _binding(data: JobData) -> Binding | None:
+    ram, gpu = ram_series(data), gpu_series(data)
+    if unified(data):
+        if ram is None:
+            return None
+        return Binding("unified", _zoned(ram), "GPU and CPU share one memory pool (unified memory)")
+    kinds = {o.kind for o in oom_occurrences(data) if o.source != "exit"}
+    gpu_ratio = gpu.peak_ratio if gpu is not None else None
+    ram_ratio = ram.peak_ratio if ram is not None else None
+    gpu_hot = "cuda" in kinds or (gpu_ratio is not None and gpu_ratio >= BINDING_SHARE)
+    ram_hot = bool(kinds & _HOST_OOM_KINDS) or (ram_ratio is not None and ram_ratio >= BINDING_SHARE)
+    if gpu_hot and ram_hot:
+        resource = "both"
+    elif gpu_hot or (gpu is not None and gpu_ratio is not None and gpu_ratio >= (ram_ratio or 0.0)):
+        resource = "gpu"
+    elif ram is not None:
+        resource = "host"
+    elif gpu is not None:
+        resource = "gpu"
+    else:
+        return None
+    host_pools = _zoned(ram) if resource in ("host", "both") else ()
+    gpu_pools = _zoned(gpu) if resource in ("gpu", "both") else ()
+    # The pool that ran out, else the fuller one, comes first: the chart labels its peak.
+    gpu_first = "cuda" in kinds or (not kinds & _HOST_OOM_KINDS and (gpu_ratio or 0.0) >= (ram_ratio or 0.0))
+    pools = gpu_pools + host_pools if gpu_first else host_pools + gpu_pools
+    return Binding(resource, pools, _reason(resource, kinds, ram, gpu))
+
+
+def _zoned(ser: MemorySeries | None) -> tuple[MemorySeries, ...]:
+    return (ser,) if ser is not None and ser.total else ()
+
+
+def _reason(resource: str, kinds: set[str], ram: MemorySeries | None, gpu: MemorySeries | None) -> str:
+    """One line on why: "CUDA out of memory", "GPU 0 peaked at 93% of 140.4 GiB (RAM 41%)"."""
+    bits: list[str] = []
+    if "cuda" in kinds and resource in ("gpu", "both"):
+        bits.append("CUDA out of memory")
+    if kinds & _HOST_OOM_KINDS and resource in ("host", "both"):
+        bits.append("host out of memory")
+    name = "GPU" if gpu is None or gpu.device is None else f"GPU {gpu.device}"
+    for label, ser in ((name, gpu), ("RAM", ram)):
+        if ser is not None and ser.peak is not None and ser.total:
+            bits.append(f"{label} peaked at {ser.peak_ratio:.0%} of {ser.total:.1f} GiB")
+    return "; ".join(bits)
