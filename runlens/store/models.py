@@ -149,6 +149,10 @@ class StepMetric(Base):
     rank: Mapped[int | None] = mapped_column(Integer, default=None)
     tokens: Mapped[float | None] = mapped_column(Float, default=None)
     extras: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Added in 0003: the rank's training-thread CPU clock (cumulative seconds), read by the writer thread about
+    # once per flush and put on the newest step it had then; null on the other rows. CPU time against wall time
+    # between two readings says how much of each step the rank computed and how much it waited for the others.
+    thread_cpu_seconds: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class MonitoringCost(Base):

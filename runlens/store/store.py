@@ -40,7 +40,7 @@ TABLES: dict[str, Table] = {
 }
 
 _STEP_COLUMNS = ("job_id", "step", "timestamp", "loss", "batch_size", "gradient_norm", "learning_rate",
-                 "step_time_seconds", "data_time_seconds", "rank", "tokens", "extras")
+                 "step_time_seconds", "data_time_seconds", "rank", "tokens", "extras", "thread_cpu_seconds")
 
 JOB_STATUSES = ("running", "succeeded", "failed", "timed_out", "never_started")
 
@@ -119,7 +119,7 @@ class Store:
             # Unrolled in _STEP_COLUMNS order: this loop runs once per step row on the writer thread.
             append((job_id, g("step"), g("timestamp"), g("loss"), g("batch_size"), g("gradient_norm"),
                     g("learning_rate"), g("step_time_seconds"), g("data_time_seconds"), g("rank"), g("tokens"),
-                    dumps(extras) if extras else None))
+                    dumps(extras) if extras else None, g("thread_cpu_seconds")))
         plan = self._step_plan(conn)
         if plan is None:   # a driver whose placeholders we do not write by hand: its executemany
             sql, positional = self._step_insert_sql()
