@@ -30,6 +30,7 @@ up in ``Monitor.__init__``:
 ``runlens.collect.events``     events and the system samples linked to them
 ``runlens.collect.progress``   ``mon.phase()`` and the hang watchdog that reads the loop's progress
 ``runlens.collect.steps``      the step tuple turned into a row on the writer thread; non-finite values
+``runlens.collect.thread_cpu`` the training thread's CPU clock on a step row per flush (busy vs waiting)
 ``runlens.collect.overhead``   runlens's own cost, folded and stored on the writer thread
 ``runlens.collect.loader``     ``mon.loader()``: the data wait
 =============================  ======================================================================
@@ -58,6 +59,7 @@ from runlens.collect.loader import TimedLoader
 from runlens.collect.overhead import CostBookkeeping
 from runlens.collect.progress import Phase, WatchdogWiring
 from runlens.collect.signals import SignalHandling
+from runlens.collect.thread_cpu import StepCpuMarks, thread_cpu_clock
 from runlens.collect.steps import StepConversion
 from runlens.core.notices import warn_on_stderr
 from runlens.core.redact import redact
@@ -158,6 +160,7 @@ class Monitor(JobLifecycle, SignalHandling, EventRecording, WatchdogWiring, Step
         self._last_event_request = -math.inf
         self._last_cost_rows = 0.0
         self._thread_cpu: dict[str, float] = {}
+        self._cpu_marks = StepCpuMarks(None)   # the training thread's clock, once start() knows that thread
         self._prev_handlers: dict[int, Any] = {}
         self._deferred_signals: list[int] = []
         self._signal_reason: str | None = None
@@ -214,6 +217,7 @@ class Monitor(JobLifecycle, SignalHandling, EventRecording, WatchdogWiring, Step
             self._state = STATE_DISABLED
             self.job_id = None
             return self
+        self._cpu_marks = StepCpuMarks(thread_cpu_clock())   # start() runs on the training thread
         self._state = STATE_RUNNING
         self._install_signal_handlers()
         atexit.register(self._atexit)

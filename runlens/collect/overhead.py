@@ -28,10 +28,11 @@ class CostBookkeeping:
     """The writer thread's periodic work for the Monitor (a mixin of ``Monitor``; its state is the Monitor's)."""
 
     def _on_writer_cycle(self: Monitor) -> None:
-        """Writer thread, every flush cycle: unstick events, and every COST_ROW_INTERVAL store cost rows and
-        check the budget."""
+        """Writer thread, every flush cycle: read the training thread's CPU clock, unstick events, and every
+        COST_ROW_INTERVAL store cost rows and check the budget."""
         if self._state not in (STATE_RUNNING, STATE_CLOSING):
             return
+        self._cpu_marks.mark(self._writer.steps)
         self._flush_stale_events(STALE_EVENT_SECONDS)
         now = _perf()
         if now - self._last_cost_rows < COST_ROW_INTERVAL or self._state != STATE_RUNNING:

@@ -65,6 +65,7 @@ class StepConversion:
         non-finite bookkeeping runs only when a quick check says some value is nan or inf.
         """
         step, at, loss, lr, grad_norm, batch_size, tokens, step_time, data_time, extras = raw
+        marks = self._cpu_marks
         wd = self._watchdog
         if wd is not None:
             wd.observe_step(at, step_time)   # calibration input, off the training thread
@@ -120,4 +121,6 @@ class StepConversion:
             "batch_size": batch_size if batch_size is None or type(batch_size) is int else int(batch_size),
             "step_time_seconds": step_time, "data_time_seconds": data_time, "rank": self._rank,
             "extras": extras or None,
+            # The training thread's CPU clock, on the one step per flush it was read with (collect.thread_cpu).
+            "thread_cpu_seconds": marks.take(raw) if raw is marks.raw else None,
         }
