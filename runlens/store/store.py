@@ -217,17 +217,26 @@ class Store:
             return conn.execute(select(jobs.c.job_id).where(jobs.c.job_id == job_id)).first() is not None
 
     def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Recent jobs, newest first, with their step count and peak memory (one grouped query each)."""
+        """Recent jobs, newest first, with their steps and peak memory, in one statement.
+
+        ``steps`` is per rank (the most any rank recorded) and ``ranks`` how many ranks recorded steps (1 for a
+        job without ranks): a job of N ranks writes each step N times. Only the listed jobs' rows are grouped,
+        so the answer stays fast however many jobs and steps the store holds.
+        """
         jobs, steps, samples = TABLES["jobs"], TABLES["step_metrics"], TABLES["metrics_samples"]
-        step_q = (select(steps.c.job_id, func.count().label("steps"), func.max(steps.c.step).label("max_step"))
-                  .group_by(steps.c.job_id).subquery())
+        page = select(jobs.c.job_id).order_by(jobs.c.created_at.desc()).limit(limit).scalar_subquery()
+        per_rank = (select(steps.c.job_id, func.count().label("n"), func.max(steps.c.step).label("max_step"))
+                    .where(steps.c.job_id.in_(page)).group_by(steps.c.job_id, steps.c.rank).subquery())
+        step_q = (select(per_rank.c.job_id, func.max(per_rank.c.n).label("steps"),
+                         func.count().label("ranks"), func.max(per_rank.c.max_step).label("max_step"))
+                  .group_by(per_rank.c.job_id).subquery())
         peak_q = (select(samples.c.job_id, func.max(samples.c.used_memory_gb).label("peak_memory_gb"),
                          func.max(samples.c.total_memory_gb).label("total_memory_gb"),
                          func.max(samples.c.gpu_memory_used_gb).label("peak_gpu_memory_gb"),
                          func.max(samples.c.timestamp).label("last_sample_at"))
-                  .group_by(samples.c.job_id).subquery())
-        q = (select(jobs, step_q.c.steps, step_q.c.max_step, peak_q.c.peak_memory_gb, peak_q.c.total_memory_gb,
-                    peak_q.c.peak_gpu_memory_gb, peak_q.c.last_sample_at)
+                  .where(samples.c.job_id.in_(page)).group_by(samples.c.job_id).subquery())
+        q = (select(jobs, step_q.c.steps, step_q.c.ranks, step_q.c.max_step, peak_q.c.peak_memory_gb,
+                    peak_q.c.total_memory_gb, peak_q.c.peak_gpu_memory_gb, peak_q.c.last_sample_at)
              .select_from(jobs.outerjoin(step_q, step_q.c.job_id == jobs.c.job_id)
                           .outerjoin(peak_q, peak_q.c.job_id == jobs.c.job_id))
              .order_by(jobs.c.created_at.desc()).limit(limit))
@@ -272,6 +281,16 @@ class Store:
         t = TABLES["step_metrics"]
         q = (select(t.c.id, t.c.step, t.c.loss, t.c.batch_size, t.c.step_time_seconds)
              .where(t.c.job_id == job_id).order_by(t.c.id.desc()).limit(limit))
+        with self.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def rank_progress(self, job_id: str) -> list[dict[str, Any]]:
+        """Each rank's ``rank``, ``steps`` (rows), ``last_step`` and ``last_at`` (its newest step's time), in
+        rank order; one row with rank None for steps without one. Empty before the first step."""
+        t = TABLES["step_metrics"]
+        q = (select(t.c.rank, func.count().label("steps"), func.max(t.c.step).label("last_step"),
+                    func.max(t.c.timestamp).label("last_at"))
+             .where(t.c.job_id == job_id).group_by(t.c.rank).order_by(t.c.rank))
         with self.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 

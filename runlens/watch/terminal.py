@@ -15,7 +15,8 @@ from runlens.core.humanize import duration, gb, local_time
 if TYPE_CHECKING:
     from runlens.watch.status import RunStatus
 
-__all__ = ["job_status_text", "jobs_table", "recorded_length", "render_table", "status_json", "status_table"]
+__all__ = ["job_status_text", "jobs_table", "ranks_text", "recorded_length", "render_table", "status_json",
+           "status_table", "steps_text"]
 
 STATUS_HEADERS = ["JOB ID", "NAME", "STATE", "REASON", "LAST STEP", "HEARTBEAT", "DURATION"]
 JOBS_HEADERS = ["JOB ID", "NAME", "STATUS", "STARTED", "DURATION", "STEPS", "PEAK MEMORY"]
@@ -48,9 +49,16 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> str:
         started = j.get("started_at") or j["created_at"]
         rows.append([
             j["job_id"], j["name"], j["status"], local_time(started), duration(recorded_length(j)),
-            str(j.get("steps") or 0), gb(j.get("peak_memory_gb"), j.get("total_memory_gb")),
+            steps_text(j), gb(j.get("peak_memory_gb"), j.get("total_memory_gb")),
         ])
     return render_table(JOBS_HEADERS, rows)
+
+
+def steps_text(job: Mapping[str, Any]) -> str:
+    """``200``, or ``200 x 2 ranks`` for a job whose ranks each recorded its steps (``list_jobs``' ``steps`` is
+    already per rank)."""
+    steps, ranks = int(job.get("steps") or 0), int(job.get("ranks") or 1)
+    return f"{steps} x {ranks} ranks" if ranks > 1 else str(steps)
 
 
 # -- runlens status --------------------------------------------------------------------------------------
@@ -73,6 +81,14 @@ def _last_step(job: Mapping[str, Any]) -> Any:
     return job.get("last_step") if job.get("last_step") is not None else job.get("max_step")
 
 
+def _last_step_text(job: Mapping[str, Any]) -> str:
+    step = _last_step(job)
+    if step is None:
+        return "-"
+    ranks = int(job.get("ranks") or 1)
+    return f"{step} ({ranks} ranks)" if ranks > 1 else str(step)
+
+
 def _heartbeat(job: Mapping[str, Any]) -> Any:
     return job.get("heartbeat_at") or job.get("last_sample_at")
 
@@ -82,9 +98,8 @@ def status_table(statuses: Sequence[tuple[Mapping[str, Any], RunStatus]], now: f
     table = []
     for j, st in statuses:
         reason = st.reason or ""
-        step = _last_step(j)
         table.append([j["job_id"], j.get("name") or "", st.state,
-                      reason[:60] + ("…" if len(reason) > 60 else ""), "-" if step is None else str(step),
+                      reason[:60] + ("…" if len(reason) > 60 else ""), _last_step_text(j),
                       _age(now, _heartbeat(j)), _run_time(j, now)])
     return render_table(STATUS_HEADERS, table)
 
@@ -92,7 +107,7 @@ def status_table(statuses: Sequence[tuple[Mapping[str, Any], RunStatus]], now: f
 def status_json(statuses: Sequence[tuple[Mapping[str, Any], RunStatus]]) -> list[dict[str, Any]]:
     """``runlens status --json``: each job's id, name, state, reason, since, details, last step, heartbeat."""
     return [{"job_id": j["job_id"], "name": j.get("name"), **st.to_dict(), "last_step": _last_step(j),
-             "heartbeat_at": _heartbeat(j)} for j, st in statuses]
+             "ranks": j.get("ranks"), "heartbeat_at": _heartbeat(j)} for j, st in statuses]
 
 
 def job_status_text(info: Mapping[str, Any], now: float) -> str:
@@ -107,6 +122,7 @@ def job_status_text(info: Mapping[str, Any], now: float) -> str:
         ("reason", info["reason"] or "-"), ("since", since),
         ("host / pid", f"{info['host'] or '-'} / {info['pid'] or '-'}{alive}"),
         ("duration", duration(info["duration_seconds"])), ("last step", step),
+        *([("ranks", ranks_text(info["ranks"]))] if len(info.get("ranks") or ()) > 1 else []),
         ("last heartbeat", _age(now, info["heartbeat_at"])),
         ("last progress", _age(now, info["progress_at"])),
     ]
@@ -118,3 +134,20 @@ def job_status_text(info: Mapping[str, Any], now: float) -> str:
             rows.append((label, str(info[key])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def ranks_text(ranks: Sequence[Mapping[str, Any]]) -> str:
+    """``2, all at step 199``; ``64: rank 3 at step 118 (stopped first), the other 63 at 119``: where each rank
+    is, the ranks behind named first (in a collective hang, the others wait for them)."""
+    known = [r for r in ranks if r.get("last_step") is not None]
+    if not known:
+        return str(len(ranks))
+    top = max(int(r["last_step"]) for r in known)
+    behind = sorted((r for r in known if int(r["last_step"]) < top), key=lambda r: (int(r["last_step"]),
+                                                                                     r.get("last_at") or 0.0))
+    if not behind:
+        return f"{len(ranks)}, all at step {top}"
+    shown = ", ".join(f"rank {r['rank']} at step {r['last_step']}" for r in behind[:4])
+    more = f" and {len(behind) - 4} more behind" if len(behind) > 4 else ""
+    first = " (stopped first)" if len(behind) == 1 else ""
+    return f"{len(ranks)}: {shown}{first}{more}, the other {len(known) - len(behind)} at {top}"

@@ -110,6 +110,7 @@ def describe_job(store: Store, job: Mapping[str, Any], *, now: float,
         "last_step": alert.last_step, "last_loss": alert.last_loss, "heartbeat_at": job.get("heartbeat_at"),
         "progress_at": job.get("progress_at"), "log_path": job.get("log_path"),
         "last_log_line": alert.last_log_line, "remedy": alert.remedy, "details": status.details,
+        "ranks": store.rank_progress(job_id),
     }
 
 
