@@ -252,22 +252,21 @@ def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | No
 
 
 def _calibrated_work(ms: float) -> Callable[[], None]:
-    """A pure-Python body that holds the GIL for about ``ms`` milliseconds."""
+    """A pure-Python body that holds the GIL for about ``ms`` milliseconds of CPU. Calibrated on the thread's
+    CPU clock (the median of several tries), so a busy machine that preempts the process does not skew it."""
     def spin(n: int) -> int:
         s = 0
         for j in range(n):
             s += j
         return s
 
-    n = 10_000
-    while True:
-        t0 = time.perf_counter()
+    n = 200_000
+    tries = []
+    for _ in range(7):
+        t0 = time.thread_time()
         spin(n)
-        took = time.perf_counter() - t0
-        if took > 0.02:
-            break
-        n *= 2
-    per_ms = n / (took * 1e3)
+        tries.append(time.thread_time() - t0)
+    per_ms = n / (statistics.median(tries) * 1e3)
     k = max(1, int(per_ms * ms))
     return lambda: spin(k) and None
 
@@ -324,14 +323,14 @@ def main() -> None:
             workdir = Path(tmp, "busy")
             workdir.mkdir()
             work = _calibrated_work(args.work_ms)
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(50):
                 work()
-            per_step = (time.perf_counter() - t0) / 50
+            per_step = (time.thread_time() - t0) / 50
             n = max(100, int(args.busy_seconds / per_step))
             results["busy"] = run_loop("busy", n, workdir, work, 1, args.sample_interval, args.count_statements)
             results["busy"]["work_ms_per_step"] = per_step * 1e3
-            _show(f"busy loop ({per_step * 1e3:.2f} ms of GIL-held work a step)", results["busy"])
+            _show(f"busy loop ({per_step * 1e3:.2f} ms of GIL-held CPU work a step)", results["busy"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"bench_tightloop-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))
