@@ -6,7 +6,6 @@ SQLAlchemy. Database errors become ``StoreUnavailable`` with the reason, never a
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import secrets
@@ -25,7 +24,7 @@ from runlens.core.errors import JobNotFound, StoreUnavailable
 from runlens.core.redact import redact_url
 from runlens.core.settings import resolve_db_url
 from runlens.store import models
-from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, ValuesPlan, bind_limit, chunks
+from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, ValuesPlan, bind_limit, insert_values
 from runlens.store.engine import create_store_engine
 from runlens.store.migrate import ensure_schema
 
@@ -125,9 +124,7 @@ class Store:
             sql, positional = self._step_insert_sql()
             conn.exec_driver_sql(sql, params if positional else [dict(zip(_STEP_COLUMNS, p)) for p in params])
             return
-        flat = itertools.chain.from_iterable
-        for start, count in chunks(len(params), plan.max_rows):
-            conn.exec_driver_sql(plan.sql(count), tuple(flat(params[start:start + count])))
+        insert_values(conn, plan, params)
 
     def _step_plan(self, conn: Connection) -> ValuesPlan | None:
         if self._step_values is None:
@@ -140,7 +137,8 @@ class Store:
                 self._step_values = False
             else:
                 per_statement = max(1, bind_limit(conn) // len(_STEP_COLUMNS))
-                self._step_values = ValuesPlan(head + " VALUES ", group, min(MAX_ROWS_PER_STATEMENT, per_statement))
+                self._step_values = ValuesPlan(head + " VALUES ", group, min(MAX_ROWS_PER_STATEMENT, per_statement),
+                                               nan_for_none=self.dialect == "sqlite")
         return self._step_values or None
 
     def _step_insert_sql(self) -> tuple[str, bool]:
