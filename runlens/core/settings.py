@@ -49,7 +49,9 @@ class Settings:
     stacks_dir: str | None = None              # faulthandler stacks files; None: next to the store / log
     memory_warning_threshold: float = 0.85
     memory_critical_threshold: float = 0.95
-    disabled: bool = False
+    disabled: bool = False                     # monitoring: enabled: false, or RUNLENS_DISABLE=1
+    # Analyse a job when it ends: runlens collect in its own process, a Monitor's own job in a detached one.
+    analyze_on_complete: bool = True
     # Generic-dialect mapping: runlens concept -> dotted path in the user's config.
     config_paths: dict[str, str] = field(default_factory=dict)
 
@@ -70,6 +72,9 @@ _ENV = {
     "RUNLENS_STACKS_DIR": ("stacks_dir", str),
 }
 
+# Boolean environment variables: name -> Settings field.
+_ENV_SWITCHES = {"RUNLENS_ANALYZE_ON_COMPLETE": "analyze_on_complete"}
+
 _MONITORING_KEYS = {
     "sample_interval": "sample_interval", "sample_interval_seconds": "sample_interval",
     "flush_interval": "flush_interval", "flush_interval_seconds": "flush_interval",
@@ -80,6 +85,26 @@ _MONITORING_KEYS = {
     "uncalibrated_timeout": "uncalibrated_timeout", "calibrated_min": "calibrated_min",
     "calibrated_max": "calibrated_max",
 }
+
+# Switches of the ``monitoring:`` section: key -> (Settings field, whether the field is the key's negation).
+_MONITORING_SWITCHES = {
+    "enabled": ("disabled", True),
+    "analyze_on_complete": ("analyze_on_complete", False),
+}
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_switch(value: Any) -> bool | None:
+    """A boolean setting from YAML (``true``), JSON, TOML or an environment variable (``1``, ``off``); None
+    when the value says neither."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    return True if text in _TRUE else False if text in _FALSE else None
 
 
 def settings_from_monitoring_section(section: Mapping[str, Any] | None, base: Settings | None = None) -> Settings:
@@ -96,6 +121,12 @@ def settings_from_monitoring_section(section: Mapping[str, Any] | None, base: Se
                 changes[attr] = float(section[key])
             except (TypeError, ValueError):
                 raise ConfigError("monitoring", f"monitoring.{key} must be a number, got {section[key]!r}") from None
+    for key, (attr, negated) in _MONITORING_SWITCHES.items():
+        if key in section and section[key] is not None:
+            switch = parse_switch(section[key])
+            if switch is None:
+                raise ConfigError("monitoring", f"monitoring.{key} must be true or false, got {section[key]!r}")
+            changes[attr] = not switch if negated else switch
     paths = section.get("paths") or section.get("config_paths")
     if paths:
         if not isinstance(paths, Mapping):
@@ -115,6 +146,13 @@ def settings_from_env(base: Settings | None = None, environ: Mapping[str, str] |
                 changes[attr] = kind(raw)
             except ValueError:
                 raise ConfigError(name, f"environment variable {name}={raw!r} is not a valid {kind.__name__}") from None
+    for name, attr in _ENV_SWITCHES.items():
+        raw = environ.get(name, "").strip()
+        if raw:
+            switch = parse_switch(raw)
+            if switch is None:
+                raise ConfigError(name, f"environment variable {name}={raw!r} is not 1 or 0 (true/false, on/off)")
+            changes[attr] = switch
     if env_disabled(environ):
         changes["disabled"] = True
     return base.replace(**changes)
