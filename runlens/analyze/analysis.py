@@ -26,6 +26,7 @@ from runlens.analyze.findings import Finding
 from runlens.analyze.health import goodput, health_score, monitoring_seconds, run_window
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.measures import col
+from runlens.analyze.measures.ranks import ranks_count
 from runlens.analyze.registry import Rule, run_rules
 from runlens.analyze.timeline import build_timeline
 from runlens.core.redact import redact
@@ -171,6 +172,7 @@ def summarize(data: JobData, ranked: Sequence[Finding], wall: float | None) -> d
         "status_reason": data.job.get("status_reason"),
         "steps_completed": int(step_numbers.nunique()) if step_numbers is not None else 0,
         "last_step": int(step_numbers.max()) if step_numbers is not None and len(step_numbers) else None,
+        "ranks": ranks_count(data),   # steps_completed counts each step once, whatever the number of ranks
         "duration_minutes": wall / 60.0 if wall is not None else None,
         "error_count": errors,
         "warning_count": warnings,
@@ -315,7 +317,12 @@ def _finding_dict(lf: Any) -> dict[str, Any]:
 # -- monitoring cost and hangs ----------------------------------------------------------------------------
 
 def monitoring_cost(data: JobData, wall: float | None) -> list[dict[str, Any]]:
-    """One row per monitoring operation (summed over hosts and ranks), most expensive first."""
+    """One row per monitoring operation (summed over hosts and ranks), most expensive first.
+
+    ``share_of_wall`` is per process: the total over the ``processes`` (ranks, runlens collect) that recorded
+    the operation, divided by their number and the wall time. They ran side by side, so the plain total over
+    the wall would count one wall second once per rank.
+    """
     c = data.costs
     if c is None or c.empty or "operation" not in c.columns:
         return []
@@ -325,14 +332,18 @@ def monitoring_cost(data: JobData, wall: float | None) -> list[dict[str, Any]]:
         "total_seconds": pd.to_numeric(c.get("total_seconds"), errors="coerce").fillna(0.0),
         "on_training_thread": c["on_training_thread"].fillna(True).astype(bool)
         if "on_training_thread" in c.columns else True,
+        "process": (c["host"].astype(str) if "host" in c.columns else "") + "/"
+        + (c["rank"].astype(str) if "rank" in c.columns else ""),
     })
     grouped = frame.groupby("operation", sort=False).agg(
-        calls=("calls", "sum"), total_seconds=("total_seconds", "sum"), on_training_thread=("on_training_thread", "max"))
+        calls=("calls", "sum"), total_seconds=("total_seconds", "sum"), on_training_thread=("on_training_thread", "max"),
+        processes=("process", "nunique"))
     rows = []
     for op, r in grouped.sort_values("total_seconds", ascending=False).iterrows():
+        processes = max(1, int(r["processes"]))
         rows.append({"operation": str(op), "calls": int(r["calls"]), "total_seconds": float(r["total_seconds"]),
-                     "share_of_wall": float(r["total_seconds"]) / wall if wall else None,
-                     "on_training_thread": bool(r["on_training_thread"])})
+                     "share_of_wall": float(r["total_seconds"]) / processes / wall if wall else None,
+                     "on_training_thread": bool(r["on_training_thread"]), "processes": processes})
     return rows
 
 

@@ -25,6 +25,8 @@ class Goodput(TypedDict, total=False):
     lost_seconds: dict[str, float]      # startup, data_wait, eval_and_checkpoints, stalls_and_hangs, monitoring, other
     stall_steps: int                    # steps slower than median + 5 MAD (their excess is in stalls_and_hangs)
     end_source: str                     # what ended the wall clock: "ended_at", "now" (live job), "last_seen"
+    rank: int                           # several ranks: the typical rank (median ratio) these figures are of
+    ranks: dict[str, Any]               # count, typical_rank, worst_rank, worst_ratio, best_ratio, by_rank
 
 
 class Summary(TypedDict, total=False):
@@ -39,6 +41,7 @@ class Summary(TypedDict, total=False):
     status_reason: str | None
     steps_completed: int
     last_step: int | None
+    ranks: int                          # ranks that recorded steps (1 without ranks)
     duration_minutes: float | None
     error_count: int
     warning_count: int

@@ -19,6 +19,12 @@ always add up to the wall time:
 Unlike ml-goodput (which ignores steps under 1 s for its ideal step time) short steps count: single-GPU steps
 are often well under a second. Step outliers use the whole run's median and MAD rather than a trailing window:
 the figure is lost time, not an online alarm, and a run that slowed down for good lost that time too.
+
+A job of several ranks is N training threads sharing one wall clock: each rank's start-up, data wait and
+monitoring happened in parallel with the others', so adding them up would count one wall second N times (160
+ranks' Monitor start-up read as most of the run). Goodput and monitoring time are computed for each rank on its
+own steps, cost rows and events (``measures.ranks.rank_views``); the job's figure is the typical rank's (the
+median ratio), and ``ranks`` names the worst one.
 """
 
 from __future__ import annotations
@@ -34,11 +40,15 @@ from runlens.analyze.contract import SEVERITY_ORDER, Goodput
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.measures import col
+from runlens.analyze.measures.ranks import rank_of, rank_views
 from runlens.core.costs import ONE_OFF_OPERATIONS
 from runlens.core.numbers import parse_finite
 from runlens.core.phases import is_overhead
 
-__all__ = ["LOST_PARTS", "STALL_MADS", "goodput", "health_score", "main_rank", "run_window"]
+__all__ = ["LOST_PARTS", "STALL_MADS", "goodput", "health_score", "main_rank", "monitoring_by_rank",
+           "monitoring_seconds", "run_window"]
+
+MAX_RANKS_LISTED = 1024   # per-rank goodput rows kept in the document
 
 LOST_PARTS = ("startup", "data_wait", "eval_and_checkpoints", "stalls_and_hangs", "monitoring", "other")
 STALL_MADS = 5.0        # outlier steps are > median + 5 MAD
@@ -92,7 +102,29 @@ def main_rank(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 def goodput(data: JobData) -> Goodput:
-    """Productive time over wall time, and where the rest went (see the module docstring)."""
+    """Productive time over wall time, and where the rest went (see the module docstring).
+
+    For a job of several ranks: the typical rank's figures (the median ratio), plus ``rank`` (which one that is)
+    and ``ranks`` (how many, the worst rank and its ratio, and each rank's ratio and monitoring seconds).
+    """
+    views = rank_views(data)
+    if not views:
+        return _goodput_of_one(data)
+    per = {r: _goodput_of_one(view) for r, view in views.items()}
+    known = sorted((g["ratio"], r) for r, g in per.items() if g.get("ratio") is not None)
+    if not known:
+        return per[min(per)]
+    typical = known[(len(known) - 1) // 2][1]
+    worst_ratio, worst = known[0]
+    by_rank = [{"rank": r, "ratio": g.get("ratio"), "monitoring_seconds": g["lost_seconds"]["monitoring"]}
+               for r, g in sorted(per.items())][:MAX_RANKS_LISTED]
+    return {**per[typical], "rank": typical,
+            "ranks": {"count": len(per), "typical_rank": typical, "worst_rank": worst, "worst_ratio": worst_ratio,
+                      "best_ratio": known[-1][0], "by_rank": by_rank}}
+
+
+def _goodput_of_one(data: JobData) -> Goodput:
+    """Goodput of one training thread's steps (the lowest rank's, if ``data`` holds several)."""
     start, end, end_source = run_window(data)
     wall = max(0.0, (end or 0.0) - (start or 0.0)) if start is not None and end is not None else 0.0
     zero = {k: 0.0 for k in LOST_PARTS}
@@ -192,19 +224,34 @@ def _fit(wall: float, productive: float, parts: dict[str, float], other: float) 
 
 
 def monitoring_seconds(data: JobData, *, include_one_off: bool = True) -> float:
-    """Monitoring time on the training thread. Goodput counts all of it (it is time the run lost); the
-    overhead ratio leaves out the one-off start and close, as the budget check in collect/cost.py does, so a
-    short run is not reported as mostly monitoring."""
+    """Monitoring time on the training thread: of the typical rank (the median), never the sum over ranks.
+
+    Goodput counts all of it (it is time the run lost); the overhead ratio leaves out the one-off start and
+    close, as the budget check in collect/cost.py does, so a short run is not reported as mostly monitoring.
+    """
+    by_rank = monitoring_by_rank(data, include_one_off=include_one_off)
+    return float(np.median(list(by_rank.values()))) if by_rank else 0.0
+
+
+def monitoring_by_rank(data: JobData, *, include_one_off: bool = True) -> dict[int | None, float]:
+    """Monitoring seconds on each rank's training thread (rows without a rank count as the lowest rank's;
+    None keys a job without ranks)."""
     costs = data.costs
     if costs is None or costs.empty or "total_seconds" not in costs.columns:
-        return 0.0
+        return {}
     keep = np.ones(len(costs), dtype=bool)
     if "on_training_thread" in costs.columns:
         keep &= costs["on_training_thread"].fillna(True).astype(bool).to_numpy()
     if not include_one_off and "operation" in costs.columns:
         keep &= ~costs["operation"].isin(ONE_OFF_OPERATIONS).to_numpy()
-    seconds = pd.to_numeric(costs["total_seconds"], errors="coerce").fillna(0.0)[keep]
-    return float(seconds.clip(lower=0).sum())
+    if not keep.any():
+        return {}
+    seconds = pd.to_numeric(costs["total_seconds"], errors="coerce").fillna(0.0).clip(lower=0).to_numpy()[keep]
+    ranks = rank_of(costs)[keep] if "rank" in costs.columns else np.full(int(keep.sum()), np.nan)
+    if not np.isfinite(ranks).any():
+        return {None: float(seconds.sum())}
+    sums = pd.Series(seconds).groupby(ranks).sum()
+    return {int(r): float(v) for r, v in sums.items()}
 
 
 # -- intervals --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, resolve
@@ -317,14 +318,23 @@ def monitoring_cost(data: JobData) -> list[Finding]:
     """Runlens's and the user's monitoring work passes the budget (settings.monitoring_budget, 5 % of wall).
 
     Counted as the collector counts it (runlens.collect.cost): every operation except the one-off start/close,
-    threads' CPU included, and no verdict on runs shorter than 30 s, where start-up noise dominates.
+    threads' CPU included, and no verdict on runs shorter than 30 s, where start-up noise dominates. Each
+    process is judged on its own (each rank, and ``runlens collect``'s threads, whose rows carry no rank): the
+    ranks run side by side, so their costs are not added up; the finding names the worst one.
     """
     costs, wall = data.costs, m.wall_seconds(data)
     if costs is None or costs.empty or not wall or wall < MIN_COST_WALL or "total_seconds" not in costs.columns:
         return []
     c = costs[~costs["operation"].isin(list(ONE_OFF_OPERATIONS))].copy()
+    if c.empty:
+        return []
     c["total_seconds"] = m.num(c["total_seconds"])
-    by_op = c.groupby("operation")["total_seconds"].sum().sort_values(ascending=False)
+    c["rank_key"] = m.col(c, "rank")   # NaN: a single-process job, or runlens collect's own threads
+    per_rank = c.groupby("rank_key", dropna=False)["total_seconds"].sum()
+    worst_key = per_rank.idxmax()
+    ranked = bool(np.isfinite(m.col(c, "rank")).any())
+    mine = c[c["rank_key"].isna()] if pd.isna(worst_key) else c[c["rank_key"] == worst_key]
+    by_op = mine.groupby("operation")["total_seconds"].sum().sort_values(ascending=False)
     spent = float(by_op.sum())
     share = spent / wall
     budget = data.settings.monitoring_budget
@@ -332,13 +342,22 @@ def monitoring_cost(data: JobData) -> list[Finding]:
         return []
     top = str(by_op.index[0])
     ops = [{"operation": str(k), "seconds": float(v), "share_of_wall": float(v) / wall} for k, v in by_op.items()]
+    where = ""
+    evidence: dict[str, Any] = {"operations": ops, "budget": budget, "wall_seconds": wall,
+                                "monitoring_seconds": spent}
+    if ranked:
+        where = " on runlens collect's threads" if pd.isna(worst_key) else f" on rank {int(worst_key)}"
+        evidence["rank"] = None if pd.isna(worst_key) else int(worst_key)
+        shares = (per_rank[per_rank.index.notna()] / wall).sort_values()
+        if len(shares):
+            evidence["ranks_over_budget"] = int((shares >= budget).sum())
+            evidence["typical_rank_share"] = float(shares.iloc[(len(shares) - 1) // 2])
     f = Finding(id="throughput.monitoring_cost", severity="warning",
-                title=f"Monitoring cost {_fmt_pct(share)} of wall time (budget {_fmt_pct(budget)})",
+                title=f"Monitoring cost {_fmt_pct(share)} of wall time{where} (budget {_fmt_pct(budget)})",
                 action=f"Do '{top.removeprefix('user:')}' less often or move it off the training thread.",
                 impact=f"{_fmt_pct(share)} overhead ({duration_rough(spent)} of {duration_rough(wall)}); "
                        f"'{top}' {duration_rough(float(by_op.iloc[0]))}",
-                category="throughput", impact_value=share * 100, impact_unit="percent_time",
-                evidence={"operations": ops, "budget": budget, "wall_seconds": wall, "monitoring_seconds": spent})
+                category="throughput", impact_value=share * 100, impact_unit="percent_time", evidence=evidence)
     if top.startswith("thread:") and "sampl" in top:
         ref = resolve(data, "sample_interval")
         cur = ref.current_value if ref.source == "config" else data.job.get("settings", {}).get("sample_interval") \
