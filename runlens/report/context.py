@@ -149,6 +149,7 @@ def _summary(s: Mapping[str, Any], job: Mapping[str, Any], thresholds: Mapping[s
     if steps is None:
         steps = number(s.get("last_step"))
     tone = status_tone(status)
+    ranks = int(number(s.get("ranks")) or 1)
     return {
         "health": health if health in ("good", "warning", "critical") else "unknown",
         "health_label": {"good": "Good", "warning": "Warning", "critical": "Critical"}.get(
@@ -169,7 +170,9 @@ def _summary(s: Mapping[str, Any], job: Mapping[str, Any], thresholds: Mapping[s
         "duration_minutes": number(s.get("duration_minutes")),
         "completion": _completion(s, status),
         "steps": steps,
-        "progress_note": "completed" if completed else (status.replace("_", " ") or "did not complete"),
+        "ranks": ranks,
+        "progress_note": ("completed" if completed else (status.replace("_", " ") or "did not complete"))
+        + (f" · {ranks} ranks" if ranks > 1 else ""),
         "progress_tone": "good" if completed else tone if tone in ("critical", "warning") else "info",
         "completed": completed,
         "error_count": number(s.get("error_count")),
@@ -195,8 +198,10 @@ def _completion(s: Mapping[str, Any], status: str) -> str:
     steps = number(s.get("steps_completed"))
     last = number(s.get("last_step"))
     step = last if last is not None else steps
+    ranks = number(s.get("ranks")) or 1
     if s.get("training_completed") is True:
-        return f"{fmt_number(steps if steps is not None else last)} steps, completed"
+        per_rank = f" x {fmt_number(ranks)} ranks" if ranks > 1 else ""
+        return f"{fmt_number(steps if steps is not None else last)} steps{per_rank}, completed"
     verb = status.replace("_", " ") if status else "stopped"
     if step is None:
         return f"{verb}, no steps recorded" if status else "no steps recorded"
@@ -230,7 +235,18 @@ def _goodput(g: Mapping[str, Any]) -> dict[str, Any]:
     if ratio is None and productive is not None and wall:
         ratio = productive / wall
     lost_total = sum(seg["seconds"] for seg in segments if seg["key"] != "productive")
-    return {"ratio": ratio, "wall_seconds": wall, "segments": segments, "lost_seconds": lost_total or None}
+    return {"ratio": ratio, "wall_seconds": wall, "segments": segments, "lost_seconds": lost_total or None,
+            "rank_note": _rank_note(as_mapping(g.get("ranks")))}
+
+
+def _rank_note(ranks: Mapping[str, Any]) -> str:
+    """``rank 3 of 8 (typical); worst: rank 5, 61%``: whose goodput a job of several ranks shows (each rank's
+    is its own; they are never added up)."""
+    count, worst = number(ranks.get("count")), number(ranks.get("worst_ratio"))
+    if not count or count < 2 or worst is None:
+        return ""
+    return (f"rank {fmt_value(ranks.get('typical_rank'))} of {fmt_number(count)} (typical); "
+            f"worst: rank {fmt_value(ranks.get('worst_rank'))}, {worst:.0%}")
 
 
 def _segment(key: str, label: str, seconds: float, wall: float) -> dict[str, Any]:

@@ -48,7 +48,8 @@ def format_summary(analysis: Mapping[str, Any], *, html_path: str | Path | None 
     overhead = s.get("monitoring_overhead_ratio")
     if isinstance(overhead, (int, float)) and math.isfinite(overhead):
         shown = "<0.01%" if 0 < overhead < 0.0001 else f"{overhead:.2%}"
-        lines.append(_row("Monitoring cost", f"{shown} of wall time on the training thread"))
+        where = "each rank's training thread (typical)" if (s.get("ranks") or 1) > 1 else "the training thread"
+        lines.append(_row("Monitoring cost", f"{shown} of wall time on {where}"))
     recs = list(analysis.get("recommendations") or [])
     lines.append("")
     lines.append(format_recommendations(recs, color=color, limit=max_recommendations))
@@ -141,7 +142,9 @@ def _duration(minutes: Any) -> str:
 def _steps(s: Mapping[str, Any]) -> str:
     n = s.get("steps_completed") or 0
     last = s.get("last_step")
-    return f"{n:,}" + (f" (last step {last:,})" if isinstance(last, int) else "")
+    ranks = s.get("ranks")
+    per_rank = f" x {ranks} ranks" if isinstance(ranks, int) and ranks > 1 else ""
+    return f"{n:,}{per_rank}" + (f" (last step {last:,})" if isinstance(last, int) else "")
 
 
 def _completion(s: Mapping[str, Any]) -> str:
@@ -168,6 +171,10 @@ def _goodput(g: Any) -> str:
     shown = [f"{_LOST_NAMES.get(k, k)} {v / wall:.0%}" for k, v in parts[:3] if wall and v / wall >= 0.005]
     if shown:
         text += "; lost: " + ", ".join(shown)
+    ranks = g.get("ranks")
+    if isinstance(ranks, Mapping) and isinstance(ranks.get("worst_ratio"), (int, float)):
+        text += (f" (typical of {ranks.get('count')} ranks; worst: rank {ranks.get('worst_rank')}, "
+                 f"{ranks['worst_ratio']:.0%})")
     return text
 
 
