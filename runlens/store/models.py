@@ -87,6 +87,9 @@ class MetricsSample(Base):
     memory_pressure_full_avg10: Mapped[float | None] = mapped_column(Float, default=None)
     unified_memory: Mapped[bool | None] = mapped_column(Boolean, default=None)
     process_cpu_percent: Mapped[float | None] = mapped_column(Float, default=None)
+    # Added in 0004: the job's process tree's memory on its GPUs (NVML's per-process list, summed over the
+    # devices); null where NVML lists no process of the job (a container in its own PID namespace).
+    job_gpu_memory_gb: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class GpuSample(Base):
@@ -106,6 +109,8 @@ class GpuSample(Base):
     utilization_percent: Mapped[float | None] = mapped_column(Float, default=None)
     temperature_c: Mapped[float | None] = mapped_column(Float, default=None)
     power_w: Mapped[float | None] = mapped_column(Float, default=None)
+    # Added in 0004: the job's own share of memory_used_gb (which counts every process on the device).
+    job_gpu_memory_gb: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class TrainingEvent(Base):
