@@ -98,6 +98,8 @@ class JobLifecycle:
                     updates.update(config_fields)
                 if job.get("environment") is None:
                     updates["environment"] = environment
+                if job.get("world_size") is None and self._world_size is not None:
+                    updates["world_size"] = self._world_size   # runlens collect saw one process: the launcher
                 if job.get("settings") is None:
                     updates["settings"] = fields["settings"]
                 if updates:

@@ -129,7 +129,7 @@ def test_a_slow_rank_of_a_gloo_ddp_job_is_named_and_steps_are_counted_per_rank(
         tmp_path: Path, child_env: dict[str, str]) -> None:
     store, job_id = _collect_ddp(tmp_path, child_env, "--steps", "120", "--slow-rank", "1", "--extra", "0.02")
     (job,) = store.list_jobs()
-    assert (job["steps"], job["ranks"]) == (120, 2)
+    assert (job["steps"], job["ranks"], job["world_size"]) == (120, 2, 2)
     result = CliRunner().invoke(cli, ["jobs", "--db", str(tmp_path / "runlens.db")])
     assert result.exit_code == 0, result.output
     assert "120 x 2 ranks" in result.output

@@ -13,6 +13,8 @@ because the measuring lives here once, one concern per module:
     oom        every sign of an out-of-memory failure
     batchfit   memory against batch size, static memory, reported parameter counts
     stats      trailing baselines, MAD, runs of a mask
+    ranks      per-rank steps, pace, CPU, data wait, arrival and memory of a data-parallel job (imported as
+               ``from runlens.analyze.measures import ranks``, not re-exported)
 
 Rules read them as ``from runlens.analyze import measures as m``; ``m.col``, ``m.phase_at`` and so on.
 """
