@@ -8,6 +8,10 @@ How it ended (``exit_code`` follows the shell: 128 + N for a death by signal N, 
     exit 0                      succeeded
     exit N                      failed, "exited with code N"
     SIGKILL, or exit 137        failed, "killed by SIGKILL (likely the host OOM killer)" + ``host_oom_suspected``
+      ... and the job's memory cgroup counted an OOM kill: "killed by the kernel's OOM killer at the
+      container's memory limit (2.0 GiB; ...)", ``oom_confirmed``
+    exit N after OOM kills       failed, "exited with code N after the kernel's OOM killer killed ..." (a
+      in its cgroup               DataLoader worker killed at the limit takes the main process down with it)
     another signal              failed, "killed by SIGTERM" (and whether runlens forwarded it)
     cannot start (127/126)      never_started, one line on stderr
     killed by the stall guard   timed_out (set by the wrapper from the guard's outcome)
@@ -31,7 +35,7 @@ from typing import Any
 
 from runlens.collect.sampler import Sample
 from runlens.core.errors import CommandNotStarted
-from runlens.core.oom import OOM_KILL_REASON, SIGKILL_EXIT
+from runlens.core.oom import CONTAINER_OOM_KILL_REASON, OOM_KILL_REASON, SIGKILL_EXIT
 from runlens.core.redact import REDACTED, is_secret_key, redact_url
 from runlens.core.settings import Settings
 
@@ -172,16 +176,23 @@ class ChildSupervisor:
         return self.proc.wait()
 
 
-def end_status(returncode: int, supervisor: ChildSupervisor | None = None) -> dict[str, Any]:
+def end_status(returncode: int, supervisor: ChildSupervisor | None = None, *, container_oom_kills: int | None = None,
+               container_limit_gb: float | None = None) -> dict[str, Any]:
     """How the child ended, as job fields plus the shell-style exit code the wrapper returns.
+
+    Args:
+        container_oom_kills: OOM kills the job's memory cgroup counted during the run (None: not in one). A
+            SIGKILL with a rising count was the OOM killer for certain, not a scheduler or a user.
+        container_limit_gb: the cgroup's memory limit, named in the reason.
 
     Returns:
         ``status``, ``status_reason``, ``exit_code`` (128 + N for signal N), ``exit_signal`` (N or None),
-        ``signal`` (its name or None) and ``oom_suspected``.
+        ``signal`` (its name or None), ``oom_suspected`` and ``oom_confirmed`` (the cgroup counted the kill).
     """
     sent = {s for _, s, _ in supervisor.signals_sent} if supervisor else set()
     forwarded = set(supervisor.forwarded) if supervisor else set()
-    out: dict[str, Any] = {"exit_signal": None, "signal": None, "oom_suspected": False}
+    kills = container_oom_kills or 0
+    out: dict[str, Any] = {"exit_signal": None, "signal": None, "oom_suspected": False, "oom_confirmed": False}
     if returncode < 0:
         sig = -returncode
         out.update(exit_code=128 + sig, exit_signal=sig, signal=signal_name(sig))
@@ -196,6 +207,11 @@ def end_status(returncode: int, supervisor: ChildSupervisor | None = None) -> di
         if signal.SIGKILL in sent:
             why = next(w for _, s, w in reversed(supervisor.signals_sent) if s == signal.SIGKILL)  # type: ignore[union-attr]
             out["status_reason"] = f"killed by runlens with SIGKILL ({why})"
+        elif kills:
+            limit = f"{container_limit_gb:.2f} GiB; " if container_limit_gb else ""
+            out["status_reason"] = (f"{CONTAINER_OOM_KILL_REASON} ({limit}its memory cgroup counted "
+                                    f"{kills} OOM kill{'s' if kills > 1 else ''})")
+            out.update(oom_suspected=True, oom_confirmed=True)
         else:
             out["status_reason"] = OOM_KILL_REASON
             out["oom_suspected"] = True
@@ -208,6 +224,10 @@ def end_status(returncode: int, supervisor: ChildSupervisor | None = None) -> di
         out["status_reason"] = reason
     else:
         out["status_reason"] = f"exited with code {returncode}"
+    if kills and not out["oom_confirmed"] and sig != signal.SIGKILL:
+        out["status_reason"] += (f" after the kernel's OOM killer killed {kills} process{'es' if kills > 1 else ''}"
+                                 " in its memory cgroup")
+        out["oom_confirmed"] = True
     return out
 
 

@@ -18,6 +18,8 @@ What is measured, and why that way:
 * GPUs: see ``runlens.collect.gpu``. The process's own CUDA caching-allocator figures when ``torch`` is
   already imported and CUDA already initialised (we never import torch or initialise CUDA ourselves).
 * Linux PSI (``/proc/pressure/memory``): % of the last 10 s in which some / all tasks stalled on memory.
+* the job's memory cgroup (``runlens.collect.cgroup``): the container's limit, its working set (usage minus
+  inactive file pages) and the OOM kills counted in it, since a container is killed at its limit, not the host's.
 
 Each probe fails soft: an exception is logged once and the rest of the sample goes on; after 3 consecutive
 failures the probe is turned off for the run with one loud warning (ClearML stops GPU monitoring after 3
@@ -37,6 +39,7 @@ from typing import Any
 
 import psutil
 
+from runlens.collect.cgroup import CgroupProbe
 from runlens.collect.gpu import GpuProbe, GpuReading
 from runlens.collect.procs import DEFAULT_PSS_BUDGET, ProcessTree, TreeReading
 from runlens.core.units import bytes_to_gib
@@ -52,6 +55,7 @@ SAMPLE_COLUMNS = (
     "worker_count", "gpu_memory_used_gb", "gpu_memory_total_gb", "gpu_utilization_percent", "unified_memory",
     "cuda_allocated_gb", "cuda_reserved_gb", "cuda_max_allocated_gb", "memory_pressure_some_avg10",
     "memory_pressure_full_avg10", "host", "rank",
+    "container_memory_limit_gb", "container_memory_working_set_gb", "container_oom_kills",
 )
 GPU_COLUMNS = ("device_index", "name", "memory_used_gb", "memory_total_gb", "utilization_percent",
                "temperature_c", "power_w")
@@ -164,13 +168,15 @@ class SystemSampler:
         pss_budget: share of one core that full PSS passes may use (``procs``); None = PSS on every sample.
         pressure_path: the PSI file; None turns PSI off.
         modules: where to look for an already-imported torch (``sys.modules``).
+        cgroup: the memory-cgroup probe; None builds one for ``pid``.
     """
 
     def __init__(self, pid: int | None = None, *, include_children: bool = True, psutil_module: Any = psutil,
                  gpu: GpuProbe | None = None, clock: Callable[[], float] = time.time, host: str | None = None,
                  rank: int | None = None, worker_memory: str = "pss",
                  pss_budget: float | None = DEFAULT_PSS_BUDGET, pressure_path: str | None = PSI_PATH,
-                 modules: dict[str, Any] | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 modules: dict[str, Any] | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 cgroup: CgroupProbe | None = None) -> None:
         self.pid = os.getpid() if pid is None else pid
         self.ps = psutil_module
         self.gpu = gpu if gpu is not None else GpuProbe()
@@ -180,6 +186,7 @@ class SystemSampler:
         self.rank = rank
         self.pressure_path = pressure_path
         self.modules = modules
+        self.cgroup = cgroup if cgroup is not None else CgroupProbe(self.pid)
         self.tree = ProcessTree(self.pid, psutil_module=psutil_module, include_children=include_children,
                                 worker_memory=worker_memory, pss_budget=pss_budget, monotonic=monotonic)
         self.stats = SamplerStats()
@@ -192,6 +199,7 @@ class SystemSampler:
             "pressure": _Probe("memory pressure", "PSI figures"),
             "gpu": _Probe("GPU", "GPU metrics"),
             "cuda": _Probe("CUDA allocator", "CUDA allocator figures"),
+            "cgroup": _Probe("container memory", "container (cgroup) memory figures"),
         }
         self._prev_cpu: tuple[float, float] | None = None
         self._prev_swap: tuple[float, int] | None = None   # (monotonic time, bytes swapped in so far)
@@ -202,7 +210,7 @@ class SystemSampler:
             self._prev_cpu = None
 
     def probe_disabled(self, name: str) -> bool:
-        """True once the named probe (memory, cpu, processes, pressure, gpu, cuda) was turned off."""
+        """True once the named probe (memory, cpu, processes, pressure, gpu, cuda, cgroup) was turned off."""
         return self._probes[name].disabled
 
     def sample(self) -> Sample:
@@ -226,6 +234,7 @@ class SystemSampler:
         self._probes["processes"].run(lambda: self._processes(row))
         if self._psi_present:
             self._probes["pressure"].run(lambda: self._pressure(row))
+        self._probes["cgroup"].run(lambda: self._cgroup(row))
         total, available = (vm.total, vm.available) if vm is not None else (None, None)
         reading: GpuReading | None = self._probes["gpu"].run(lambda: self.gpu.read(total, available))
         gpus: list[dict[str, Any]] = []
@@ -282,6 +291,30 @@ class SystemSampler:
             log.debug("no memory pressure figures: %s is absent or PSI is off", self.pressure_path)
             return
         row["memory_pressure_some_avg10"], row["memory_pressure_full_avg10"] = psi
+
+    def _cgroup(self, row: dict[str, Any]) -> None:
+        reading = self.cgroup.read()
+        if reading is None:
+            return
+        row["container_memory_limit_gb"] = bytes_to_gib(reading.limit_bytes)
+        row["container_memory_working_set_gb"] = bytes_to_gib(reading.working_set_bytes)
+        row["container_oom_kills"] = reading.oom_kills
+
+    @property
+    def container_limit_gb(self) -> float | None:
+        """The job's memory cgroup's limit at the last sample (None: no limit, or not in a cgroup)."""
+        last = self.cgroup.last
+        return bytes_to_gib(last.limit_bytes) if last is not None else None
+
+    def container_oom_kills_rise(self) -> int | None:
+        """OOM kills in the job's memory cgroup since the first sample (None outside a readable cgroup): read
+        once more after the job ended, it tells a kill at the container's limit from another SIGKILL."""
+        with self._lock:
+            try:
+                return self.cgroup.oom_kills_rise()
+            except Exception:
+                log.debug("the container's OOM-kill count could not be read", exc_info=True)
+                return None
 
     def close(self) -> None:
         self.gpu.close()

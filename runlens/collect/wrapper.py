@@ -183,15 +183,24 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
         start_event(None)
         tee.finish()
         sampler.close()
-        end = end_status(returncode, supervisor)
+        # The cgroup outlives the child: its OOM-kill count, read once more, tells the OOM killer from another kill -9.
+        kills, limit_gb = sampler.container_oom_kills_rise(), sampler.container_limit_gb
+        end = end_status(returncode, supervisor, container_oom_kills=kills, container_limit_gb=limit_gb)
         if guard.outcome is not None:   # runlens killed it for a stall: timed_out, whatever signal ended it
-            end.update(status="timed_out", status_reason=guard.outcome.reason, oom_suspected=False)
+            end.update(status="timed_out", status_reason=guard.outcome.reason, oom_suspected=False,
+                       oom_confirmed=False)
         details = {"exit_code": end["exit_code"], "signal": end["signal"], "duration": duration,
                    "status": end["status"], "reason": end["status_reason"]}
         if supervisor.forwarded:
             details["forwarded_signals"] = [signal_name(s) for s in supervisor.forwarded]
         writer.put_event({"timestamp": ended, "event_type": "end", "details": details}, state["last_key"])
-        if end["oom_suspected"]:
+        if end["oom_confirmed"]:
+            writer.put_event({"timestamp": ended, "event_type": "host_oom_suspected",
+                              "details": {"exit_code": end["exit_code"], "signal": end["signal"], "confirmed": True,
+                                          "container_oom_kills": kills, "container_memory_limit_gb": limit_gb,
+                                          "evidence": "the job's memory cgroup counted OOM kills during the run"}},
+                             state["last_key"])
+        elif end["oom_suspected"]:
             writer.put_event({"timestamp": ended, "event_type": "host_oom_suspected",
                               "details": {"exit_code": end["exit_code"], "signal": end["signal"],
                                           "evidence": "the child died of SIGKILL (or exited 137) and runlens "

@@ -16,6 +16,8 @@ from runlens.core.units import GIB, unit_to_gib
 # What the OS reports when it ends a process for memory.
 SIGKILL_EXIT = 137                       # 128 + SIGKILL: the kernel's OOM killer (or an external kill -9)
 OOM_KILL_REASON = "killed by SIGKILL (likely the host OOM killer)"
+# ... and when the job's memory cgroup counted the kill: certain, and at the container's limit, not the host's RAM.
+CONTAINER_OOM_KILL_REASON = "killed by the kernel's OOM killer at the container's memory limit"
 
 # An exception's text that says out of memory: torch's CUDA/HIP/MPS/CPU allocators, XLA, and accelerate's
 # `should_reduce_batch_size` list (https://github.com/huggingface/accelerate/blob/main/src/accelerate/utils/memory.py).

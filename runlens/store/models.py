@@ -90,6 +90,12 @@ class MetricsSample(Base):
     # Added in 0004: the job's process tree's memory on its GPUs (NVML's per-process list, summed over the
     # devices); null where NVML lists no process of the job (a container in its own PID namespace).
     job_gpu_memory_gb: Mapped[float | None] = mapped_column(Float, default=None)
+    # Added in 0005: the job's memory cgroup (a container, a pod, a Slurm job), whose limit is the wall an OOM
+    # kill hits when it is below the host's RAM: the binding limit (None when no cgroup up the tree has one),
+    # the working set (usage minus inactive file pages) measured against it, and the cgroup's OOM-kill count.
+    container_memory_limit_gb: Mapped[float | None] = mapped_column(Float, default=None)
+    container_memory_working_set_gb: Mapped[float | None] = mapped_column(Float, default=None)
+    container_oom_kills: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class GpuSample(Base):
