@@ -32,13 +32,20 @@ T = TypeVar("T")
 
 # -- environment ------------------------------------------------------------------------------------------
 
+# A job that ends is analysed (by runlens collect, or in a detached process for a Monitor's own job); tests turn
+# that off unless they check it, so that no analysis outlives its test or slows the suite.
+NO_ANALYSIS = {"RUNLENS_ANALYZE_ON_COMPLETE": "0"}
+
+
 @pytest.fixture(autouse=True)
 def _no_runlens_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests must not inherit RUNLENS_JOB_ID / RUNLENS_DB / RUNLENS_DISABLE from a shell or `runlens collect`
-    (RUNLENS_TEST_* variables configure the test run itself and stay)."""
+    (RUNLENS_TEST_* variables configure the test run itself and stay); analysis on completion is off."""
     for name in list(os.environ):
         if _is_runtime_setting(name):
             monkeypatch.delenv(name)
+    for name, value in NO_ANALYSIS.items():
+        monkeypatch.setenv(name, value)
 
 
 def _is_runtime_setting(name: str) -> bool:
@@ -47,8 +54,9 @@ def _is_runtime_setting(name: str) -> bool:
 
 @pytest.fixture
 def child_env() -> dict[str, str]:
-    """os.environ without RUNLENS_* variables, for real subprocesses (add to it as needed)."""
-    return {k: v for k, v in os.environ.items() if not _is_runtime_setting(k)}
+    """os.environ without RUNLENS_* variables (analysis on completion off), for real subprocesses (add to it as
+    needed)."""
+    return {**{k: v for k, v in os.environ.items() if not _is_runtime_setting(k)}, **NO_ANALYSIS}
 
 
 # -- markers ----------------------------------------------------------------------------------------------
@@ -141,8 +149,10 @@ def start_together(wait_until: Callable[..., Any]) -> StartTogether:
                  for argv in argvs]
 
         def ready() -> bool:
-            if any(p.poll() is not None for p in procs):
-                raise AssertionError(f"a child ended before the start: {[p.communicate() for p in procs]}")
+            ended = [p for p in procs if p.poll() is not None]
+            if ended:
+                out, err = ended[0].communicate()
+                raise AssertionError(f"{len(ended)} children ended before the start; the first: {(out + err)[-3000:]}")
             return len(list(barrier.glob("ready-*"))) == len(argvs)
 
         try:
