@@ -137,8 +137,8 @@ def test_a_slow_rank_of_a_gloo_ddp_job_is_named_and_steps_are_counted_per_rank(
     assert "ranks.straggler" in recs, list(recs)
     ev = recs["ranks.straggler"]["evidence"]
     assert ev["rank"] == 1 and ev["signal"] == "cpu" and ev["host"]
-    # The busy wait is 20 ms a step; a loaded machine takes the core away for part of it.
-    assert 0.005 <= ev["seconds_per_step"] <= 0.03, ev
+    # 20 ms of CPU a step on rank 1 (counted on its CPU clock), about 1 ms on both ranks for the model.
+    assert 0.015 <= ev["seconds_per_step"] <= 0.025, ev
     per_rank = {row["rank"]: row for row in ev["per_rank"]}
     assert per_rank[1]["busy_share"] > per_rank[0]["busy_share"]
 
