@@ -100,12 +100,13 @@ class ChildSupervisor:
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start the command with piped stdout/stderr. Raises CommandNotStarted (127 not found, 126 not executable)."""
+    def spawn(self, *, capture_output: bool = True) -> subprocess.Popen[bytes]:
+        """Start the command with piped stdout/stderr (or the wrapper's own, ``capture_output=False``, for a run
+        that is not recorded). Raises CommandNotStarted (127 not found, 126 not executable)."""
         shown = self.cmd[0]
+        pipe = subprocess.PIPE if capture_output else None
         try:
-            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(self.cmd, stdout=pipe, stderr=pipe, env=self.env, start_new_session=True)
         except FileNotFoundError:
             raise CommandNotStarted(shown, "command not found", 127) from None
         except PermissionError:
