@@ -18,6 +18,11 @@ The parts, one module each: ``runlens.collect.tee`` (terminal, log.txt, arrival 
 (the child's environment, process group, forwarded signals, and how each way of ending is recorded),
 ``runlens.collect.hangguard`` (the stall guard). This module runs them and records the job. A child the stall
 guard kills ends ``timed_out`` ("killed by runlens: no progress for ...") and the wrapper exits 124.
+
+``collect_job`` returns the job and how it ended (``CollectResult``) so that the CLI can analyse the job once the
+child is gone (collect may not import the report layer, which does the analysis). With monitoring switched off
+(``monitoring: enabled: false`` in the config, or ``RUNLENS_DISABLE=1``) the command runs unrecorded, with the
+terminal as its output and runlens off inside it too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,7 +53,7 @@ from runlens.collect.sampler import Sample, SamplerThread, SystemSampler
 from runlens.collect.tee import LogTee, arrival_writer, open_log, terminal_fd
 from runlens.core.dialects import detect_dialect
 from runlens.core.errors import CommandNotStarted
-from runlens.core.settings import Settings
+from runlens.core.settings import Settings, env_disabled
 from runlens.store import absolute_db_url, new_job_id, open_store
 from runlens.store.writer import BatchWriter
 
@@ -63,12 +69,33 @@ def _describe_environment() -> dict[str, Any] | None:
 
 
 
-def run_collect(cmd: list[str], *, name: str | None = None, config: str | None = None, db: str | None = None,
+@dataclass(frozen=True)
+class CollectResult:
+    """How a collected run ended: what the CLI needs to analyse the job and exit.
+
+    ``job_id`` and ``db_url`` are None when monitoring was off and nothing was recorded; ``analyze`` says whether
+    the settings ask for the analysis at completion (``analyze_on_complete``).
+    """
+
+    exit_code: int
+    job_id: str | None = None
+    db_url: str | None = None
+    status: str | None = None
+    analyze: bool = False
+
+
+def run_collect(cmd: list[str], **kwargs: Any) -> int:
+    """Run ``cmd`` as a recorded job; returns the exit code the wrapper should exit with (the child's, or 124
+    when runlens killed it for a hang). Takes ``collect_job``'s arguments."""
+    return collect_job(cmd, **kwargs).exit_code
+
+
+def collect_job(cmd: list[str], *, name: str | None = None, config: str | None = None, db: str | None = None,
                 log: str | None = None, settings: Settings | None = None,
                 tick_hooks: Sequence[TickHook] = (), hang_timeout: float | None = None,
                 hard_timeout: float | None = None, kill_grace: float | None = None,
-                no_output_timeout: float | None = None) -> int:
-    """Run ``cmd`` as a recorded job; returns the exit code the wrapper should exit with (the child's).
+                no_output_timeout: float | None = None, analyze: bool | None = None) -> CollectResult:
+    """Run ``cmd`` as a recorded job; returns its id, its end status and the exit code to exit with.
 
     Args:
         cmd: the command and its arguments.
@@ -81,6 +108,8 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
         hang_timeout, hard_timeout, kill_grace, no_output_timeout: the stall guard's settings (CLI flags; they
             win over the config and the environment). See ``runlens.collect.hangguard``: a stall the guard kills
             ends the job ``timed_out`` and makes this return ``HANG_EXIT_CODE`` (124).
+        analyze: whether the caller should analyse the job now it has ended (``--analyze/--no-analyze``); None
+            leaves it to ``analyze_on_complete`` (the config's ``monitoring:`` section, RUNLENS_ANALYZE_ON_COMPLETE).
 
     Raises:
         ConfigError: the config cannot be read. StoreUnavailable, SchemaTooNew: the store cannot be used.
@@ -95,7 +124,9 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
     elif db:
         settings = settings.replace(db=db)
     settings = settings.replace(hang_timeout=hang_timeout, hard_timeout=hard_timeout, kill_grace=kill_grace,
-                                no_output_timeout=no_output_timeout)
+                                no_output_timeout=no_output_timeout, analyze_on_complete=analyze)
+    if settings.disabled:
+        return CollectResult(exit_code=_run_unrecorded(cmd, config_path))
     name = name or os.path.basename(cmd[0]) or "run"
     store = open_store(settings.db)
     job_id = new_job_id(name)
@@ -118,7 +149,9 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
     for hook in tick_hooks:
         supervisor.add_tick_hook(hook)
     try:
-        return _supervise(supervisor, writer, settings, argv, log_path, log_file, existing_lines)
+        exit_code, status = _supervise(supervisor, writer, settings, argv, log_path, log_file, existing_lines)
+        return CollectResult(exit_code=exit_code, job_id=job_id, db_url=store.url, status=status,
+                             analyze=settings.analyze_on_complete)
     except BaseException as exc:
         if supervisor.proc is None and not isinstance(exc, CommandNotStarted):   # e.g. Ctrl-C before the spawn
             writer.update_job(status="never_started", ended_at=time.time(),
@@ -133,8 +166,23 @@ def run_collect(cmd: list[str], *, name: str | None = None, config: str | None =
         store.close()
 
 
+def _run_unrecorded(cmd: list[str], config_path: str | None) -> int:
+    """Monitoring is off: run the command with the terminal as its output and runlens off inside it too; the
+    same process group and signal forwarding as a recorded run, so Ctrl-C and exit codes behave alike."""
+    why = "RUNLENS_DISABLE is set" if env_disabled() else f"monitoring.enabled is false in {config_path or 'the config'}"
+    logger.warning("monitoring is off (%s); running the command without recording it", why)
+    supervisor = ChildSupervisor(cmd, {**os.environ, "RUNLENS_DISABLE": "1"})
+    supervisor.install_signal_handlers()
+    try:
+        supervisor.spawn(capture_output=False)
+        return int(end_status(supervisor.wait(), supervisor)["exit_code"])
+    finally:
+        supervisor.restore_signal_handlers()
+
+
 def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, argv: list[str],
-               log_path: Path, log_file: BinaryIO, existing_lines: int) -> int:
+               log_path: Path, log_file: BinaryIO, existing_lines: int) -> tuple[int, str]:
+    """Run the child to its end and record how it ended; returns the exit code and the job's end status."""
     arrival = arrival_writer(str(log_path))
     supervisor.install_signal_handlers()
     try:
@@ -209,7 +257,7 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
         writer.update_job(ended_at=ended, exit_code=end["exit_code"], exit_signal=end["exit_signal"],
                           status=end["status"], status_reason=end["status_reason"])
         writer.put_costs(_cost_rows(ended, thread, tee, writer) + [guard.cost_row(ended)])
-        return HANG_EXIT_CODE if guard.outcome is not None else int(end["exit_code"])
+        return (HANG_EXIT_CODE if guard.outcome is not None else int(end["exit_code"])), str(end["status"])
     finally:
         supervisor.restore_signal_handlers()
         if arrival is not None:
