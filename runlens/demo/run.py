@@ -186,6 +186,7 @@ def run_demo(
         db_url,
         "--log",
         str(run_dir / "log.txt"),
+        "--no-analyze",   # the demo analyses the job itself, into its own report
         "--",
         sys.executable,
         "-m",
