@@ -90,7 +90,7 @@ def bench_step(calls: int, rounds: int, workdir: Path) -> dict[str, Any]:
     per_round = max(BLOCK, calls // rounds)
     results: dict[str, dict[str, list[float]]] = {
         name: {"per_call": [], "per_block": [], "round_medians": []} for name in ("list.append", "mon.step")}
-    mon = runlens.Monitor(name="bench-step", db=str(workdir / "step.db")).start()
+    mon = runlens.Monitor(name="bench-step", db=str(workdir / "step.db"), analyze_on_complete=False).start()
     floor: list[tuple[Any, ...]] = []
     append = floor.append
     step = mon.step

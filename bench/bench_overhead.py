@@ -47,7 +47,8 @@ def run_arm(arm: str, seconds: float, warmup: int, workdir: Path) -> dict[str, A
     # One intra-op thread: on a small, shared machine torch's OpenMP threads spin-wait at every barrier and any
     # other runnable thread (another job's, or runlens's) costs them whole time slices; the numbers would
     # measure the scheduler, not runlens. DataLoader workers use one thread anyway.
-    env.update(RUNLENS_SAMPLE_INTERVAL="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
+    env.update(RUNLENS_SAMPLE_INTERVAL="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+               RUNLENS_ANALYZE_ON_COMPLETE="0")   # no analysis running beside the next arm
     loop = [sys.executable, str(TINY), "--seconds", str(seconds), "--warmup", str(warmup), "--workers", "2",
             "--name", f"overhead-{arm}"]
     if arm == "bare":

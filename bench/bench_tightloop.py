@@ -192,7 +192,8 @@ def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | No
 
     db = workdir / f"{kind}.db"
     counter = _StatementRuns().__enter__() if count_statements else None
-    mon = runlens.Monitor(name=f"bench-{kind}", db=str(db), sample_interval=sample_interval).start()
+    mon = runlens.Monitor(name=f"bench-{kind}", db=str(db), sample_interval=sample_interval,
+                          analyze_on_complete=False).start()
     writer = mon._writer
     poller = _Poller(db, workdir)
     ns = time.perf_counter_ns

@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job-file", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    os.environ.setdefault("RUNLENS_ANALYZE_ON_COMPLETE", "0")   # the children's jobs: no analysis beside a timing
     if args.child:
         {"probe": child_probe, "loop": child_loop, "start": child_start, "oom": child_oom}[args.child](args)
         return 0
