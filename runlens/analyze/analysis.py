@@ -26,6 +26,7 @@ from runlens.analyze.findings import Finding
 from runlens.analyze.health import goodput, health_score, monitoring_seconds, run_window
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.measures import col
+from runlens.analyze.measures.memory import ram_peak
 from runlens.analyze.measures.ranks import ranks_count
 from runlens.analyze.registry import Rule, run_rules
 from runlens.analyze.timeline import build_timeline
@@ -152,7 +153,7 @@ def _resolve_config_paths(findings: list[Finding], data: JobData, notes: list[st
 
 def summarize(data: JobData, ranked: Sequence[Finding], wall: float | None) -> dict[str, Any]:
     """The ``summary`` section: verdict, memory peaks (from raw samples), progress, errors and goodput."""
-    peak, total = _ram_peak(data)
+    peak, total, limit_source = ram_peak(data)
     gpu_peak, gpu_total = _gpu_peak(data)
     steps = data.steps
     step_numbers = pd.to_numeric(steps["step"], errors="coerce").dropna() if "step" in steps.columns else None
@@ -164,6 +165,7 @@ def summarize(data: JobData, ranked: Sequence[Finding], wall: float | None) -> d
         "health_score": health_score(ranked),
         "peak_memory_gb": peak,
         "total_memory_gb": total,
+        "memory_limit_source": limit_source,   # "cgroup": total_memory_gb is the container's limit; "host": RAM
         "peak_memory_ratio": peak / total if peak is not None and total else None,
         "peak_gpu_memory_gb": gpu_peak,
         "gpu_total_memory_gb": gpu_total,
@@ -179,23 +181,6 @@ def summarize(data: JobData, ranked: Sequence[Finding], wall: float | None) -> d
         "goodput": gp,
         "monitoring_overhead_ratio": on_thread / wall if wall and data.costs is not None and len(data.costs) else None,
     }
-
-
-def _ram_peak(data: JobData) -> tuple[float | None, float | None]:
-    """Peak system RAM used (raw samples) and the memory the job could use: the host's RAM, or the container's
-    limit when the collector recorded a smaller one (that limit is the wall an OOM kill hits)."""
-    s = data.samples
-    used = col(s, "used_memory_gb")
-    if not np.isfinite(used).any():
-        used = col(s, "total_memory_gb") - col(s, "available_memory_gb")
-    peak = float(np.nanmax(used)) if np.isfinite(used).any() else None
-    totals = col(s, "total_memory_gb")
-    total = float(np.nanmax(totals)) if np.isfinite(totals).any() else None
-    env = data.job.get("environment")
-    limit = env.get("cgroup_memory_limit_gb") if isinstance(env, dict) else None
-    if isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0 and (total is None or limit < total):
-        total = float(limit)
-    return peak, total
 
 
 def _gpu_peak(data: JobData) -> tuple[float | None, float | None]:

@@ -32,7 +32,9 @@ class Goodput(TypedDict, total=False):
 class Summary(TypedDict, total=False):
     health_score: Health
     peak_memory_gb: float | None        # system RAM used (total - available) at its peak, from raw samples
-    total_memory_gb: float | None
+    total_memory_gb: float | None       # the memory the job could use: the container's limit when there is one
+    memory_limit_source: Literal["cgroup", "host"]   # "cgroup": peak and total are the container's working set
+                                        # (usage - inactive file) and limit; "host": RAM used and the host's RAM
     peak_memory_ratio: float | None
     peak_gpu_memory_gb: float | None
     gpu_total_memory_gb: float | None
@@ -104,9 +106,12 @@ class Analysis(TypedDict, total=False):
 #                                                      # gpu_used_gb (the device's used memory, summed over
 #                                                      # the job's GPUs), swap_used_gb; added: gpu_device_used_gb
 #                                                      # (the fullest GPU, when there are several), gpu_job_gb
-#                                                      # (the job's own processes on its GPUs, where recorded)
+#                                                      # (the job's own processes on its GPUs, where recorded),
+#                                                      # container_used_gb (the container's working set, when
+#                                                      # its limit is the job's RAM limit)
 #                                                      # (absent series omitted)
 #     "total_memory_gb": float | None, "gpu_total_memory_gb": float | None,
+#     "memory_limit_source": "cgroup" | "host",        # added: total_memory_gb is a container's limit, or RAM
 #     "thresholds": {"warning_ratio": .85, "critical_ratio": .95, "warning_gb": float, "critical_gb": float},
 #                                                      # the levels on system RAM (total_memory_gb)
 #     "binding_resource": "host" | "gpu" | "both" | "unified" | None,   # added: the pool(s) that bind the run
@@ -116,7 +121,8 @@ class Analysis(TypedDict, total=False):
 #     "binding_reason": str | None,                    # added: "CUDA out of memory; GPU 0 peaked at 96% of ..."
 #     "zones": [{"resource": "host" | "gpu" | "unified", "series": name in "memory", "device_index": int | None,
 #                "limit_gb": float, "warning_ratio": .85, "critical_ratio": .95, "warning_gb": float,
-#                "critical_gb": float, "peak_gb": float, "peak_ratio": float}],   # added: the zones to draw,
+#                "critical_gb": float, "peak_gb": float, "peak_ratio": float,
+#                "limit_source": "cgroup" | "host"}],   # added: the zones to draw,
 #                                                      # one per binding pool with a known limit
 #     "training": {name: {"x": [step...], "y": [value...]}},   # loss, learning_rate, gradient_norm,
 #                                                             # step_time_seconds, data_time_seconds

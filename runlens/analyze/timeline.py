@@ -44,6 +44,7 @@ MEMORY_COLUMNS = (
 )
 GPU_DEVICE_SERIES = "gpu_device_used_gb"   # the fullest GPU, drawn when the job has several (the sum is not zoned)
 GPU_JOB_SERIES = "gpu_job_gb"              # the job's own processes' memory on its GPUs, where recorded
+CONTAINER_SERIES = "container_used_gb"     # the container's working set, drawn when its limit binds RAM
 TRAINING_COLUMNS = ("loss", "learning_rate", "gradient_norm", "step_time_seconds", "data_time_seconds")
 
 # Always drawn, whatever the cap: they are what a post-mortem is about.
@@ -70,6 +71,12 @@ def build_timeline(data: JobData, *, total_memory_gb: float | None = None, gpu_t
             continue   # a series never recorded (no GPU, no workers) is left out, not drawn as a flat zero
         memory[name] = _series(s_ts, y, max_points)
         peaks[name] = _peak(s_ts, y)
+    limit_source = m.memory_limit(data).source
+    if limit_source == "cgroup":
+        y = col(samples, m.CONTAINER_WORKING_SET_COLUMN)
+        if np.isfinite(y).any():
+            memory[CONTAINER_SERIES] = _series(s_ts, y, max_points)
+            peaks[CONTAINER_SERIES] = _peak(s_ts, y)
     own = m.job_gpu_series(data)
     if own is not None:
         memory[GPU_JOB_SERIES] = _series(own.timestamps, own.used, max_points)
@@ -102,6 +109,7 @@ def build_timeline(data: JobData, *, total_memory_gb: float | None = None, gpu_t
         "memory": memory,
         "total_memory_gb": total_memory_gb,
         "gpu_total_memory_gb": gpu_total_memory_gb,
+        "memory_limit_source": limit_source,   # addition: "cgroup" when total_memory_gb is a container's limit
         "thresholds": thresholds,
         # Additions to the contract: the pool(s) whose zones are drawn, and each zone's levels and limit.
         "binding_resource": binding.resource if binding is not None else None,
@@ -132,9 +140,12 @@ def _zone(data: JobData, pool: m.MemorySeries, memory: dict[str, dict[str, list[
     else:
         resource = "unified" if m.unified(data) else "host"
         limit, series = host_total or pool.total, "system_used_gb"
+        if pool.source == "cgroup" and CONTAINER_SERIES in memory:
+            series = CONTAINER_SERIES   # the container's working set is what its limit applies to
     warn, crit = data.settings.memory_warning_threshold, data.settings.memory_critical_threshold
     return {
         "resource": resource, "series": series, "device_index": pool.device, "limit_gb": limit,
+        "limit_source": pool.source,
         "warning_ratio": warn, "critical_ratio": crit,
         "warning_gb": round(warn * limit, 4) if limit else None,
         "critical_gb": round(crit * limit, 4) if limit else None,

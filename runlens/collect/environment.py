@@ -13,10 +13,10 @@ import os
 import platform
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from runlens._version import __version__
+from runlens.collect.cgroup import find_memory_cgroup, read_memory_cgroup
 from runlens.core.redact import redact_env
 from runlens.core.units import bytes_to_gib
 
@@ -54,16 +54,13 @@ def _cpu_model() -> str | None:
 
 
 def _cgroup_memory_limit_gib() -> float | None:
-    """A container's memory limit (cgroup v2, then v1); None when unlimited or not in a cgroup."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit() and int(raw) < (1 << 60):  # v1 reports "no limit" as a huge number
-            return bytes_to_gib(int(raw))
+    """This process's memory cgroup's binding limit (runlens.collect.cgroup); None when unlimited or not in one."""
+    try:
+        cgroup = find_memory_cgroup()
+        reading = read_memory_cgroup(cgroup) if cgroup is not None else None
+    except OSError:
         return None
-    return None
+    return bytes_to_gib(reading.limit_bytes) if reading is not None else None
 
 
 def _torch_info() -> dict[str, Any] | None:

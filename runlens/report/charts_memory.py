@@ -74,6 +74,7 @@ class Marker:
 
 MEMORY_SERIES: dict[str, tuple[str, LineStyle]] = {
     "system_used_gb": ("System RAM used", LineStyle("blue", None, 2.4)),
+    "container_used_gb": ("Container memory (working set)", LineStyle("sky", None, 2.4)),
     "main_process_gb": ("Main process", LineStyle("orange", None, 1.7)),
     "workers_gb": ("Data workers", LineStyle("green", "7 3", 1.7)),
     "gpu_used_gb": ("GPU memory used", LineStyle("purple", "2 2", 1.9)),
@@ -160,7 +161,8 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
         + zone_limits
     )
     if total is not None and not show_total:
-        notes.append(f"Total RAM {total:.1f} GiB is off the scale (peak use was under a quarter of it).")
+        what = "The container's limit" if tl.get("memory_limit_source") == "cgroup" else "Total RAM"
+        notes.append(f"{what} {total:.1f} GiB is off the scale (peak use was under a quarter of it).")
 
     minutes = [x for s in drawable for x in s.xs]
     markers: list[Marker] = []
@@ -181,7 +183,8 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     gpu_name = next((z.name for z in zones if z.resource == "gpu"), "GPU")
     hlines: list[HLine] = []
     if show_total and total is not None:
-        hlines.append(HLine(total, f"RAM total {total:.1f} GiB"))
+        what = "Container limit" if tl.get("memory_limit_source") == "cgroup" else "RAM total"
+        hlines.append(HLine(total, f"{what} {total:.1f} GiB"))
     if show_gpu_total and gpu_total is not None:
         hlines.append(HLine(gpu_total, f"{gpu_name} total {gpu_total:.1f} GiB", OKABE_ITO["purple"]))
 
@@ -206,7 +209,10 @@ def memory_timeline(timeline: Mapping[str, Any] | None, *, width: int = 920, hei
     if isinstance(binding, str) and binding in BINDING_TEXT:
         reason = tl.get("binding_reason")
         because = f" ({reason})" if isinstance(reason, str) and reason else ""
-        notes.append(f"Zones are drawn for {BINDING_TEXT[binding]}, the memory this run came closest to "
+        text = BINDING_TEXT[binding]
+        if tl.get("memory_limit_source") == "cgroup":
+            text = text.replace("system RAM", "the container's memory")
+        notes.append(f"Zones are drawn for {text}, the memory this run came closest to "
                      f"exhausting{because}.")
     raw_counts = tl.get("raw_counts") if isinstance(tl.get("raw_counts"), Mapping) else {}
     assert isinstance(raw_counts, Mapping)
@@ -236,6 +242,8 @@ def _zones(tl: Mapping[str, Any], total: float | None) -> list[Zone]:
             name = {"host": "RAM", "unified": "Unified memory"}.get(
                 resource, "GPU" if device is None else f"GPU {device:.0f}"
             )
+            if resource == "host" and z.get("limit_source") == "cgroup":
+                name = "Container"
             out.append(Zone(resource, str(z.get("series") or ""), name, finite(z.get("limit_gb")),
                             finite(z.get("warning_gb")), finite(z.get("critical_gb")),
                             finite(z.get("warning_ratio")), finite(z.get("critical_ratio"))))

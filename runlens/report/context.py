@@ -159,6 +159,7 @@ def _summary(s: Mapping[str, Any], job: Mapping[str, Any], thresholds: Mapping[s
         "status_reason": as_text(s.get("status_reason")) or as_text(job.get("status_reason")),
         "peak_memory_gb": peak,
         "total_memory_gb": total,
+        "memory_limit_source": as_text(s.get("memory_limit_source")) or "host",
         "peak_memory_ratio": ratio,
         "peak_memory_bar": _bar_percent(ratio),
         "memory_tone": _tone(ratio, warn, crit),

@@ -34,7 +34,8 @@ def format_summary(analysis: Mapping[str, Any], *, html_path: str | Path | None 
         + (f" ({job['name']})" if job.get("name") and job.get("name") != job.get("job_id") else ""),
         "",
         _row("Health", style(health.upper(), fg=_HEALTH_COLOURS.get(health), bold=True)),
-        _row("Peak memory", _memory(s.get("peak_memory_gb"), s.get("total_memory_gb"))),
+        _row("Peak memory", _memory(s.get("peak_memory_gb"), s.get("total_memory_gb"),
+                                    container=s.get("memory_limit_source") == "cgroup")),
     ]
     if s.get("peak_gpu_memory_gb") is not None:
         lines.append(_row("Peak GPU memory", _memory(s.get("peak_gpu_memory_gb"), s.get("gpu_total_memory_gb"))))
@@ -127,11 +128,13 @@ def _row(label: str, value: str) -> str:
     return f"  {label + ':':<17}{value}"
 
 
-def _memory(peak: Any, total: Any) -> str:
+def _memory(peak: Any, total: Any, container: bool = False) -> str:
+    """"2.3 / 23.5 GiB (10%)"; "2.1 / 2.0 GiB container limit (104%)" when the total is a container's limit."""
     if not isinstance(peak, (int, float)):
         return "not sampled"
     if isinstance(total, (int, float)) and total > 0:
-        return f"{humanize.gb(peak, total)} ({peak / total:.0%})"
+        limit = " container limit" if container else ""
+        return f"{humanize.gb(peak, total)}{limit} ({peak / total:.0%})"
     return humanize.gb(peak)
 
 

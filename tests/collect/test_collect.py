@@ -478,7 +478,8 @@ def test_end_status_table() -> None:
     """Exit codes and signals to job status, reason and the shell-style code the wrapper exits with."""
     assert end_status(0)["status"] == "succeeded"
     assert end_status(2) | {} == {"status": "failed", "status_reason": "exited with code 2", "exit_code": 2,
-                                  "exit_signal": None, "signal": None, "oom_suspected": False}
+                                  "exit_signal": None, "signal": None, "oom_suspected": False,
+                                  "oom_confirmed": False}
     killed = end_status(-signal.SIGKILL)
     assert killed["status_reason"] == OOM_KILL_REASON and killed["exit_code"] == 137 and killed["oom_suspected"]
     assert end_status(-signal.SIGSEGV)["status_reason"] == "killed by SIGSEGV"

@@ -32,14 +32,19 @@ from runlens.analyze.measures.batchfit import (
 )
 from runlens.analyze.measures.columns import col, details_of, finite, is_nan, memo, num
 from runlens.analyze.measures.memory import (
+    CONTAINER_LIMIT_COLUMN,
+    CONTAINER_WORKING_SET_COLUMN,
     JOB_GPU_COLUMN,
     Binding,
+    MemoryLimit,
     MemorySeries,
     binding,
     gpu_device_count,
     gpu_series,
     job_gpu_series,
     memory_domain,
+    memory_limit,
+    ram_peak,
     ram_series,
     unified,
 )
@@ -68,12 +73,13 @@ from runlens.analyze.measures.timing import (
 from runlens.analyze.measures.workers import cpu_count, measured_workers, worker_peak
 
 __all__ = [
-    "EXACT_BASELINE_MAX", "JOB_GPU_COLUMN", "THETA", "BatchFit", "Binding", "DataWait", "MemorySeries",
+    "CONTAINER_LIMIT_COLUMN", "CONTAINER_WORKING_SET_COLUMN", "EXACT_BASELINE_MAX", "JOB_GPU_COLUMN", "THETA",
+    "BatchFit", "Binding", "DataWait", "MemoryLimit", "MemorySeries",
     "OomOccurrence", "Phase", "batch_memory_fit", "binding", "bytes_per_param", "col", "cpu_count",
     "current_batch_size", "data_wait", "details_of", "finite", "gpu_device_count", "gpu_series", "is_nan",
     "job_gpu_series", "main_rank_steps", "measured_workers", "memo",
-    "memory_domain", "merged_intervals", "model_info", "num", "oom_occurrences", "overhead_intervals",
-    "overlaps", "phase_at", "phase_name", "phases", "ram_series", "robust_mad", "runs_of", "sample_at",
+    "memory_domain", "memory_limit", "merged_intervals", "model_info", "num", "oom_occurrences", "overhead_intervals",
+    "overlaps", "phase_at", "phase_name", "phases", "ram_peak", "ram_series", "robust_mad", "runs_of", "sample_at",
     "static_memory", "step_at", "steps_at", "time_bounds", "training_window", "trailing_baseline", "unified",
     "wall_seconds", "worker_peak",
 ]

@@ -2,6 +2,12 @@
 of the two the job is most likely to run out of, and which pool binds (the one the memory chart draws its zones
 for).
 
+A job in a container (Docker, a Kubernetes pod, a Slurm allocation) is killed at its memory cgroup's limit, not
+at the host's RAM. Where the collector recorded a cgroup limit below the host's RAM, the "system" domain is the
+container: its working set (usage minus inactive file pages, what kubelet and ``docker stats`` count) against
+its limit, and every figure derived from it (peak ratio, thresholds, zones, the binding pool, the OOM verdict)
+says so (``MemorySeries.source``, ``memory_limit``).
+
 GPU figures are the device's as NVML reports them (``memory_used_gb``: every process on the device, against
 the device's total); where the collector also recorded the job's own share (``job_gpu_memory_gb``, from NVML's
 per-process list) it is read as a series of its own. All figures are GiB.
@@ -9,6 +15,7 @@ per-process list) it is read as a series of its own. All figures are GiB.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +31,10 @@ JOB_GPU_COLUMN = "job_gpu_memory_gb"
 # A pool whose peak passed this share of its limit binds too: both sets of zones are drawn.
 BINDING_SHARE = 0.70
 _HOST_OOM_KINDS = frozenset({"host", "cpu"})
+# The job's memory cgroup, per sample (runlens.collect.cgroup): the binding limit (null without one), the
+# working set measured against it (the OOM-kill count is read by ``oom``).
+CONTAINER_LIMIT_COLUMN = "container_memory_limit_gb"
+CONTAINER_WORKING_SET_COLUMN = "container_memory_working_set_gb"
 
 
 @dataclass
@@ -35,6 +46,12 @@ class MemorySeries:
     used: np.ndarray
     total: float | None
     device: int | None = None   # the NVML index of the GPU, when the series is one device's
+    source: str = "host"        # what ``total`` is: "host" (RAM, a GPU's memory) or "cgroup" (a container's limit)
+
+    @property
+    def limit_words(self) -> str:
+        """The unit and what the total is, for sentences: "GiB", or "GiB container limit"."""
+        return "GiB container limit" if self.source == "cgroup" else "GiB"
 
     @property
     def peak(self) -> float | None:
@@ -59,8 +76,69 @@ def unified(data: JobData) -> bool:
     return bool((pd.to_numeric(data.samples["unified_memory"], errors="coerce") > 0).any())
 
 
+@dataclass(frozen=True)
+class MemoryLimit:
+    """The memory the job could use outside a GPU: ``total_gb`` and its ``source``, "cgroup" (the job's memory
+    cgroup's limit, below the host's RAM) or "host" (the host's RAM)."""
+
+    total_gb: float | None
+    source: str
+
+
+def _host_used(s: pd.DataFrame) -> np.ndarray:
+    used = col(s, "used_memory_gb")
+    if not np.isfinite(used).any():
+        used = col(s, "total_memory_gb") - col(s, "available_memory_gb")
+    return used
+
+
+def _cgroup_limit(data: JobData) -> float | None:
+    """The container's limit: the recorded samples' (their median: a resize mid-run is rare), else the one the
+    environment record read at the start (jobs recorded before the samples carried it)."""
+    limits = finite(col(data.samples, CONTAINER_LIMIT_COLUMN))
+    limits = limits[limits > 0]
+    if limits.size:
+        return float(np.median(limits))
+    env = data.job.get("environment")
+    value = env.get("cgroup_memory_limit_gb") if isinstance(env, dict) else None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
+
+def memory_limit(data: JobData) -> MemoryLimit:
+    """The job's RAM limit: its container's when that is below the host's RAM (the wall an OOM kill hits), else
+    the host's (the largest total the samples recorded)."""
+    return memo(data, "memory_limit", lambda: _memory_limit(data))
+
+
+def _memory_limit(data: JobData) -> MemoryLimit:
+    totals = col(data.samples, "total_memory_gb")
+    host = float(np.nanmax(totals)) if np.isfinite(totals).any() else None
+    limit = _cgroup_limit(data)
+    if limit is not None and (host is None or limit < host):
+        return MemoryLimit(limit, "cgroup")
+    return MemoryLimit(host, "host")
+
+
+def _container_used(s: pd.DataFrame) -> np.ndarray | None:
+    working = col(s, CONTAINER_WORKING_SET_COLUMN)
+    return working if np.isfinite(working).any() else None
+
+
+def ram_peak(data: JobData) -> tuple[float | None, float | None, str]:
+    """(peak used, limit, source) for the summary, from raw samples: the container's working set against its
+    limit (``source`` "cgroup"), or the host's RAM used (total - available) against its RAM ("host")."""
+    s = data.samples
+    lim = memory_limit(data)
+    used = _container_used(s) if lim.source == "cgroup" else None
+    if used is None:
+        used = _host_used(s)
+    peak = float(np.nanmax(used)) if np.isfinite(used).any() else None
+    return peak, lim.total_gb, lim.source
+
+
 def ram_series(data: JobData) -> MemorySeries | None:
-    """System RAM used (total - available) over time; the total is a container's limit when lower."""
+    """System RAM used (total - available) over time against the host's RAM; in a container with a lower limit,
+    the container's working set against that limit (``source`` "cgroup")."""
     return memo(data, "ram_series", lambda: _ram_series(data))
 
 
@@ -68,18 +146,19 @@ def _ram_series(data: JobData) -> MemorySeries | None:
     s = data.samples
     if s is None or s.empty:
         return None
-    used = col(s, "used_memory_gb")
-    if not np.isfinite(used).any():
-        used = col(s, "total_memory_gb") - col(s, "available_memory_gb")
     total = finite(col(s, "total_memory_gb"))
-    env_total = (data.job.get("environment") or {}).get("cgroup_memory_limit_gb") \
-        if isinstance(data.job.get("environment"), dict) else None
     tot = float(np.median(total)) if total.size else None
-    if env_total and (tot is None or env_total < tot):
-        tot = float(env_total)   # a container's limit is the wall the job hits, not the host's RAM
+    lim = memory_limit(data)
+    used = _host_used(s)
+    source = "host"
+    if lim.source == "cgroup":
+        tot, source = lim.total_gb, "cgroup"
+        # The container's own working set where recorded; an older job has only the host's figure.
+        container = _container_used(s)
+        used = container if container is not None else used
     if not np.isfinite(used).any():
         return None
-    return MemorySeries("system", col(s, "timestamp"), used, tot)
+    return MemorySeries("system", col(s, "timestamp"), used, tot, source=source)
 
 
 def gpu_series(data: JobData) -> MemorySeries | None:
@@ -211,9 +290,11 @@ def _reason(resource: str, kinds: set[str], ram: MemorySeries | None, gpu: Memor
     if "cuda" in kinds and resource in ("gpu", "both"):
         bits.append("CUDA out of memory")
     if kinds & _HOST_OOM_KINDS and resource in ("host", "both"):
-        bits.append("host out of memory")
+        bits.append("out of memory at the container's limit" if ram is not None and ram.source == "cgroup"
+                    else "host out of memory")
     name = "GPU" if gpu is None or gpu.device is None else f"GPU {gpu.device}"
-    for label, ser in ((name, gpu), ("RAM", ram)):
+    ram_name = "container memory" if ram is not None and ram.source == "cgroup" else "RAM"
+    for label, ser in ((name, gpu), (ram_name, ram)):
         if ser is not None and ser.peak is not None and ser.total:
             bits.append(f"{label} peaked at {ser.peak_ratio:.0%} of {ser.total:.1f} GiB")
     return "; ".join(bits)

@@ -41,15 +41,21 @@ def oom(data: JobData) -> list[Finding]:
     ev: dict[str, Any] = {"timestamp": o.timestamp, "step": step, "phase": phase, "kind": o.kind,
                           "source": o.source, "message": o.message,
                           "occurrences": sum(x.count for x in p.ooms if x.source not in SUSPECTED) or 1}
-    parts = [f"OOM at step {step}" if step is not None else "OOM before the first step", f"({phase})"]
+    killed = o.source in ("cgroup", "exit", "suspected")   # the kernel's OOM killer, not a failed allocation
+    what = "OOM kill" if killed else "OOM"
+    parts = [f"{what} at step {step}" if step is not None else f"{what} before the first step", f"({phase})"]
     if o.kind == "cuda" and figs.get("total_capacity_gb"):
         total = figs["total_capacity_gb"]
         used = total - figs.get("free_gb", 0.0)
         parts.append(f"GPU {gb_figure(used)} / {gb_figure(total)} GiB in use")
     elif dom is not None and dom.peak is not None:
         ratio = f" ({dom.peak_ratio:.0%})" if dom.peak_ratio else ""
-        parts.append(f"peak {gb_figure(dom.peak)} / {gb_figure(dom.total)} GiB{ratio}")
-        ev.update(peak_gb=dom.peak, total_gb=dom.total, domain=dom.kind)
+        parts.append(f"peak {gb_figure(dom.peak)} / {gb_figure(dom.total)} {dom.limit_words}{ratio}")
+        ev.update(peak_gb=dom.peak, total_gb=dom.total, domain=dom.kind, memory_limit_source=dom.source)
+    if o.source == "cgroup":
+        kills = o.details.get("container_oom_kills") or o.count
+        parts.append(f"the container's memory cgroup counted {kills} OOM kill{'s' if kills > 1 else ''}")
+        ev.update(container_oom_kills=kills, confirmed_by="the memory cgroup's oom_kill counter")
     if snap is not None:
         proc = snap.get("main_process_memory_gb")
         if proc is not None and not m.is_nan(proc):
@@ -61,7 +67,8 @@ def oom(data: JobData) -> list[Finding]:
     ev.update({k: v for k, v in figs.items() if k.endswith("_gb")})
     # A CPU allocation that fails while the machine's RAM is far from full hit a limit of its own: the
     # process's address space (ulimit -v / RLIMIT_AS) or a container's memory limit.
-    own_limit = (o.kind == "cpu" and dom is not None and dom.kind == "system" and dom.peak_ratio is not None
+    own_limit = (o.kind == "cpu" and dom is not None and dom.kind == "system" and dom.source == "host"
+                 and dom.peak_ratio is not None
                  and dom.peak_ratio < data.settings.memory_warning_threshold)
     if own_limit:
         parts.append("the machine's RAM was not full, so a per-process or container limit was hit")
@@ -70,8 +77,12 @@ def oom(data: JobData) -> list[Finding]:
 
     levers = sorted(quantified_levers(data, p), key=lambda f: -(f.impact_value or 0))
     where = "before training started" if step is None else f"at step {step}"
+    if o.source == "cgroup":
+        title = f"Training was killed by the OOM killer at its container's memory limit {where} ({phase})"
+    else:
+        title = f"Training ran out of memory {where} ({phase})"
     f = Finding(id="memory.oom", severity="critical" if p.level == "critical" else "warning",
-                title=f"Training ran out of memory {where} ({phase})", action="", impact=impact,
+                title=title, action="", impact=impact,
                 category="memory", evidence=ev,
                 impact_value=figs.get("tried_to_allocate_gb") or (dom.peak if dom else None), impact_unit="GB",
                 confidence=0.6 if o.source in SUSPECTED else 1.0)
@@ -105,7 +116,8 @@ def peak(data: JobData) -> list[Finding]:
     warn, crit = data.settings.memory_warning_threshold, data.settings.memory_critical_threshold
     oom_kinds = {o.kind for o in p.ooms if o.source not in SUSPECTED}
     out: list[Finding] = []
-    for ser, rid, label in ((p.ram, "memory.peak", "System memory"), (p.gpu, "memory.gpu_peak", "GPU memory")):
+    ram_label = "Container memory" if p.ram is not None and p.ram.source == "cgroup" else "System memory"
+    for ser, rid, label in ((p.ram, "memory.peak", ram_label), (p.gpu, "memory.gpu_peak", "GPU memory")):
         if ser is None or ser.peak_ratio is None or ser.peak_ratio < warn:
             continue
         if (ser.kind == "gpu" and "cuda" in oom_kinds) or (ser.kind == "system" and oom_kinds & {"cpu", "host"}):
@@ -116,14 +128,14 @@ def peak(data: JobData) -> list[Finding]:
         best = best_lever_title(data, p)
         out.append(Finding(
             id=rid, severity=sev,
-            title=f"{label} peaked at {ser.peak_ratio:.0%} of total",
+            title=f"{label} peaked at {ser.peak_ratio:.0%} of " + ("its limit" if ser.source == "cgroup" else "total"),
             action=("Reduce the biggest consumer" + (f": {best}" if best else "") + "."),
-            impact=f"Peak {gb_figure(ser.peak)} / {gb_figure(ser.total)} GiB ({ser.peak_ratio:.0%})",
+            impact=f"Peak {gb_figure(ser.peak)} / {gb_figure(ser.total)} {ser.limit_words} ({ser.peak_ratio:.0%})",
             category="memory", impact_value=(ser.peak or 0) - warn * (ser.total or 0), impact_unit="GB",
             evidence={"peak_gb": ser.peak, "total_gb": ser.total, "peak_ratio": ser.peak_ratio,
                       "peak_time": ser.peak_time, "peak_step": m.step_at(data, ser.peak_time),
                       "phase_at_peak": m.phase_at(data, ser.peak_time), "seconds_above_critical": seconds,
-                      "warning_ratio": warn, "critical_ratio": crit}))
+                      "warning_ratio": warn, "critical_ratio": crit, "memory_limit_source": ser.source}))
     return out
 
 

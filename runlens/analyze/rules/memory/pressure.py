@@ -134,6 +134,10 @@ def _pressure(data: JobData) -> Pressure:
             high = (p.ram and (p.ram.peak_ratio or 0) >= warn) or any(x.source not in SUSPECTED for x in p.ooms)
             levels.append("critical" if high else "warning")
             p.reasons.append("killed by SIGKILL (exit 137)")
+        elif o.source == "cgroup":
+            # the job's memory cgroup counted the kill: the OOM killer for certain, at the container's limit
+            levels.append("critical")
+            p.reasons.append("killed by the OOM killer at the container's memory limit")
         else:
             levels.append("critical")
             p.reasons.append(f"{o.kind} out of memory")
