@@ -36,33 +36,12 @@ from typing import Any
 from runlens.collect.sampler import Sample
 from runlens.core.errors import CommandNotStarted
 from runlens.core.oom import CONTAINER_OOM_KILL_REASON, OOM_KILL_REASON, SIGKILL_EXIT
-from runlens.core.redact import REDACTED, is_secret_key, redact_url
+from runlens.core.redact import redact_argv  # noqa: F401  (re-exported: the wrapper and its tests use it here)
 from runlens.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """The command line as stored: values of secret-named options (``--hf-token X``, ``api_key=X``) hidden."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        key, eq, _ = arg.lstrip("-").partition("=")
-        if is_secret_key(key) and (arg.startswith("-") or eq):
-            if eq:
-                out.append(arg.split("=", 1)[0] + "=" + REDACTED)
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(redact_url(arg) if "://" in arg else arg)
-    return out
 
 
 def signal_name(sig: int) -> str:

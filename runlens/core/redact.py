@@ -1,7 +1,11 @@
-"""Secret redaction for everything runlens stores or shows: configs, environments, URLs.
+"""Secret redaction for everything runlens stores or shows: configs, environments, command lines, event
+details, URLs.
 
 A key is secret when its name contains token, secret, password, passwd, key (api_key, access_key, ...),
 credential or auth; its value is replaced before it is stored, so neither the database nor a report can leak it.
+The store applies ``redact_job_fields`` and ``redact`` to every job row and event it writes, whatever the
+collector already did, so a secret given on the command line (``--api-key X``, ``--token=X``, ``key=X``) or
+in a config is hidden in one place for every way a run can be recorded.
 """
 
 from __future__ import annotations
@@ -31,14 +35,88 @@ def is_secret_key(key: object) -> bool:
 
 
 def redact(value: Any) -> Any:
-    """Return a copy of ``value`` (dicts, lists, scalars) with secret-named keys' values replaced."""
+    """Return a copy of ``value`` (dicts, lists, scalars) with secret-named keys' values replaced.
+
+    A list of strings is read as a command line (``["--token", "X"]`` hides X), and a string has its
+    secret-named ``key=value`` pairs, ``--secret-option value`` pairs and URL passwords hidden
+    (``redact_text``).
+    """
     if isinstance(value, dict):
         return {k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, str) for v in value):
+            return redact_argv(value)
         return [redact(v) for v in value]
     if isinstance(value, str):
-        return redact_url(value) if "://" in value else value
+        return redact_text(value)
     return value
+
+
+def redact_argv(argv: Any) -> list[str]:
+    """A command line as stored: values of secret-named options (``--hf-token X``, ``--api_key=X``,
+    ``wandb_key=X``) hidden, and URL passwords."""
+    out: list[str] = []
+    hide_next = False
+    for arg in (str(a) for a in argv):
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        key, eq, _ = arg.lstrip("-").partition("=")
+        if is_secret_key(key) and (arg.startswith("-") or eq):
+            if eq:
+                out.append(arg.split("=", 1)[0] + "=" + REDACTED)
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(redact_text(arg) if "=" in arg or "://" in arg or " " in arg else arg)
+    return out
+
+
+# ``name=value`` (``--token=X``, ``api_key=X``) and ``--name value`` inside free text (a shell command line, an
+# exception message); the name is then judged by ``is_secret_key``.
+_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][\w.-]*)(?P<sep>=)(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&]+)")
+_OPTION = re.compile(r"(?<![\w-])(?P<name>--?[A-Za-z][\w.-]*)(?P<sep>\s+)(?P<value>[^\s-][^\s]*)")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_HINT = re.compile(r"token|secret|passw|pwd|passphrase|key|credential|auth|cookie|private|://", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the values of secret-named assignments and options and the passwords of URLs hidden.
+
+    Cheap for the common case: a text that mentions none of the secret words is returned as it is.
+    """
+    if not _HINT.search(text):
+        return text
+    if "://" in text:
+        text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+    def hide(m: re.Match[str]) -> str:
+        if not is_secret_key(m.group("name")) or m.group("value") == REDACTED:
+            return m.group(0)
+        return f"{m.group('name')}{m.group('sep')}{REDACTED}"
+
+    return _OPTION.sub(hide, _ASSIGNMENT.sub(hide, text))
+
+
+# The job row's fields that can hold what the user typed or configured.
+_JOB_TEXT_FIELDS = ("status_reason",)
+
+
+def redact_job_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A job row's fields (a new row or an update) with argv, config, environment, settings and free text
+    redacted; other fields as given."""
+    out = dict(fields)
+    if out.get("argv") is not None:
+        out["argv"] = redact_argv(out["argv"]) if isinstance(out["argv"], (list, tuple)) else redact(out["argv"])
+    for name in ("config", "environment", "settings"):
+        if out.get(name) is not None:
+            out[name] = redact(out[name])
+    for name in _JOB_TEXT_FIELDS:
+        if isinstance(out.get(name), str):
+            out[name] = redact_text(out[name])
+    return out
 
 
 def redact_env(env: dict[str, str]) -> dict[str, str]:

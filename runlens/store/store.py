@@ -21,7 +21,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
 from runlens._version import __version__
 from runlens.core.errors import JobNotFound, StoreUnavailable
-from runlens.core.redact import redact_url
+from runlens.core.redact import redact, redact_job_fields, redact_url
 from runlens.core.settings import resolve_db_url
 from runlens.store import models
 from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, ValuesPlan, bind_limit, insert_values
@@ -95,9 +95,12 @@ class Store:
     # -- writing -------------------------------------------------------------------------------------
 
     def insert_many(self, conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """One executemany of ``rows`` into ``table`` on an open transaction (rows may differ in their keys)."""
+        """One executemany of ``rows`` into ``table`` on an open transaction (rows may differ in their keys).
+
+        Event details are redacted here (``_redacted_events``), the one place every event passes on its way in.
+        """
         if rows:
-            conn.execute(insert(TABLES[table]), _uniform_rows(TABLES[table], rows))
+            conn.execute(insert(TABLES[table]), _uniform_rows(TABLES[table], _redacted_events(table, rows)))
 
     def insert_steps(self, conn: Connection, job_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """The hot write path: step rows as multi-row ``INSERT ... VALUES`` statements straight to the driver
@@ -157,7 +160,8 @@ class Store:
         if not rows:
             return []
         t = TABLES[table]
-        result = conn.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True), _uniform_rows(t, rows))
+        result = conn.execute(insert(t).returning(t.c.id, sort_by_parameter_order=True),
+                              _uniform_rows(t, _redacted_events(table, rows)))
         return [int(r[0]) for r in result]
 
     def create_job(self, *, name: str, job_id: str | None = None, **fields: Any) -> str:
@@ -167,13 +171,13 @@ class Store:
             "job_id": job_id, "name": name, "status": "running", "created_at": now,
             "host": socket.gethostname(), "pid": os.getpid(), "runlens_version": __version__,
         }
-        row.update(fields)
+        row.update(redact_job_fields(fields))   # argv, config, environment: secrets never reach the database
         with self.begin() as conn:
             conn.execute(insert(TABLES["jobs"]), [row])
         return job_id
 
     def update_job(self, job_id: str, conn: Connection | None = None, **fields: Any) -> None:
-        stmt = update(TABLES["jobs"]).where(TABLES["jobs"].c.job_id == job_id).values(**fields)
+        stmt = update(TABLES["jobs"]).where(TABLES["jobs"].c.job_id == job_id).values(**redact_job_fields(fields))
         if conn is not None:
             conn.execute(stmt)
             return
@@ -352,6 +356,14 @@ class HeldConnection:
                 conn.close()
             except Exception:  # closing a broken connection must not hide the error that broke it
                 pass
+
+
+def _redacted_events(table: str, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """Event rows with their details redacted (a start event's argv, an exception's message); other tables'
+    rows as given."""
+    if table != "training_events":
+        return rows
+    return [{**r, "details": redact(r["details"])} if r.get("details") else r for r in rows]
 
 
 def _uniform_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
