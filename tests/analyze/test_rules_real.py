@@ -272,28 +272,13 @@ def run_workload(name: str, tmp_path: Path, env: dict[str, str], expect_rc: int 
 
 
 def load(db: str, job_id: str) -> Any:
-    """The analyzer's loader when it is there; else the same frames assembled here."""
+    """The job as the analyzer loads it."""
+    from runlens.analyze.load import load_job
     from runlens.store import open_store
 
     store = open_store(db, create=False)
     try:
-        try:
-            from runlens.analyze.load import load_job
-        except ImportError:
-            load_job = None
-        if load_job is not None:
-            return load_job(store, job_id)
-        from runlens.analyze.jobdata import JobData
-        from runlens.core.dialects import detect_dialect
-        from runlens.core.settings import settings_from_monitoring_section
-        from runlens.store.frames import load_frames
-
-        fr = load_frames(store, job_id)
-        config = fr.job.get("config")
-        section = config.get("monitoring") if isinstance(config, dict) else None
-        return JobData(job=fr.job, steps=fr.steps, samples=fr.samples, events=fr.events, gpus=fr.gpus,
-                       costs=fr.costs, config=config, dialect=fr.job.get("config_dialect") or detect_dialect(config),
-                       settings=settings_from_monitoring_section(section))
+        return load_job(store, job_id)
     finally:
         store.close()
 

@@ -46,7 +46,7 @@ def _steps(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
         yield {"step": i, "timestamp": float(i), "loss": 1.0 / (i + 1), "batch_size": 8}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_store(request: pytest.FixtureRequest, db_url: str) -> Iterator[Store]:
     url = db_url if request.param == "sqlite" else request.getfixturevalue("pg_url")
     s = open_store(url)
