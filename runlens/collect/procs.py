@@ -87,6 +87,7 @@ class TreeReading:
     worker_metric: str = "pss"
     worker_pids: list[int] = field(default_factory=list)
     other_pids: list[int] = field(default_factory=list)   # descendants that are not workers (not measured)
+    pids: list[int] = field(default_factory=list)   # every process of the tree, the root and launchers included
     unmeasured_workers: int = 0
     estimated_workers: int = 0        # workers whose figure is last PSS + RSS change (see the module doc)
     pss_seconds: float | None = None  # CPU time of this reading's full PSS pass, when one was made
@@ -278,6 +279,14 @@ class ProcessTree:
             (workers if is_worker else others).append(pid)
         return workers, others
 
+    def pids(self) -> list[int]:
+        """Every process of the tree (the root and everything below it), without measuring any: the job's
+        processes whose GPU memory is the job's, when that tree is not the one ``read()`` measures."""
+        tree = self._walk()
+        for pid in [p for p in self._nodes if p not in tree]:
+            del self._nodes[pid]
+        return sorted(tree)
+
     # -- measuring -----------------------------------------------------------------------------------
 
     def _worker_bytes(self, pid: int, full: bool) -> tuple[int | None, bool]:
@@ -321,7 +330,7 @@ class ProcessTree:
         if self.root_pid not in ident:
             return TreeReading(main_pid=None, worker_bytes=None, worker_metric=self._metric_name())
         main = self._resolve_main(tree, ident)
-        reading = TreeReading(main_pid=main, worker_metric=self._metric_name())
+        reading = TreeReading(main_pid=main, worker_metric=self._metric_name(), pids=sorted(ident))
         node = self._nodes[main]
         try:
             reading.main_rss_bytes = int(node.proc.memory_info().rss)

@@ -15,7 +15,9 @@ What is measured, and why that way:
   keeps one module-wide state that user code calling it would disturb). ``process_cpu_percent``: the main
   process, top's convention (100 = one core).
 * the main process and its DataLoader workers: see ``runlens.collect.procs`` (main = RSS, workers = PSS).
-* GPUs: see ``runlens.collect.gpu``. The process's own CUDA caching-allocator figures when ``torch`` is
+* GPUs: see ``runlens.collect.gpu``: the device's figures, and the job's own memory on it (the processes of
+  the tree under ``gpu_job_pid``). One process per node samples the GPUs (``runlens.collect.node``); the
+  others pass ``sample_gpus=False``. The process's own CUDA caching-allocator figures when ``torch`` is
   already imported and CUDA already initialised (we never import torch or initialise CUDA ourselves).
 * Linux PSI (``/proc/pressure/memory``): % of the last 10 s in which some / all tasks stalled on memory.
 * the job's memory cgroup (``runlens.collect.cgroup``): the container's limit, its working set (usage minus
@@ -54,11 +56,11 @@ SAMPLE_COLUMNS = (
     "cpu_utilization_percent", "process_cpu_percent", "main_process_memory_gb", "worker_memory_gb",
     "worker_count", "gpu_memory_used_gb", "gpu_memory_total_gb", "gpu_utilization_percent", "unified_memory",
     "cuda_allocated_gb", "cuda_reserved_gb", "cuda_max_allocated_gb", "memory_pressure_some_avg10",
-    "memory_pressure_full_avg10", "host", "rank",
+    "memory_pressure_full_avg10", "host", "rank", "job_gpu_memory_gb",
     "container_memory_limit_gb", "container_memory_working_set_gb", "container_oom_kills",
 )
 GPU_COLUMNS = ("device_index", "name", "memory_used_gb", "memory_total_gb", "utilization_percent",
-               "temperature_c", "power_w")
+               "temperature_c", "power_w", "job_gpu_memory_gb")
 
 
 @dataclass
@@ -161,7 +163,12 @@ class SystemSampler:
         pid: the main process (default: this process). Under ``runlens collect`` it is the child's pid.
         include_children: measure the process tree under ``pid`` (DataLoader workers).
         psutil_module: psutil or a fake (a seam for tests).
-        gpu: the GPU probe; None builds the default NVML probe.
+        gpu: the GPU probe; None builds the default NVML probe (NVML starts on the first sample, not here).
+        sample_gpus: False leaves the GPU columns None and never touches NVML: another process of the job
+            samples this node's GPUs (``runlens.collect.node``).
+        gpu_job_pid: the root of the job's process tree on this node, whose processes' GPU memory is the
+            job's own (default ``pid``; a rank under ``torchrun`` passes the launcher, so its sibling ranks
+            count too).
         clock: wall clock for the ``timestamp`` column.
         host, rank: copied into every row (multi-process jobs).
         worker_memory: "pss" (default) or "rss" (only for the benchmark; see ``procs.ProcessTree``).
@@ -176,10 +183,11 @@ class SystemSampler:
                  rank: int | None = None, worker_memory: str = "pss",
                  pss_budget: float | None = DEFAULT_PSS_BUDGET, pressure_path: str | None = PSI_PATH,
                  modules: dict[str, Any] | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 sample_gpus: bool = True, gpu_job_pid: int | None = None,
                  cgroup: CgroupProbe | None = None) -> None:
         self.pid = os.getpid() if pid is None else pid
         self.ps = psutil_module
-        self.gpu = gpu if gpu is not None else GpuProbe()
+        self.gpu: GpuProbe | None = (gpu if gpu is not None else GpuProbe()) if sample_gpus else None
         self.clock = clock
         self.monotonic = monotonic
         self.host = host
@@ -189,6 +197,10 @@ class SystemSampler:
         self.cgroup = cgroup if cgroup is not None else CgroupProbe(self.pid)
         self.tree = ProcessTree(self.pid, psutil_module=psutil_module, include_children=include_children,
                                 worker_memory=worker_memory, pss_budget=pss_budget, monotonic=monotonic)
+        # The job's processes for its GPU memory: the measured tree's, unless the job's tree on this node is
+        # rooted elsewhere (a launcher above this process).
+        self.gpu_tree = (ProcessTree(gpu_job_pid, psutil_module=psutil_module)
+                         if gpu_job_pid is not None and gpu_job_pid != self.pid else None)
         self.stats = SamplerStats()
         self.last_tree: TreeReading | None = None
         self._lock = threading.Lock()
@@ -231,19 +243,23 @@ class SystemSampler:
         row["host"], row["rank"] = self.host, self.rank
         vm = self._probes["memory"].run(lambda: self._memory(row))
         self._probes["cpu"].run(lambda: self._cpu(row))
-        self._probes["processes"].run(lambda: self._processes(row))
+        tree: TreeReading | None = self._probes["processes"].run(lambda: self._processes(row))
         if self._psi_present:
             self._probes["pressure"].run(lambda: self._pressure(row))
         self._probes["cgroup"].run(lambda: self._cgroup(row))
-        total, available = (vm.total, vm.available) if vm is not None else (None, None)
-        reading: GpuReading | None = self._probes["gpu"].run(lambda: self.gpu.read(total, available))
         gpus: list[dict[str, Any]] = []
-        if reading is not None:
-            row["gpu_memory_used_gb"] = reading.memory_used_gb
-            row["gpu_memory_total_gb"] = reading.memory_total_gb
-            row["gpu_utilization_percent"] = reading.utilization_percent
-            row["unified_memory"] = reading.unified_memory
-            gpus = reading.devices
+        gpu = self.gpu
+        if gpu is not None:
+            total, available = (vm.total, vm.available) if vm is not None else (None, None)
+            job_pids = self._job_pids(tree)
+            reading: GpuReading | None = self._probes["gpu"].run(lambda: gpu.read(total, available, job_pids))
+            if reading is not None:
+                row["gpu_memory_used_gb"] = reading.memory_used_gb
+                row["gpu_memory_total_gb"] = reading.memory_total_gb
+                row["gpu_utilization_percent"] = reading.utilization_percent
+                row["unified_memory"] = reading.unified_memory
+                row["job_gpu_memory_gb"] = reading.job_memory_gb
+                gpus = reading.devices
         cuda = self._probes["cuda"].run(lambda: cuda_allocator_bytes(self.modules))
         if cuda is not None:
             row["cuda_allocated_gb"], row["cuda_reserved_gb"], row["cuda_max_allocated_gb"] = (
@@ -274,7 +290,7 @@ class SystemSampler:
             pct = 100.0 * (busy - prev[0]) / (total - prev[1])
             row["cpu_utilization_percent"] = min(100.0, max(0.0, pct))
 
-    def _processes(self, row: dict[str, Any]) -> None:
+    def _processes(self, row: dict[str, Any]) -> TreeReading:
         reading = self.tree.read()
         self.last_tree = reading
         row["main_process_memory_gb"] = bytes_to_gib(reading.main_rss_bytes)
@@ -282,6 +298,25 @@ class SystemSampler:
         if self.tree.include_children and reading.main_pid is not None:
             row["worker_memory_gb"] = bytes_to_gib(reading.worker_bytes)
             row["worker_count"] = reading.worker_count
+        return reading
+
+    def _job_pids(self, tree: TreeReading | None) -> list[int] | None:
+        """The job's processes on this node (None when they could not be listed this time)."""
+        if self.gpu_tree is not None:
+            try:
+                return self.gpu_tree.pids()
+            except Exception:
+                log.debug("the job's process tree could not be walked", exc_info=True)
+                return None
+        return tree.pids if tree is not None and tree.pids else None
+
+    def describe_gpus(self) -> list[dict[str, Any]] | None:
+        """The host's GPUs for the job's environment record, through this sampler's NVML session (so NVML
+        starts once); None when this sampler does not sample GPUs or there is no NVML."""
+        if self.gpu is None:
+            return None
+        with self._lock:
+            return self.gpu.describe_gpus()
 
     def _pressure(self, row: dict[str, Any]) -> None:
         assert self.pressure_path is not None
@@ -317,7 +352,8 @@ class SystemSampler:
                 return None
 
     def close(self) -> None:
-        self.gpu.close()
+        if self.gpu is not None:
+            self.gpu.close()
 
 
 class SamplerThread:

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 import pytest
+from fake_nvml import FakeNVML, two_gpus
 
 from runlens.collect.gpu import GpuProbe, parse_visible_devices
 from runlens.collect.procs import ProcessTree, is_launcher
@@ -364,77 +365,9 @@ def test_cpu_torch_gives_no_cuda_figures() -> None:
 # -- GPUs through a fake NVML ---------------------------------------------------------------------------
 
 
-class FakeNVMLError(Exception):
-    def __init__(self, value: int) -> None:
-        self.value = value
-        super().__init__({3: "Not Supported", 999: "Unknown Error", 12: "NVML Shared Library Not Found"}.get(value))
-
-
-class FakeNVML:
-    """The NVML functions GpuProbe uses, over a list of fake devices (dicts)."""
-
-    NVMLError = FakeNVMLError
-    NVML_ERROR_NOT_SUPPORTED = 3
-    NVML_TEMPERATURE_GPU = 0
-
-    def __init__(self, devices: list[dict[str, Any]], init_error: int | None = None) -> None:
-        self.devices = devices
-        self.init_error = init_error
-        self.init_calls = 0
-        self.fail_utilization: int | None = None
-
-    def nvmlInit(self) -> None:
-        self.init_calls += 1
-        if self.init_error is not None:
-            raise FakeNVMLError(self.init_error)
-
-    def nvmlShutdown(self) -> None:
-        pass
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.devices)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> dict[str, Any]:
-        return self.devices[i]
-
-    def nvmlDeviceGetUUID(self, h: dict[str, Any]) -> str:
-        return str(h["uuid"])
-
-    def nvmlDeviceGetName(self, h: dict[str, Any]) -> bytes:
-        return str(h["name"]).encode()   # older pynvml returns bytes
-
-    def nvmlDeviceGetMemoryInfo(self, h: dict[str, Any]) -> Any:
-        if h.get("unified"):
-            raise FakeNVMLError(3)
-        return types.SimpleNamespace(used=h["used"], total=h["total"], free=h["total"] - h["used"])
-
-    def nvmlDeviceGetUtilizationRates(self, h: dict[str, Any]) -> Any:
-        if self.fail_utilization is not None:
-            raise FakeNVMLError(self.fail_utilization)
-        return types.SimpleNamespace(gpu=h["util"], memory=0)
-
-    def nvmlDeviceGetTemperature(self, h: dict[str, Any], kind: int) -> int:
-        assert kind == 0
-        return int(h.get("temp", 50))
-
-    def nvmlDeviceGetPowerUsage(self, h: dict[str, Any]) -> int:
-        if "power_mw" not in h:
-            raise FakeNVMLError(3)
-        return int(h["power_mw"])
-
-
-def _two_gpus() -> FakeNVML:
-    return FakeNVML([
-        {"name": "NVIDIA A100", "uuid": "GPU-aaaa1111", "used": 10 * GiB, "total": 40 * GiB, "util": 90,
-         "temp": 60, "power_mw": 250_000},
-        {"name": "NVIDIA A100", "uuid": "GPU-bbbb2222", "used": 30 * GiB, "total": 40 * GiB, "util": 50,
-         "temp": 70, "power_mw": 300_000},
-    ])
-
-
 def test_gpu_sums_and_means_over_all_devices() -> None:
     """No CUDA_VISIBLE_DEVICES: every device; memory summed, utilisation averaged, one row per device."""
-    nvml = _two_gpus()
+    nvml = two_gpus()
     sampler = SystemSampler(gpu=GpuProbe(nvml, environ={}))
     s1, s2 = sampler.sample(), sampler.sample()
     assert nvml.init_calls == 1                      # NVML started once, not per sample
@@ -444,7 +377,7 @@ def test_gpu_sums_and_means_over_all_devices() -> None:
     assert [g["device_index"] for g in s2.gpus] == [0, 1]
     assert s2.gpus[1] == {"device_index": 1, "name": "NVIDIA A100", "memory_used_gb": 30.0,
                           "memory_total_gb": 40.0, "utilization_percent": 50.0, "temperature_c": 70.0,
-                          "power_w": 300.0}
+                          "power_w": 300.0, "job_gpu_memory_gb": None}   # no process of the job is listed
     assert set(s1.gpus[0]) == set(GPU_COLUMNS)
 
 
@@ -459,7 +392,7 @@ def test_gpu_sums_and_means_over_all_devices() -> None:
     ("", []),
 ])
 def test_cuda_visible_devices_selects_the_jobs_gpus(spec: str, expected: list[int]) -> None:
-    nvml = _two_gpus()
+    nvml = two_gpus()
     reading = GpuProbe(nvml, environ={"CUDA_VISIBLE_DEVICES": spec}).read()
     if not expected:
         assert reading is None
@@ -478,7 +411,7 @@ def test_parse_visible_devices_handles_spaces_and_mig_uuids() -> None:
 
 def test_no_gpu_selected_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="runlens")
-    sampler = SystemSampler(gpu=GpuProbe(_two_gpus(), environ={"CUDA_VISIBLE_DEVICES": ""}))
+    sampler = SystemSampler(gpu=GpuProbe(two_gpus(), environ={"CUDA_VISIBLE_DEVICES": ""}))
     rows = [sampler.sample().row for _ in range(3)]
     assert all(r["gpu_memory_used_gb"] is None and r["unified_memory"] is None for r in rows)
     lines = [r.getMessage() for r in caplog.records if "GPU" in r.getMessage()]
@@ -513,7 +446,7 @@ def test_apple_silicon_reports_the_unified_pool_without_nvml() -> None:
 def test_failing_gpu_probe_is_disabled_after_three_and_sampling_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     """A GPU that keeps failing (NVML 'Unknown Error'): 3 tries, one loud warning, GPU fields None, no crash."""
     caplog.set_level(logging.INFO, logger="runlens")
-    nvml = _two_gpus()
+    nvml = two_gpus()
     nvml.fail_utilization = 999
     sampler = SystemSampler(gpu=GpuProbe(nvml, environ={}))
     rows = [sampler.sample().row for _ in range(5)]
@@ -526,7 +459,7 @@ def test_failing_gpu_probe_is_disabled_after_three_and_sampling_goes_on(caplog: 
 
 def test_recovering_gpu_probe_is_not_disabled() -> None:
     """Failures must be consecutive: a probe that fails twice, then works, keeps going."""
-    nvml = _two_gpus()
+    nvml = two_gpus()
     sampler = SystemSampler(gpu=GpuProbe(nvml, environ={}))
     nvml.fail_utilization = 999
     sampler.sample()
