@@ -4,6 +4,11 @@ Users of every tracker ask for the machine spec to be kept with the run (mlflow#
 once at start and must never fail or slow the run down: each probe is guarded, NVML is optional, and torch is
 described only when the program already imported it (importing torch here would cost seconds, and calling
 into CUDA before DataLoader workers fork would break them).
+
+The Monitor writes the cheap part (``include_gpus=False, include_torch=False``: a few milliseconds) with the
+job and the whole description from its sampler thread once the first sample is taken: ``nvmlInit`` alone can
+take a second or two on a machine with many GPUs, and the training thread must not wait for it. ``gpus`` lets
+the sampler's GPU probe describe the GPUs through the NVML session it already holds.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import os
 import platform
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from runlens._version import __version__
+from runlens.collect.gpu import GpuProbe
 from runlens.collect.cgroup import find_memory_cgroup, read_memory_cgroup
 from runlens.core.redact import redact_env
 from runlens.core.units import bytes_to_gib
@@ -83,44 +90,13 @@ def _torch_info() -> dict[str, Any] | None:
 
 
 def _nvml_gpus() -> list[dict[str, Any]] | None:
-    """Every GPU on the host through NVML; None when NVML is missing (no driver, no pynvml): fail soft."""
+    """Every GPU on the host through NVML, in an NVML session of its own; None when NVML is missing (no
+    driver, no pynvml): fail soft."""
+    probe = GpuProbe()
     try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:
-        log.info("no NVML (%s): GPUs are not described", exc)
-        return None
-    gpus: list[dict[str, Any]] = []
-    try:
-        driver = _text(pynvml.nvmlSystemGetDriverVersion())
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            gpu: dict[str, Any] = {"index": index, "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                                   "driver_version": driver}
-            try:
-                gpu["memory_total_gb"] = bytes_to_gib(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-            except Exception:  # unified-memory parts (GB10, Grace Hopper) may not report it
-                gpu["memory_total_gb"] = None
-            try:
-                gpu["uuid"] = _text(pynvml.nvmlDeviceGetUUID(handle))
-            except Exception:
-                pass
-            gpus.append(gpu)
-    except Exception as exc:
-        log.info("NVML query failed (%s): GPU description incomplete", exc)
+        return probe.describe_gpus()
     finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-    return gpus
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        probe.close()
 
 
 def _shm_total_gib(path: str = "/dev/shm") -> float | None:
@@ -132,8 +108,14 @@ def _shm_total_gib(path: str = "/dev/shm") -> float | None:
     return bytes_to_gib(st.f_blocks * st.f_frsize)
 
 
-def describe_environment(*, include_gpus: bool = True) -> dict[str, Any]:
+def describe_environment(*, include_gpus: bool = True, include_torch: bool = True,
+                         gpus: Callable[[], list[dict[str, Any]] | None] | None = None) -> dict[str, Any]:
     """A JSON-ready description of the host, the Python, torch (if imported), GPUs (if NVML) and key env vars.
+
+    Args:
+        include_gpus: describe the GPUs (NVML; slow to start on a big machine); False leaves ``gpus`` None.
+        include_torch: describe torch when imported (may initialise the CUDA driver); False leaves it None.
+        gpus: what describes the GPUs (a sampler's NVML session); default: a session of its own.
 
     Never raises: a probe that fails leaves its field None.
     """
@@ -161,7 +143,12 @@ def describe_environment(*, include_gpus: bool = True) -> dict[str, Any]:
         env["memory_total_gb"] = env["swap_total_gb"] = None
     env["cgroup_memory_limit_gb"] = _cgroup_memory_limit_gib()
     env["shm_total_gb"] = _shm_total_gib()
-    env["torch"] = _torch_info()
-    env["gpus"] = _nvml_gpus() if include_gpus else None
+    env["torch"] = _torch_info() if include_torch else None
+    env["gpus"] = None
+    if include_gpus:
+        try:
+            env["gpus"] = (gpus or _nvml_gpus)()
+        except Exception as exc:   # describing the GPUs must never stop the run
+            log.info("GPUs are not described (%s)", exc)
     env["env"] = selected_env()
     return env

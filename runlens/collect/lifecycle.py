@@ -3,8 +3,13 @@
 Open: the store is opened and the job created; inside ``runlens collect`` (``RUNLENS_JOB_ID`` set) the Monitor
 attaches to the wrapper's job instead: it writes steps, events and costs into it, fills in the config snapshot
 if the job has none, takes samples only for its events (the wrapper samples the whole process tree
-periodically), and leaves the job's final status to the wrapper. When that job id does not exist yet, the
-Monitor creates it with that id and owns it like a job of its own.
+periodically, GPUs included, so the attached Monitor never touches NVML), and leaves the job's final status to
+the wrapper. When that job id does not exist yet, the Monitor creates it with that id and owns it like a job of
+its own. Of several ranks on one node only local rank 0 samples the GPUs (``runlens.collect.node``).
+
+Start-up stays off the slow paths: the job row gets the cheap part of the environment description, and the
+sampler thread adds torch and the GPUs once it has taken the first sample (NVML starts there, once; ``nvmlInit``
+alone can take a second or two on a machine with many GPUs). ``_finish`` waits a moment for that snapshot.
 
 Close: ``__exit__``, the ``atexit`` hook and the signal handler all end in ``_finish``, which drains events,
 stops the sampler, stores the final status and cost, and flushes. It runs once and never raises: a bug in
@@ -25,7 +30,7 @@ import sys
 import time
 import traceback
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from runlens.collect.config import to_jsonable
 from runlens.collect.device_scalars import DeviceScalarResolver
@@ -49,6 +54,20 @@ MAX_TRACEBACK_CHARS = 20_000
 MAX_MESSAGE_CHARS = 2_000
 
 
+class _ThenOnce:
+    """``on_sample``, and after the first sample handed over, ``task`` once, on the sampler's thread."""
+
+    def __init__(self, on_sample: Callable[[Any], None], task: Callable[[], None]) -> None:
+        self._on_sample = on_sample
+        self._task: Callable[[], None] | None = task
+
+    def __call__(self, sample: Any) -> None:
+        self._on_sample(sample)
+        task, self._task = self._task, None
+        if task is not None:
+            task()
+
+
 class JobLifecycle:
     """Opening, attaching to and finishing the Monitor's job (a mixin of ``Monitor``; its state is the
     Monitor's)."""
@@ -65,7 +84,7 @@ class JobLifecycle:
         db = (os.environ.get("RUNLENS_DB") or self._db) if attach_id else self._db
         store = self._store = open_store(db, create=True)
         self.settings = self.settings.replace(db=store.url)  # the store actually used, for the job's record
-        environment = describe_environment()
+        environment = describe_environment(include_gpus=False, include_torch=False)   # the rest: see _start_sampler
         job_id = attach_id or new_job_id(self.name)
         self._stacks_path = self._plan_stacks_path(job_id, store.url)
         if self._stacks_path is not None:
@@ -94,11 +113,14 @@ class JobLifecycle:
                 self.attached = True
             if self.attached:
                 job = store.get_job(attach_id)
+                self._wrapper_samples = bool(job.get("log_path"))   # runlens collect's job: it samples the tree
                 updates: dict[str, Any] = {}
                 if job.get("config") is None and self.config is not None:
                     updates.update(config_fields)
                 if job.get("environment") is None:
                     updates["environment"] = environment
+                else:
+                    self._environment_done.set()   # the job is described already (by the wrapper)
                 if job.get("world_size") is None and self._world_size is not None:
                     updates["world_size"] = self._world_size   # runlens collect saw one process: the launcher
                 if job.get("settings") is None:
@@ -117,23 +139,54 @@ class JobLifecycle:
 
     def _start_sampler(self: Monitor) -> None:
         """The periodic system sampler of a job of our own, or an event-only one when attached (the wrapper
-        samples the process tree already). Sampling fails soft: without it events carry no memory snapshot."""
+        samples the process tree already). Sampling fails soft: without it events carry no memory snapshot.
+
+        The GPUs are sampled by one process per node (``runlens.collect.node``). The sampler's thread also
+        completes the environment description after its first sample (``_complete_environment``)."""
+        from runlens.collect.node import gpu_sampling
         from runlens.collect.sampler import SamplerThread, SystemSampler   # psutil: see _open
 
         try:
             sampler = self._sampler_arg
             if sampler is None:
-                sampler = SystemSampler(pid=self._pid, include_children=True, host=self._host, rank=self._rank)
+                role = gpu_sampling(wrapper_samples=self._wrapper_samples, pid=self._pid)
+                self._gpus_sampled_by = role.sampled_by
+                sampler = SystemSampler(pid=self._pid, include_children=True, host=self._host, rank=self._rank,
+                                        sample_gpus=role.sample_gpus, gpu_job_pid=role.job_root_pid)
                 self._own_sampler = sampler
+            on_sample = _ThenOnce(self._on_sample, self._complete_environment)
             if self.attached:
-                thread: Any = EventSampler(sampler, self._on_sample)
+                thread: Any = EventSampler(sampler, on_sample)
             else:
-                thread = SamplerThread(sampler, self.settings.sample_interval, self._on_sample)
+                thread = SamplerThread(sampler, self.settings.sample_interval, on_sample)
             thread.start()
         except Exception as exc:  # optional hardware and probes fail soft
             log.info("runlens: system sampling is off (%s)", exc)
+            self._complete_environment()   # no sampler thread to do it
             return
         self._sampler_thread = thread
+
+    def _complete_environment(self: Monitor) -> None:
+        """Sampler thread, after its first sample: describe torch and the GPUs (through the sampler's NVML
+        session where it has one) and store the whole description with the job. Never raises."""
+        if self._environment_done.is_set():
+            return
+        try:
+            from runlens.collect.environment import describe_environment
+
+            own = self._own_sampler
+            if own is None:       # a sampler passed in: the description opens an NVML session of its own
+                environment = describe_environment()
+            else:                 # through the sampler's NVML session; none where another process samples the GPUs
+                environment = describe_environment(include_gpus=own.gpu is not None, gpus=own.describe_gpus)
+            if self._stacks_path is not None:
+                environment["stacks_file"] = str(self._stacks_path)
+            if self._writer is not None and self._state in (STATE_NEW, STATE_RUNNING, STATE_CLOSING):
+                self._writer.update_job(environment=environment)
+        except Exception as exc:   # describing the machine must never stop the run
+            log.info("runlens: the environment description is incomplete (%s)", exc)
+        finally:
+            self._environment_done.set()
 
     def _finish_exception(self: Monitor, exc: BaseException, tb: TracebackType | None) -> None:
         if isinstance(exc, SystemExit):
@@ -190,6 +243,8 @@ class JobLifecycle:
                 **({"watchdog": to_jsonable(watchdog)} if watchdog else {}),
             })
             self._wait_for_event_samples(EVENT_SAMPLE_WAIT)
+            if self._sampler_thread is not None:   # the environment's torch and GPU part, taken on its thread
+                self._environment_done.wait(EVENT_SAMPLE_WAIT)
             self._refresh_costs()  # thread CPU before the sampler thread is gone
             sampler, self._sampler_thread = self._sampler_thread, None  # later events go straight to the writer
             if sampler is not None:

@@ -46,6 +46,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -155,6 +156,9 @@ class Monitor(JobLifecycle, SignalHandling, EventRecording, WatchdogWiring, Step
         self._writer: Any = None
         self._sampler_thread: Any = None
         self._own_sampler: Any = None   # the SystemSampler we built (closed at the end: it holds NVML)
+        self._wrapper_samples = False   # attached to runlens collect's job, whose wrapper samples the GPUs
+        self._gpus_sampled_by: str | None = None   # runlens.collect.node: who samples this node's GPUs
+        self._environment_done = threading.Event()   # the sampler thread completed the environment record
         self._pending_events: Deque[tuple[float, dict[str, Any]]] = collections.deque()
         self._last_sample_key: int | None = None
         self._last_event_request = -math.inf
@@ -229,6 +233,7 @@ class Monitor(JobLifecycle, SignalHandling, EventRecording, WatchdogWiring, Step
             "python": sys.executable,
             "stacks_file": str(wd.stacks_path) if wd is not None and wd.stacks_path else None,
             "stack_signal": wd.registered_signal if wd is not None else None,
+            "gpus_sampled_by": self._gpus_sampled_by,
         })
         # step() appends straight to the writer's deque (atomic under the GIL, no function call) and nudges
         # the writer on its 1-in-64 timed calls; see BatchWriter.nudge.
