@@ -247,7 +247,6 @@ def _inits(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-@pytest.mark.slow
 def test_of_two_local_ranks_only_rank_0_samples_the_gpus(tmp_path: Path, child_env: dict[str, str],
                                                           db_url: str, store: Store) -> None:
     """Two ranks of one job on one host, each with a Monitor: NVML is started by local rank 0 only, whose
@@ -274,7 +273,6 @@ def test_of_two_local_ranks_only_rank_0_samples_the_gpus(tmp_path: Path, child_e
     assert store.get_job(job0)["environment"]["gpus"][0]["name"] == "NVIDIA A100"
 
 
-@pytest.mark.slow
 def test_under_runlens_collect_only_the_wrapper_starts_nvml(tmp_path: Path, child_env: dict[str, str]) -> None:
     """``runlens collect -- python train.py`` with a Monitor inside: the wrapper samples the tree's GPUs and
     records the job's own GPU memory; the attached Monitor never starts NVML."""
