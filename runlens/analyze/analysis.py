@@ -22,6 +22,7 @@ import pandas as pd
 from runlens._version import __version__
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.contract import SCHEMA_VERSION
+from runlens.analyze.effects import default_effect, rank_key
 from runlens.analyze.findings import Finding
 from runlens.analyze.health import goodput, health_score, monitoring_seconds, run_window
 from runlens.analyze.jobdata import JobData
@@ -49,6 +50,9 @@ def build_analysis(data: JobData, *, rules: Iterable[Rule] | None = None,
     """The whole analysis document for one loaded job (see runlens.analyze.contract)."""
     findings, rule_notes = run_rules(data, rules)
     _resolve_config_paths(findings, data, rule_notes)
+    for f in findings:
+        if f.expected_effect is None:
+            f.expected_effect = default_effect(f, data)
     ranked = rank_recommendations(findings)
     start, end, _ = run_window(data)
     wall = (end - start) if start is not None and end is not None and end > start else None
@@ -77,13 +81,15 @@ def build_analysis(data: JobData, *, rules: Iterable[Rule] | None = None,
 # -- recommendations --------------------------------------------------------------------------------------
 
 def rank_recommendations(findings: Iterable[Finding]) -> list[Finding]:
-    """Dedupe by id (the best-ranked copy wins), rank by severity then impact, and pick one primary memory lever.
+    """Dedupe by id (the best-ranked copy wins), rank by expected effect (runlens.analyze.effects.rank_key:
+    failures first, then severity, time saved per hour, memory freed under pressure), and pick one primary
+    memory lever.
 
-    The primary lever is the memory lever with the largest quantified saving that can be applied (it names a
-    concrete recommended value); the other levers are its ``alternatives`` and are listed after it, so a user
-    changes one thing at a time instead of applying every memory saving at once.
+    The primary lever is the memory lever with the largest saving that this run measured and that can be
+    applied (it names a concrete recommended value); the other levers are its ``alternatives`` and are listed
+    after it, so a user changes one thing at a time instead of applying every memory saving at once.
     """
-    ordered = sorted(findings, key=lambda f: f.sort_key())
+    ordered = sorted(findings, key=rank_key)
     seen: set[str] = set()
     ranked: list[Finding] = []
     for f in ordered:
@@ -129,8 +135,8 @@ def _feasible(f: Finding) -> bool:
     value = f.impact_value
     if value is None or not math.isfinite(value) or value <= 0:
         return False
-    if f.evidence.get("feasible") is False:
-        return False
+    if f.evidence.get("feasible") is False or f.evidence.get("saving_measured") is False:
+        return False   # a saving this run did not measure (an upper bound, a rule of thumb) is not primary
     return f.recommended_value is not None
 
 

@@ -361,6 +361,20 @@ def apply_ref(finding: Finding, ref: ConfigRef, recommended: Any, *, measured: A
     return finding
 
 
+def prefer_measured(finding: Finding, measured: Any) -> Finding:
+    """Make ``measured`` the finding's current value where the run measurably used another value than its config
+    says (a batch-size ramp starts from the config's value and goes on). The config's value is kept in
+    ``config_value`` so the card can say both."""
+    if measured is None or finding.current_value == measured:
+        return finding
+    if finding.current_value_source == "config":
+        finding.config_value = finding.current_value
+        finding.evidence.setdefault("config_note", f"the config says {finding.current_value!r}; the run used "
+                                                   f"{measured!r}")
+    finding.current_value, finding.current_value_source = measured, "measured"
+    return finding
+
+
 def precision_change(dialect: str) -> tuple[str, Any]:
     """The (concept, literal) that switches a dialect to bf16 mixed precision."""
     if dialect == AITOOLKIT:
@@ -382,6 +396,7 @@ __all__ = [
     "get_path",
     "parse_path",
     "precision_change",
+    "prefer_measured",
     "resolve",
     "resolve_config",
 ]

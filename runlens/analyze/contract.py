@@ -51,16 +51,36 @@ class Summary(TypedDict, total=False):
     monitoring_overhead_ratio: float | None
 
 
+class ExpectedEffect(TypedDict, total=False):
+    """What a recommendation is predicted to change, computed from this run's measurements for the recommended
+    value (not for the best case); see runlens.analyze.effects for the metrics and how they rank."""
+
+    metric: str                         # failure | step_time_seconds | data_wait_share | wall_share |
+                                        # peak_memory_gb (of the binding pool: GPU, host or container);
+                                        # rules of other families may use their own (occurrences, ...)
+    current: Any                        # what this run measured (failure: true when the run fails from it)
+    predicted: Any                      # for the recommended value; null when nothing measured predicts it
+    unit: str                           # bool | s | ratio (0..1) | GiB | ...
+    also: list[dict[str, Any]]          # other figures the change moves, same shape (e.g. the data-wait share
+                                        # beside the step time, the memory a fix frees or costs)
+
+
 class Recommendation(TypedDict, total=False):
     id: str                             # rule id, e.g. "memory.workers" (stable, for dedup and tests)
     severity: Severity
     title: str
     action: str                         # what to change, in one sentence
-    impact: str                         # quantified from this run: "Saves ~3.1 GiB (0.78 GiB/worker)"
+    impact: str                         # quantified from this run, saying what expected_effect says
+    expected_effect: ExpectedEffect | None   # added: the prediction recommendations are ranked by: failures
+                                        # first, then severity, then seconds saved per hour of training, then
+                                        # GiB freed while memory is under pressure; never raw numbers of
+                                        # different units against each other
     impact_value: float | None          # the number behind impact, in impact_unit
     impact_unit: str | None             # "GB" (a code: the value is GiB), "percent_time", "seconds", ...
     config_path: str | None             # in the job's dialect: "config.process[0].datasets[0].num_workers"
-    current_value: Any                  # from the config snapshot, or the framework default
+    current_value: Any                  # what the run used: the config snapshot's value, the framework default,
+                                        # or the measured value when the run used another (a batch-size ramp)
+    config_value: Any                   # added, only when it differs from a measured current_value
     current_value_source: Literal["config", "default", "measured", "unknown"]
     recommended_value: Any              # a concrete literal
     evidence: dict[str, Any]            # figures, steps, timestamps that triggered it

@@ -14,7 +14,9 @@ class Finding:
     """One diagnosis with the change that addresses it.
 
     ``impact`` is a sentence quantified from this run's measurements; ``impact_value``/``impact_unit`` carry
-    the number for ranking (GB saved or share of wall time). ``config_key`` is a runlens concept
+    the number behind it, in its own unit. ``expected_effect`` is the prediction the ranking reads
+    (runlens.analyze.effects): the measured figure and the figure predicted for ``recommended_value``.
+    ``config_key`` is a runlens concept
     ("num_workers", "batch_size", "learning_rate", ...) that the dialect turns into ``config_path``;
     rules that already know the exact path set ``config_path`` directly.
     """
@@ -37,8 +39,12 @@ class Finding:
     primary: bool = False
     alternatives: list[str] = field(default_factory=list)
     confidence: float = 1.0
+    expected_effect: dict[str, Any] | None = None
+    config_value: Any = None        # the config snapshot's value, when the run measurably used another
 
     def sort_key(self) -> tuple[int, float, float]:
+        """Severity, then the raw impact: only for findings of one rule, whose impacts share a unit (the
+        analysis ranks by ``runlens.analyze.effects.rank_key``)."""
         value = self.impact_value if self.impact_value is not None and math.isfinite(self.impact_value) else 0.0
         return (SEVERITY_ORDER.get(self.severity, 3), -value, -self.confidence)
 
@@ -48,6 +54,7 @@ class Finding:
             "impact": self.impact, "impact_value": self.impact_value, "impact_unit": self.impact_unit,
             "config_path": self.config_path, "current_value": self.current_value,
             "current_value_source": self.current_value_source, "recommended_value": self.recommended_value,
+            "expected_effect": self.expected_effect,
             "evidence": self.evidence, "primary": self.primary, "alternatives": list(self.alternatives),
             "category": self.category,
-        }
+        } | ({"config_value": self.config_value} if self.config_value is not None else {})
