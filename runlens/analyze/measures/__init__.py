@@ -13,8 +13,13 @@ because the measuring lives here once, one concern per module:
     oom        every sign of an out-of-memory failure
     batchfit   memory against batch size, static memory, reported parameter counts
     stats      trailing baselines, MAD, runs of a mask
-    ranks      per-rank steps, pace, CPU, data wait, arrival and memory of a data-parallel job (imported as
-               ``from runlens.analyze.measures import ranks``, not re-exported)
+    loading    the input pipeline: time to produce a batch, CPU- or I/O-bound, the workers that hide it
+    batches    the batch sizes that ran, and the batch size to recommend
+    divergence where a diverging run's growth began, how fast, at which learning rate
+    ranks      per-rank steps, pace, CPU, data wait, arrival and memory of a data-parallel job
+
+The last four are imported by module (``from runlens.analyze.measures.loading import loading``), not
+re-exported.
 
 Rules read them as ``from runlens.analyze import measures as m``; ``m.col``, ``m.phase_at`` and so on.
 """

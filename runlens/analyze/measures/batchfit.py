@@ -50,6 +50,10 @@ class BatchFit:
             return 0
         return math.floor((theta * self.total_gb - self.static_gb) / self.per_sample_gb)
 
+    def predict(self, batch_size: int) -> float:
+        """The memory the relation predicts at ``batch_size``, GiB."""
+        return self.static_gb + batch_size * self.per_sample_gb
+
 
 _STATIC_EVENTS = ("model_loaded", "static_memory", "setup_done")
 
@@ -68,12 +72,17 @@ def batch_memory_fit(data: JobData, series: MemorySeries | None = None) -> Batch
     return memo(data, f"batch_fit:{series.kind}:{id(series)}", lambda: _batch_memory_fit(data, series, total))
 
 
-def _batch_memory_fit(data: JobData, series: MemorySeries, total: float) -> BatchFit | None:
+def batch_peaks(data: JobData, series: MemorySeries) -> dict[int, float]:
+    """Each batch size's peak memory in ``series``, over the samples taken during its own steps."""
+    return memo(data, f"batch_peaks:{series.kind}:{id(series)}", lambda: _batch_peaks(data, series))
+
+
+def _batch_peaks(data: JobData, series: MemorySeries) -> dict[int, float]:
     steps = main_rank_steps(data)
     bs = col(steps, "batch_size")
     ts = col(steps, "timestamp")
     if not np.isfinite(bs).any():
-        return None
+        return {}
     # Each sample belongs to the step whose interval [end - step_time, end] holds it (steps sorted by time);
     # a batch size's point is the peak over its own steps' samples, so 4 -> 8 -> 4 does not mix them.
     st = col(steps, "step_time_seconds")
@@ -90,6 +99,13 @@ def _batch_memory_fit(data: JobData, series: MemorySeries, total: float) -> Batc
     if inside.any():
         frame = pd.DataFrame({"bs": bs_o[j][inside].astype(int), "used": series.used[inside]})
         points = {int(k): float(v) for k, v in frame.groupby("bs")["used"].max().items()}
+    return points
+
+
+def _batch_memory_fit(data: JobData, series: MemorySeries, total: float) -> BatchFit | None:
+    points = batch_peaks(data, series)
+    if not points:
+        return None
     if len(points) >= 2:
         x = np.array(list(points), dtype=float)
         y = np.array(list(points.values()))
