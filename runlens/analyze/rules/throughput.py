@@ -12,19 +12,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runlens.analyze import effects
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.health import STALL_MADS
 from runlens.analyze.jobdata import JobData
+from runlens.analyze.measures.loading import Loading, loading
 from runlens.analyze.registry import rule
 from runlens.core.costs import ONE_OFF_OPERATIONS
-from runlens.core.humanize import duration_rough, gb_figure
+from runlens.core.humanize import duration_fine, duration_rough, gb_figure
 from runlens.core.phases import EVAL_PHASES, OVERHEAD_PHASES, SAVE_PHASES
 
 # PyTorch profiler TB plugin and TF profiler call >= 5 % of step time waiting for input "moderately input-bound"
 # (https://www.tensorflow.org/guide/profiler#input_pipeline_analyzer).
 INPUT_BOUND = 0.05
+INPUT_BOUND_WARN = 0.10    # below this a data wait costs under 6 min an hour: information, not a warning
 HIGHLY_INPUT_BOUND = 0.20  # TF "HIGHLY input-bound"
 GPU_UTIL_LOW = 50.0      # TB plugin: "GPU {ids} has low utilization" below 50 %
 HEADROOM_RATIO = 0.6     # max(mem_ratio) < 0.6 leaves room for a larger batch
@@ -55,31 +58,54 @@ def _count(value: Any) -> int | None:
 
 @rule("throughput.input_bound", "throughput")
 def input_bound(data: JobData) -> list[Finding]:
-    """The training loop waits for the next batch for ≥ 5 % of step time."""
+    """The training loop waits for the next batch for ≥ 5 % of step time: a warning from 10 %, information
+    below. The recommended worker count comes from the measured time to produce a batch against the loop's own
+    work (runlens.analyze.measures.loading), and the impact is what that count is predicted to do."""
     dw = m.data_wait(data)
     if dw is None or dw.share < INPUT_BOUND:
         return []
+    ld = loading(data)
     ref = resolve(data, "num_workers")
     measured = m.measured_workers(data)
-    n = _count(ref.current_value) if ref.source == "config" else None
-    if n is None:
-        n = measured if measured is not None else _count(ref.current_value) or 0
+    n = ld.workers if ld is not None else (measured or 0)
     cores = m.cpu_count(data)
-    # min(cores - 2, n + 2), leaving cores for the main process; at least one worker.
-    rec = min(max(cores - 2, 1), n + 2) if cores else n + 2
     level = "HIGHLY" if dw.share >= HIGHLY_INPUT_BOUND else "moderately"
-    ev = {"data_wait_share": dw.share, "data_wait_seconds": dw.data_seconds, "step_seconds": dw.step_seconds,
-          "steps": dw.steps, "from_step": dw.first_step, "warmup_steps_excluded": dw.warmup_steps_excluded,
-          "num_workers": n, "cpu_count": cores, "band": level}
-    f = Finding(id="throughput.input_bound", severity="warning",
-                title=f"Training is input-bound ({_fmt_pct(dw.share)} of step time waiting for data)",
-                action="", impact=f"Up to -{_fmt_pct(dw.share)} step time "
-                                  f"({duration_rough(dw.data_seconds)} of data wait over {dw.steps} steps)",
+    ev: dict[str, Any] = {"data_wait_share": dw.share, "data_wait_seconds": dw.data_seconds,
+                          "step_seconds": dw.step_seconds, "steps": dw.steps, "from_step": dw.first_step,
+                          "warmup_steps_excluded": dw.warmup_steps_excluded, "num_workers": n, "cpu_count": cores,
+                          "band": level}
+    severity = "warning" if dw.share >= INPUT_BOUND_WARN else "info"
+    title = f"Training is input-bound ({_fmt_pct(dw.share)} of step time waiting for data)"
+    wait_now = effects.effect("data_wait_share", dw.share, None)
+    f = Finding(id="throughput.input_bound", severity=severity, title=title, action="",
+                impact=f"{_fmt_pct(dw.share)} of step time ({duration_rough(dw.data_seconds)} over {dw.steps} "
+                       "steps) waiting for data",
                 category="throughput", evidence=ev, impact_value=dw.share * 100, impact_unit="percent_time")
+    if ld is None:
+        f.action = "Load data in more worker processes, or cache/pre-process the inputs."
+        return [f]
+    ev.update(batch_seconds=ld.batch_seconds, compute_seconds=ld.compute_seconds, loading=ld.kind,
+              loading_cpu_share=ld.cpu_share, workers_needed=ld.needed(), workers_cap=ld.cap())
+    rec = ld.recommended()
+    rec = _within_memory(data, ld, rec, ev)
     if rec > n:
-        f.action = (f"Load data in {rec} worker processes (num_workers {n} -> {rec}) so batches are ready when "
-                    "the step needs them.")
+        step_new, wait_new = ld.predict(rec)
+        share_new = wait_new / step_new if step_new > 0 else 0.0
+        f.expected_effect = effects.effect("step_time_seconds", ld.step_seconds, step_new, also=[
+            effects.effect("data_wait_share", dw.share, share_new)])
+        saved = effects.seconds_saved_per_hour(f.expected_effect) or 0.0
+        why = (f"a batch takes {duration_fine(ld.batch_seconds)} to produce "
+               f"({'on the CPU' if ld.kind == 'cpu' else 'mostly waiting on I/O' if ld.kind == 'io' else 'CPU use not measured'})"
+               f" and a step's own work {duration_fine(ld.compute_seconds)}")
+        capped = rec < ld.needed()
+        f.action = (f"Load data in {rec} worker processes (num_workers {n} -> {rec}): {why}, so {rec} workers "
+                    + ("are as many as the free cores allow." if capped and ld.kind != "io" else
+                       "keep batches ready when the step needs them."))
+        f.impact = (f"Step time {duration_fine(ld.step_seconds)} -> ~{duration_fine(step_new)} with {rec} workers "
+                    f"(data wait {_fmt_pct(dw.share)} -> ~{_fmt_pct(share_new)}); ~{duration_rough(saved)} saved "
+                    "per hour of training")
         return [apply_ref(f, ref, rec, measured=measured)]
+    f.expected_effect = wait_now
     pf = resolve(data, "prefetch_factor")
     cur = _count(pf.current_value)
     if n > 0 and pf.path and cur:
@@ -88,6 +114,22 @@ def input_bound(data: JobData) -> list[Finding]:
         return [apply_ref(f, pf, cur * 2)]
     f.action = "Cache or pre-process the inputs (decoded images, latents, tokens) so a step does not wait for them."
     return [f]
+
+
+def _within_memory(data: JobData, ld: Loading, rec: int, ev: dict[str, Any]) -> int:
+    """``rec`` workers, fewer where the workers' measured memory would take RAM past the warning threshold:
+    more workers must not trade a data wait for memory pressure."""
+    wp = m.worker_peak(data)
+    ram = m.ram_series(data)
+    if wp is None or ram is None or ram.peak is None or not ram.total or rec <= ld.workers:
+        return rec
+    per = wp[0] / max(1, wp[1])
+    room = data.settings.memory_warning_threshold * ram.total - ram.peak
+    fits = ld.workers + int(max(0.0, room) // per) if per > 0 else rec
+    if fits < rec:
+        ev.update(workers_limited_by_memory=True, per_worker_gb=per)
+        return max(ld.workers, fits)
+    return rec
 
 
 # -- GPU under-utilised / memory headroom -----------------------------------------------------------------
@@ -128,6 +170,13 @@ def _bigger_batch(data: JobData, f: Finding, bs: int, bs_max: int, fit: m.BatchF
     rec = min(bs_max, 2 * bs)
     f.evidence.update(batch_size=bs, bs_max=bs_max, static_gb=fit.static_gb, per_sample_gb=fit.per_sample_gb,
                       total_gb=fit.total_gb, fit_method=fit.method)
+    # The change costs memory: the card says how much, from the measured relation.
+    cost = effects.effect("peak_memory_gb", fit.predict(bs), fit.predict(rec))
+    if f.expected_effect is None:
+        f.expected_effect = cost
+    else:
+        f.expected_effect.setdefault("also", []).append(cost)
+    f.impact += f"; peak memory ~{gb_figure(fit.predict(bs))} -> ~{gb_figure(fit.predict(rec))} GiB at batch {rec}"
     return apply_ref(f, resolve(data, "batch_size"), rec, measured=bs)
 
 
@@ -148,7 +197,8 @@ def gpu_underutilized(data: JobData) -> list[Finding]:
                 action="Increase the batch size so each step gives the GPU more work.",
                 impact=f"GPU busy {util:.0f}% of training time", category="throughput",
                 evidence={"gpu_utilization_percent": util, "data_wait_share": dw.share if dw else None},
-                impact_value=100 - util, impact_unit="percent_time", confidence=0.7)
+                impact_value=100 - util, impact_unit="percent_time", confidence=0.7,
+                expected_effect=effects.effect("gpu_utilization_percent", util, None, "percent"))
     hr = _headroom(data)
     if hr is not None and hr[1] > hr[0]:
         bs, bs_max, fit = hr
@@ -228,7 +278,9 @@ def degradation(data: JobData) -> list[Finding]:
     if np.isfinite(swap).any() and np.nanmax(swap) - np.nanmin(swap) > 0.25:
         cause = " It coincides with swap growth (see the memory findings)."
         ev["swap_growth_gb"] = float(np.nanmax(swap) - np.nanmin(swap))
+    wall = m.wall_seconds(data)
     return [Finding(id="throughput.degradation", severity="warning",
+                    expected_effect=effects.effect("wall_share", lost / wall, 0.0) if wall else None,
                     title=f"Throughput degraded {k:.1f}× during the run (from step {onset_step})",
                     action=("Find what changed at that step: memory pressure and swap, thermal or power throttling, "
                             "other jobs on the machine, a growing input size." + cause),
@@ -257,7 +309,9 @@ def stalls(data: JobData) -> list[Finding]:
     worst = np.argsort(-st[slow])[:10]
     listed = [{"step": int(sn[slow][i]), "seconds": float(st[slow][i]), "timestamp": float(ts[slow][i])}
               for i in worst]
+    wall = m.wall_seconds(data)
     return [Finding(id="throughput.stalls", severity="info", title=f"Intermittent stalls ({count} slow steps)",
+                    expected_effect=effects.effect("wall_share", excess / wall, 0.0) if wall else None,
                     action=("Look at what ran at those moments (I/O, garbage collection, logging, other "
                             "processes); the listed steps carry their timestamps."),
                     impact=f"{count} stalls, {duration_rough(excess)} total",
@@ -293,6 +347,7 @@ def overhead(data: JobData) -> list[Finding]:
                 impact=f"{_fmt_pct(share)} of wall time ({duration_rough(total)} of {duration_rough(wall)}); "
                        f"eval/sampling {duration_rough(eval_s)}, checkpoints {duration_rough(save_s)}",
                 impact_value=share * 100, impact_unit="percent_time",
+                expected_effect=effects.effect("wall_share", share, None),
                 evidence={"overhead_seconds": total, "wall_seconds": wall, "eval_seconds": eval_s,
                           "save_seconds": save_s, "eval_count": len(evals), "save_count": len(saves)})
     # The interval the run actually used, in steps, measured between consecutive phases of that kind.
@@ -307,6 +362,9 @@ def overhead(data: JobData) -> list[Finding]:
     if interval:
         f.evidence["interval_steps"] = interval
         f.action = f"Run {what} every {interval * 2} steps instead of every {interval}."
+        # Half as many of the dominant phases: half of their time back.
+        group_s = eval_s if group is evals else save_s
+        f.expected_effect = effects.effect("wall_share", share, (total - group_s / 2) / wall)
         return [apply_ref(f, ref, interval * 2, measured=int(np.median(gaps)) if gaps else None)]
     return [f]
 
@@ -357,12 +415,14 @@ def monitoring_cost(data: JobData) -> list[Finding]:
                 action=f"Do '{top.removeprefix('user:')}' less often or move it off the training thread.",
                 impact=f"{_fmt_pct(share)} overhead ({duration_rough(spent)} of {duration_rough(wall)}); "
                        f"'{top}' {duration_rough(float(by_op.iloc[0]))}",
-                category="throughput", impact_value=share * 100, impact_unit="percent_time", evidence=evidence)
+                category="throughput", impact_value=share * 100, impact_unit="percent_time", evidence=evidence,
+                expected_effect=effects.effect("wall_share", share, None))
     if top.startswith("thread:") and "sampl" in top:
         ref = resolve(data, "sample_interval")
         cur = ref.current_value if ref.source == "config" else data.job.get("settings", {}).get("sample_interval") \
             if isinstance(data.job.get("settings"), dict) else None
         cur = cur if isinstance(cur, (int, float)) and cur > 0 else data.settings.sample_interval
         f.action = "Sample system metrics less often."
+        f.expected_effect = effects.effect("wall_share", share, share - float(by_op.iloc[0]) / wall / 2)
         return [apply_ref(f, ref, float(cur) * 2, measured=float(cur))]
     return [f]

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runlens.analyze import effects
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
+from runlens.analyze.measures.divergence import divergence, floor_lr
 from runlens.analyze.registry import rule
 from runlens.core.dialects import AITOOLKIT
 
@@ -182,20 +184,64 @@ def nonfinite_loss(data: JobData) -> list[Finding]:
         ev["last_finite_gradient_norm"] = float(grad[:i][np.isfinite(grad[:i])][-1])
     ref, measured, lr = _lr_ref(data, i)
     ev["learning_rate_at_step"] = measured
-    # Diverging in the first tenth of the run means the rate is far too high, not marginally: cut it 10×.
-    early = i <= max(10, n // 10)
-    factor = 10 if early else 2
     impact = f"Diverged at step {step} of {int(m.col(steps, 'step')[-1])}"
     if onset is not None and onset < step:
         impact += f" (loss climbing since step {onset})"
     f = Finding(id="training.nonfinite", severity="critical",
-                title=f"Training diverged ({what} {ev['value']} at step {step})",
-                action=(f"Lower the learning rate {factor}× and keep gradient clipping on (max_grad_norm 1.0)"
-                        + ("; or switch fp16 to bf16." if fp16 else ".")),
+                title=f"Training diverged ({what} {ev['value']} at step {step})", action="",
                 impact=impact, category="training", evidence=ev, impact_value=float(n - i), impact_unit="steps")
-    if lr:
-        return [apply_ref(f, ref, _fmt_lr(lr / factor), measured=measured)]
-    return [f]
+    # Diverging in the first tenth of the run, with no growth to measure, means the rate is far too high: 10×.
+    fallback = 10 if i <= max(10, n // 10) else 2
+    return _lower_lr(data, f, i, fallback, "; or switch fp16 to bf16." if fp16 else ".")
+
+
+def _lower_lr(data: JobData, f: Finding, end: int, fallback: float, tail: str) -> list[Finding]:
+    """Set ``f``'s learning rate from what the run measured before it diverged (runlens.analyze.measures.
+    divergence): the growth per step and the rate at which it began, applied to the run's configured rate.
+    Without a measured growth, ``fallback``× lower, and no prediction. Offers gradient clipping beside it when
+    the config has it off."""
+    ref, measured, lr = _lr_ref(data, end)
+    div = divergence(data, end)
+    scale = div.scale() if div is not None else None
+    ev = f.evidence
+    if div is not None:
+        ev.update(growth_onset_step=div.onset_step, growth_per_step=div.growth_per_step,
+                  growth_measured_on=div.measured_on, learning_rate_at_onset=div.lr_at_onset,
+                  learning_rate_during_growth=div.lr_during_growth)
+    clip = _clipping_off(data)
+    if scale is not None:
+        ev["learning_rate_scale"] = scale
+        how = (f"the {div.measured_on.replace('_', ' ')} grew ×{div.growth_per_step:.3g} a step"  # type: ignore[union-attr]
+               if div is not None and div.growth_per_step is not None and div.measured_on else "the growth")
+        rate_text = f"{lr:g} -> {floor_lr(lr * scale):g}" if lr else f"{scale:.2g}× of what it was"
+        f.action = (f"Lower the learning rate ({rate_text}): {how}, which puts the rate at about half the "
+                    f"stable limit{tail}")
+        f.expected_effect = effects.failure(True)
+    else:
+        scale = 1.0 / fallback
+        f.action = (f"Lower the learning rate {fallback:g}× (no growth was measured to size it) and keep gradient "
+                    f"clipping on{tail}")
+        f.expected_effect = effects.failure(None)
+    out = [apply_ref(f, ref, floor_lr(lr * scale), measured=measured) if lr else f]
+    if clip is not None:
+        out.append(clip)
+    return out
+
+
+def _clipping_off(data: JobData) -> Finding | None:
+    """Gradient clipping at max_grad_norm 1.0 when the config has none (the Hugging Face Trainer's default,
+    https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments): a bound on
+    each update's size, so one large gradient cannot throw the weights off."""
+    ref = resolve(data, "max_grad_norm")
+    v = ref.current_value
+    off = v is None or v is False or (isinstance(v, (int, float)) and (v <= 0 or not math.isfinite(v)))
+    if not off or (ref.source == "unknown" and data.dialect != "generic"):
+        return None
+    f = Finding(id="training.clipping", severity="warning", title="Gradient clipping is off",
+                action="Clip the gradient norm at 1.0, beside the lower learning rate.",
+                impact="Bounds each update's size; how much it alone would have held this run back was not measured",
+                category="training", evidence={}, expected_effect=effects.failure(None), confidence=0.7)
+    return apply_ref(f, ref, 1.0)
 
 
 # -- loss spikes -------------------------------------------------------------------------------------------
@@ -237,7 +283,10 @@ def loss_spikes(data: JobData) -> list[Finding]:
                 action=("Lower the learning rate 2× (or lengthen the warm-up); restart from a checkpoint before "
                         "the spike." if sev != "info" else "Watch for more; they recovered on their own."),
                 impact=f"{len(eps)} spike(s); worst ×{worst.peak_ratio:.1f} at step {int(sn[worst.start])}",
-                category="training", evidence=ev, impact_value=float(worst.peak_ratio), impact_unit="x")
+                category="training", evidence=ev, impact_value=float(worst.peak_ratio), impact_unit="x",
+                expected_effect=effects.effect("loss_spikes", len(eps), None, "count"))
+    if diverged:
+        return _lower_lr(data, f, len(steps), 2, "; restart from a checkpoint before the spike.")
     if lr and sev != "info":
         return [apply_ref(f, ref, _fmt_lr(lr / 2), measured=measured)]
     return [f]
@@ -279,7 +328,8 @@ def loss_not_decreasing(data: JobData) -> list[Finding]:
                         if sev == "warning" else "Check the learning rate, the data and that the right "
                         "parameters are trainable."),
                 impact=f"Median loss {early:.4g} early vs {late:.4g} late (×{ratio:.2f})", category="training",
-                evidence=ev, impact_value=ratio, impact_unit="x", confidence=0.7)
+                evidence=ev, impact_value=ratio, impact_unit="x", confidence=0.7,
+                expected_effect=effects.effect("loss_ratio", ratio, None, "x"))
     ref, measured, lr = _lr_ref(data)
     if sev == "warning" and lr:
         return [apply_ref(f, ref, _fmt_lr(lr / 2), measured=measured)]
@@ -291,7 +341,8 @@ def loss_not_decreasing(data: JobData) -> list[Finding]:
 @rule("training.gradient_norm", "training")
 def gradient_norm(data: JobData) -> list[Finding]:
     """The gradient norm is clipped on most late steps, or spikes repeatedly (6 robust σ and ≥ 3× the
-    trailing median)."""
+    trailing median). Severity follows the loss: clipping while the loss still falls is clipping at work
+    (information); a lower learning rate is only advised while the loss rises, never while it is flat."""
     steps = m.main_rank_steps(data)
     g = m.col(steps, "gradient_norm")
     sn = m.col(steps, "step")
@@ -303,6 +354,7 @@ def gradient_norm(data: JobData) -> list[Finding]:
     problems: list[str] = []
     clip_ref = resolve(data, "max_grad_norm")
     clip = clip_ref.current_value
+    frac = None
     if isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip > 0:
         tail = g[-max(5, int(len(g) * CLIP_TAIL)):]
         frac = float((tail > clip).mean())
@@ -319,13 +371,50 @@ def gradient_norm(data: JobData) -> list[Finding]:
         ev["spike_steps"] = [int(sn[a]) for a, _ in spikes[:20]]
     if not problems:
         return []
+    clipped = "clipped" in problems[0]
+    trend = _loss_trend(data)
+    ev["loss_trend"] = trend
     ref, measured, lr = _lr_ref(data)
-    f = Finding(id="training.gradient_norm", severity="warning",
-                title="Gradient norm " + ("always clipped" if "clipped" in problems[0] else "unstable"),
-                action="Lower the learning rate 2× or lengthen the warm-up; keep max_grad_norm at 1.0.",
-                impact="; ".join(problems) + f"; max norm {g.max():.3g}", category="training", evidence=ev,
-                impact_value=ev.get("clipped_share_last_20pct", 0.0) * 100 if "clipped" in problems[0]
-                else float(len(spikes)), impact_unit="percent_steps" if "clipped" in problems[0] else "spikes")
-    if lr:
-        return [apply_ref(f, ref, _fmt_lr(lr / 2), measured=measured)]
+    title = "Gradient norm " + ("always clipped" if clipped else "unstable")
+    impact = "; ".join(problems) + f"; max norm {g.max():.3g}"
+    eff = (effects.effect("clipped_share", frac, None, "ratio") if clipped
+           else effects.effect("gradient_spikes", len(spikes), None, "count"))
+    f = Finding(id="training.gradient_norm", severity="warning", title=title, action="", impact=impact,
+                category="training", evidence=ev, expected_effect=eff,
+                impact_value=(frac or 0.0) * 100 if clipped else float(len(spikes)),
+                impact_unit="percent_steps" if clipped else "spikes")
+    if trend == "rising" or (trend is None and not clipped):
+        f.action = "Lower the learning rate 2× or lengthen the warm-up; keep max_grad_norm at 1.0."
+        return [apply_ref(f, ref, _fmt_lr(lr / 2), measured=measured)] if lr else [f]
+    if trend == "falling" and clipped:
+        f.severity = "info"
+        f.action = ("Clipping bounds most late updates and the loss still falls: clipping at work, nothing to "
+                    "change. Raise max_grad_norm only if progress stalls.")
+        return [f]
+    if clipped:
+        f.severity = "info"
+        f.action = ("The loss is flat while most updates are clipped: a lower learning rate would slow it further. "
+                    "Check the schedule, the data and which parameters train.")
+        return [f]
+    f.action = ("Lengthen the warm-up or clip at 1.0 to absorb the spikes" + (
+        "; a lower learning rate would slow a loss that is already flat." if trend == "flat" else "."))
     return [f]
+
+
+def _loss_trend(data: JobData) -> str | None:
+    """"falling", "flat" or "rising" from the early and late median loss (as ``loss_not_decreasing`` compares
+    them), "rising" too when a spike never recovered; None with too few losses."""
+    _, _, loss = _finite_loss(data)
+    n = loss.size
+    if n < 20:
+        return None
+    eps = _episodes(data)
+    if eps and not eps[-1].recovered:
+        return "rising"
+    w = max(5, n // 10)
+    skip = min(w // 2, 10)
+    early, late = float(np.median(loss[skip:skip + w])), float(np.median(loss[-w:]))
+    if early <= 0:
+        return None
+    ratio = late / early
+    return "rising" if ratio >= RISING else "flat" if ratio >= 0.98 else "falling"

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from runlens.analyze import effects
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
@@ -18,6 +19,7 @@ from runlens.analyze.registry import rule
 from runlens.analyze.rules.memory.pressure import (
     SLOWDOWN,
     SUSPECTED,
+    best_lever,
     best_lever_title,
     pressure,
     quantified_levers,
@@ -75,7 +77,8 @@ def oom(data: JobData) -> list[Finding]:
         ev["likely_cause"] = "a per-process (ulimit -v, RLIMIT_AS) or container memory limit"
     impact = "; ".join([" ".join(parts[:2])] + parts[2:])
 
-    levers = sorted(quantified_levers(data, p), key=lambda f: -(f.impact_value or 0))
+    levers = quantified_levers(data, p)
+    best = best_lever(data, p)
     where = "before training started" if step is None else f"at step {step}"
     if o.source == "cgroup":
         title = f"Training was killed by the OOM killer at its container's memory limit {where} ({phase})"
@@ -86,8 +89,10 @@ def oom(data: JobData) -> list[Finding]:
                 category="memory", evidence=ev,
                 impact_value=figs.get("tried_to_allocate_gb") or (dom.peak if dom else None), impact_unit="GB",
                 confidence=0.6 if o.source in SUSPECTED else 1.0)
-    if levers:
-        best = levers[0]
+    # The run failed from this; whether the best lever avoids it is that lever's own prediction.
+    fixed = best.expected_effect.get("predicted") if best is not None and best.expected_effect else None
+    f.expected_effect = effects.failure(None if fixed is None else not fixed)
+    if best is not None:
         f.action = (f"Apply the largest measured lever first: {best.title.lower()} "
                     f"({best.impact}); see the memory recommendations.")
         f.alternatives = [x.id for x in levers]
@@ -126,6 +131,10 @@ def peak(data: JobData) -> list[Finding]:
         seconds = _seconds_where(ser.timestamps, over)
         sev = "critical" if ser.peak_ratio >= crit else "warning"
         best = best_lever_title(data, p)
+        lever = best_lever(data, p)
+        saved = lever.impact_value if lever is not None else None
+        peak_effect = effects.effect("peak_memory_gb", ser.peak, ser.peak - saved
+                                     if saved is not None and ser.peak is not None else None)
         out.append(Finding(
             id=rid, severity=sev,
             title=f"{label} peaked at {ser.peak_ratio:.0%} of " + ("its limit" if ser.source == "cgroup" else "total"),
@@ -135,7 +144,8 @@ def peak(data: JobData) -> list[Finding]:
             evidence={"peak_gb": ser.peak, "total_gb": ser.total, "peak_ratio": ser.peak_ratio,
                       "peak_time": ser.peak_time, "peak_step": m.step_at(data, ser.peak_time),
                       "phase_at_peak": m.phase_at(data, ser.peak_time), "seconds_above_critical": seconds,
-                      "warning_ratio": warn, "critical_ratio": crit, "memory_limit_source": ser.source}))
+                      "warning_ratio": warn, "critical_ratio": crit, "memory_limit_source": ser.source},
+            expected_effect=peak_effect))
     return out
 
 
@@ -163,8 +173,12 @@ def swap(data: JobData) -> list[Finding]:
     title = "The system is swapping" + (f"; training slowed {s.slowdown:.1f}×" if s.slowdown and s.slowdown >= SLOWDOWN
                                         else "")
     best = best_lever_title(data, p)
+    wall = m.wall_seconds(data)
+    # The time the slow-down cost comes back once the working set fits in RAM.
+    swap_effect = (effects.effect("wall_share", s.lost_seconds / wall, 0.0) if s.lost_seconds is not None and wall
+                   else effects.effect("peak_memory_gb", p.ram.peak if p.ram else None, None))
     return [Finding(
-        id="memory.swap", severity=sev, title=title,
+        id="memory.swap", severity=sev, title=title, expected_effect=swap_effect,
         action="Free RAM so the working set fits" + (f": {best}" if best else "") + ".",
         impact="; ".join(parts), category="memory",
         impact_value=s.lost_seconds if s.lost_seconds is not None else s.growth_gb,

@@ -13,17 +13,22 @@ from typing import Any
 
 import numpy as np
 
+from runlens.analyze import effects
 from runlens.analyze import measures as m
-from runlens.analyze.configpaths import apply_ref, resolve
+from runlens.analyze.configpaths import apply_ref, prefer_measured, resolve
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
-from runlens.analyze.rules.memory.pressure import Pressure, activation_gb, lever, lever_finding
+from runlens.analyze.measures.batches import batch_segments, choose_batch
+from runlens.analyze.measures.loading import loading
+from runlens.analyze.rules.memory.pressure import Pressure, activation_gb, lever, lever_effect, lever_finding
 from runlens.core.dialects import AITOOLKIT, LIGHTNING
-from runlens.core.humanize import gb_figure
+from runlens.core.humanize import duration_fine, gb_figure
 from runlens.core.phases import EVAL_PHASES
 from runlens.core.units import GIB
 
 WORKER_SHARE = 0.15     # workers holding >= 15 % of used memory are worth a word even without pressure
+WORKER_MARGIN = 0.05    # fewer workers aim 5 points under the warning threshold, not just under it
+INPUT_BOUND = 0.05      # the input-bound rule's threshold (runlens.analyze.rules.throughput)
 # Reserved-but-unallocated > 10 % of capacity or > 1 GiB: fragmentation, which expandable segments avoid
 # (https://pytorch.org/docs/stable/notes/cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf).
 FRAG_RATIO, FRAG_GB = 0.1, 1.0
@@ -33,7 +38,12 @@ GC_SLOWDOWN = "~20 % slower steps"
 
 @lever("memory.workers")
 def workers(data: JobData, p: Pressure) -> Finding | None:
-    """DataLoader workers' own memory (Σ PSS, so shared pages are not double counted)."""
+    """DataLoader workers' own memory (Σ PSS, so shared pages are not double counted).
+
+    Under pressure: as many workers fewer as bring RAM back under the warning threshold (with a margin), from
+    their measured memory each. Without pressure: advice when they are a big part of memory, never when the
+    run waits for data (fewer workers would lengthen every step). A run that waits for data keeps one worker
+    at least, and the card states the step time that costs."""
     wp = m.worker_peak(data)
     if wp is None:
         return None
@@ -42,79 +52,104 @@ def workers(data: JobData, p: Pressure) -> Finding | None:
     used = float(snap.get("used_memory_gb") or 0) if snap else 0.0
     share = pss / used if used > 0 else None
     dw = m.data_wait(data)
-    input_bound = dw is not None and dw.share >= 0.05
+    input_bound = dw is not None and dw.share >= INPUT_BOUND
     ref = resolve(data, "num_workers")
     configured = ref.current_value if ref.source == "config" and isinstance(ref.current_value, int) else None
     current = configured if configured is not None else n
     main = snap.get("main_process_memory_gb") if snap else None
     main = float(main) if main is not None and not m.is_nan(main) else None
+    per = pss / n
     if p.level is None:
         # No pressure: only worth saying when the workers are a big part of memory (≥ 15 % of used),
         # or hold more than the training process itself (a copied dataset) - advice, not an alarm.
         if not ((share is not None and share >= WORKER_SHARE) or (main and pss >= main)):
             return None
-        severity = "info"
+        if input_bound:
+            return None   # the memory is not short and the steps wait for data: fewer workers only slow it
+        severity, rec = "info", 0
     elif p.domain is not None and p.domain.kind == "gpu" and not (p.ram and (p.ram.peak_ratio or 0) >= 0.6):
         return None   # GPU memory is short, RAM is not: workers live in RAM and free nothing on the GPU
     else:
         severity = p.level
-    rec = max(1, current // 2) if input_bound else 0
+        ram = p.ram
+        target = data.settings.memory_warning_threshold - WORKER_MARGIN
+        over = (ram.peak - target * ram.total) if ram is not None and ram.peak is not None and ram.total else 0.0
+        rec = max(0, current - math.ceil(over / per)) if over > 0 and per > 0 else 0
+        if input_bound:
+            rec = max(rec, 1)
     if rec >= current:
         return None
-    per = pss / n
     saves = per * (current - rec) if configured is not None else pss * (n - rec) / n
-    f = lever_finding(data, p, "memory.workers", f"Reduce dataloader workers ({current} -> {rec})",
-                      (f"Set num_workers to {rec}: each worker holds its own copy of the dataset and Python heap."
-                       + (" The run waits for data, so keep some workers." if input_bound else
-                          " If steps then wait for data, use 1.")),
-                      f"Saves ~{gb_figure(saves)} GiB ({gb_figure(per)} GiB/worker)", saves,
-                      {"worker_memory_gb": pss, "worker_count": n, "per_worker_gb": per, "at": t,
-                       "at_step": m.step_at(data, t), "used_memory_gb": used, "worker_share_of_used": share,
-                       "main_process_memory_gb": main,
-                       "data_wait_share": dw.share if dw else None}, severity=severity)
+    ev: dict[str, Any] = {"worker_memory_gb": pss, "worker_count": n, "per_worker_gb": per, "at": t,
+                          "at_step": m.step_at(data, t), "used_memory_gb": used, "worker_share_of_used": share,
+                          "main_process_memory_gb": main, "data_wait_share": dw.share if dw else None}
+    impact = f"Saves ~{gb_figure(saves)} GiB ({gb_figure(per)} GiB/worker)"
+    action = f"Set num_workers to {rec}: each worker holds its own copy of the dataset and Python heap."
+    also: list[dict[str, Any]] = []
+    ld = loading(data)
+    if input_bound and ld is not None:
+        # The trade-off, both numbers: the memory it frees, and the step time it costs.
+        step_new, _ = ld.predict(rec)
+        also.append(effects.effect("step_time_seconds", ld.step_seconds, step_new))
+        impact += (f"; costs step time {duration_fine(ld.step_seconds)} -> ~{duration_fine(step_new)} "
+                   f"(the run waits for data {dw.share:.0%} of the time)")   # type: ignore[union-attr]
+        action += " The run waits for data, so it keeps some workers and its steps get slower."
+        ev["predicted_step_seconds"] = step_new
+    elif p.level is not None:
+        action += " If steps then wait for data, use 1."
+    f = lever_finding(data, p, "memory.workers", f"Reduce dataloader workers ({current} -> {rec})", action, impact,
+                      saves, ev, severity=severity)
+    f.expected_effect = lever_effect(data, p, saves, also=also)
     return apply_ref(f, ref, rec, measured=n)
 
 
 @lever("memory.batch_size")
 def batch_size(data: JobData, p: Pressure) -> Finding | None:
-    """The largest batch that fits, from the measured memory-vs-batch relation."""
-    bs = m.current_batch_size(data)
-    ref = resolve(data, "batch_size")
-    if bs is None and ref.source == "config" and isinstance(ref.current_value, int):
-        bs = ref.current_value
-    if p.level is None or bs is None or bs <= 1:
+    """The batch size from the batches that actually ran (runlens.analyze.measures.batches): the largest that
+    ran when the next one failed, else the largest the measured memory-vs-batch relation fits under THETA of
+    the limit, rounded. ``current_value`` is the batch the run really used when the config says another."""
+    if p.level is None:
         return None
     dom = p.domain
-    fit = m.batch_memory_fit(data, dom) if dom else None
-    ev: dict[str, Any] = {"batch_size": bs}
+    o = p.oom
+    failed_at = None
+    if o is not None:
+        failed_at = o.timestamp if o.timestamp is not None else float("inf")
+    choice = choose_batch(data, dom, failed_at, m.THETA)
+    if choice is None:
+        return None
+    bs, rec, fit = choice.current, choice.recommended, choice.fit
+    ev: dict[str, Any] = {"batch_size": bs, "last_batch_ran": choice.last_ran, "largest_ok": choice.largest_ok,
+                          "failed_batch_inferred": choice.inferred, "basis": choice.basis,
+                          "batch_sizes_ran": [[s.batch_size, s.steps] for s in batch_segments(data)][-20:]}
     if fit is not None:
-        bs_max = fit.max_batch(m.THETA)
         ev.update(static_gb=fit.static_gb, per_sample_gb=fit.per_sample_gb, total_gb=fit.total_gb,
-                  fit_method=fit.method, points=[list(x) for x in fit.points], bs_max=bs_max, theta=m.THETA)
-        if bs_max < 1:
-            return None   # even batch 1 does not fit under θ: batch size is not the lever
-        if bs_max >= bs:
-            if not p.oom:
-                return None
-            rec = max(1, bs // 2)   # the model says it fits; the OOM came from elsewhere: halve, low confidence
-            saves = fit.per_sample_gb * (bs - rec)
-            conf = 0.5
-        else:
-            rec = bs_max
-            saves = fit.per_sample_gb * (bs - rec)
-            conf = 1.0
-        impact = f"Peak -{gb_figure(saves)} GiB ({gb_figure(fit.per_sample_gb)} GiB per sample)"
+                  fit_method=fit.method, points=[list(x) for x in fit.points], bs_max=fit.max_batch(m.THETA),
+                  theta=m.THETA)
+    peak_now = dom.peak if dom is not None else None
+    pred = choice.predicted_peak_gb
+    saves = (peak_now - pred) if peak_now is not None and pred is not None and choice.basis != "halved" else None
+    if choice.basis == "ran":
+        impact = f"Batch {rec} ran in this run with a peak of {gb_figure(pred)} GiB"
+    elif saves is not None and fit is not None:
+        impact = f"Peak -{gb_figure(max(0.0, saves))} GiB ({gb_figure(fit.per_sample_gb)} GiB per sample)"
     else:
-        rec, saves, conf = max(1, bs // 2), None, 0.5
         impact = "Activation memory scales with the batch; halving it cuts the part above the model's own memory"
+    if choice.inferred:
+        impact += f"; batch {bs} (the ramp's next after {choice.last_ran}) failed"
     accum_ref = resolve(data, "gradient_accumulation")
     accum = accum_ref.current_value if isinstance(accum_ref.current_value, int) else 1
     new_accum = accum * math.ceil(bs / rec)
     ev["also_set"] = {accum_ref.path: new_accum} if accum_ref.path else {}
-    f = lever_finding(data, p, "memory.batch_size", f"Reduce batch size to {rec}",
+    f = lever_finding(data, p, "memory.batch_size", f"Reduce batch size {bs} -> {rec}",
                       f"Set the batch size {bs} -> {rec} and gradient accumulation {accum} -> {new_accum} to keep the "
-                      "effective batch.", impact, saves, ev, confidence=conf)
-    return apply_ref(f, ref, rec, measured=bs)
+                      "effective batch.", impact, saves, ev, confidence=0.5 if choice.basis == "halved" else 1.0)
+    if choice.basis == "halved":
+        ev["saving_measured"] = False
+    f.expected_effect = lever_effect(data, p, saves, predicted_peak=pred)
+    apply_ref(f, resolve(data, "batch_size"), rec, measured=bs)
+    prefer_measured(f, bs)
+    return f
 
 
 def _gpu_pressure(p: Pressure) -> bool:
@@ -148,7 +183,8 @@ def quantize(data: JobData, p: Pressure) -> Finding | None:
         impact = (f"Saves up to ~{gb_figure(saves)} GiB (weights {b_now:g} -> 1 B/param of the "
                   f"{gb_figure(static)} GiB held before the first step)")
         conf = 0.5
-        ev["static_gb"] = static
+        # An upper bound: that memory holds optimizer state and buffers too, which 8-bit weights do not shrink.
+        ev.update(static_gb=static, saving_measured=False)
     qtype = "qfloat8"
     env = data.job.get("environment") or {}
     layer_ref = resolve(data, "layer_offloading")
@@ -164,6 +200,7 @@ def quantize(data: JobData, p: Pressure) -> Finding | None:
                       (f"Set quantize to true with qtype {qtype}." if data.dialect == AITOOLKIT else
                        f"Quantize the model weights to 8 bit ({ref.hint or 'load it in 8 bit'})."),
                       impact, saves, ev, confidence=conf)
+    f.expected_effect = lever_effect(data, p, saves if ev.get("saving_measured") is not False else None)
     return apply_ref(f, ref, True)
 
 
@@ -189,6 +226,7 @@ def ema(data: JobData, p: Pressure) -> Finding | None:
     sev = "critical" if p.oom else "warning"
     f = lever_finding(data, p, "memory.ema", "Disable EMA", "Turn the EMA of the weights off.", impact, saves,
                       {"trainable_parameters": trainable, "bytes_per_param": b}, severity=sev)
+    f.expected_effect = lever_effect(data, p, saves)
     return apply_ref(f, ref, False)
 
 
@@ -204,11 +242,16 @@ def gradient_checkpointing(data: JobData, p: Pressure) -> Finding | None:
     act, _ = activation_gb(data, p)
     if act is None:
         return None
+    # The memory that grows with the batch is measured; how much of it checkpointing frees is not: it depends on
+    # which layers keep activations (an MLP's inputs and outputs are not freed). So no saving is claimed and the
+    # lever is never the primary one.
     f = lever_finding(data, p, "memory.gradient_checkpointing", "Enable gradient checkpointing",
                       "Turn gradient checkpointing on"
                       + (f" ({ref.hint})" if ref.path is None and ref.hint else "") + ".",
-                      f"Cuts most of the ~{gb_figure(act)} GiB of activation memory; {GC_SLOWDOWN}", act,
-                      {"activation_gb": act}, confidence=0.5)
+                      f"Recomputes part of the ~{gb_figure(act)} GiB that grows with the batch (how much depends on "
+                      f"the model's layers; not measured in this run); {GC_SLOWDOWN}", None,
+                      {"activation_gb": act, "saving_measured": False}, confidence=0.5)
+    f.expected_effect = lever_effect(data, p, None)
     return apply_ref(f, ref, True)
 
 
@@ -237,10 +280,15 @@ def resolution(data: JobData, p: Pressure) -> Finding | None:
     if act is None:
         return None
     saves = act * (1 - (r_new / r_max) ** 2)
+    # Activations scaling with the pixel count is a model of the network, not a measurement of this run: the
+    # saving is an estimate, so this lever is listed as an alternative, never the primary one.
     f = lever_finding(data, p, "memory.resolution", f"Drop the {r_max}px resolution",
                       f"Train at {new} instead of {res}.",
-                      f"Activations ×{(r_new / r_max) ** 2:.2f} (-{gb_figure(saves)} GiB)", saves,
-                      {"activation_gb": act, "resolution_max": r_max, "resolution_new": r_new})
+                      f"Activations ×{(r_new / r_max) ** 2:.2f} (about -{gb_figure(saves)} GiB if they scale with "
+                      "the pixel count)", saves,
+                      {"activation_gb": act, "resolution_max": r_max, "resolution_new": r_new,
+                       "saving_measured": False})
+    f.expected_effect = lever_effect(data, p, None)
     return apply_ref(f, ref, new)
 
 
@@ -282,6 +330,11 @@ def sampling_peak(data: JobData, p: Pressure) -> Finding | None:
                       f"Sampling peak {gb_figure(eval_peak)} GiB vs training peak {gb_figure(train_peak)} GiB", saves,
                       {"eval_peak_gb": eval_peak, "train_peak_gb": train_peak, "oom_in_eval": oom_in_eval},
                       severity="warning" if p.level == "warning" or not oom_in_eval else "critical")
+    # Skipping the samples before training removes that peak (the training peak was measured); sampling less
+    # often leaves each sampling's peak as it was.
+    f.expected_effect = lever_effect(data, p, saves, predicted_peak=train_peak if rec is True else None)
+    if rec is not True:
+        f.expected_effect = lever_effect(data, p, None)
     return apply_ref(f, ref, rec)
 
 
@@ -307,6 +360,7 @@ def fragmentation(data: JobData, p: Pressure) -> Finding | None:
                       f"{gb_figure(r)} GiB reserved but unallocated at the OOM{tail}", r,
                       {"reserved_unallocated_gb": r, "total_capacity_gb": t, "timestamp": o.timestamp},
                       severity="warning")
+    f.expected_effect = lever_effect(data, p, r)
     f.config_key = "PYTORCH_CUDA_ALLOC_CONF"
     f.config_path = "env:PYTORCH_CUDA_ALLOC_CONF"
     f.current_value, f.current_value_source = (current, "config") if current else (None, "unknown")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from runlens.analyze import effects
 from runlens.analyze import measures as m
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
@@ -182,6 +183,33 @@ def lever_finding(data: JobData, p: Pressure, rid: str, title: str, action: str,
                    memory_lever=True, confidence=confidence)
 
 
+def lever_effect(data: JobData, p: Pressure, saves: float | None, predicted_peak: float | None = None,
+                 also: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A lever's expected effect: the binding pool's peak now and with the lever (``predicted_peak`` when the
+    run measured it at the recommended value, else the peak minus ``saves``; null when neither is measured).
+    On a run that ran out of memory it is a failure effect: fixed when the memory the run needed, less the
+    saving, stays under the critical threshold of the limit; still failing when it stays above the limit."""
+    dom = p.domain
+    cur = dom.peak if dom is not None else None
+    pred = predicted_peak if predicted_peak is not None else (
+        cur - saves if cur is not None and saves is not None else None)
+    mem = effects.effect("peak_memory_gb", cur, pred)
+    rest = [mem, *(also or [])]
+    o = p.oom
+    if o is None:
+        return effects.effect("peak_memory_gb", cur, pred, also=also)
+    total = (o.details.get("total_capacity_gb") or (dom.total if dom is not None else None))
+    if pred is None or not total:
+        return effects.failure(None, also=rest)
+    tried = o.details.get("tried_to_allocate_gb") or 0.0
+    need_now = max(cur or 0.0, total) if o.source in (*SUSPECTED, "cgroup") else (cur or 0.0) + tried
+    # A value measured at the recommended setting is the need itself; a saving comes off what failed.
+    need = predicted_peak if predicted_peak is not None else need_now - (saves or 0.0)
+    crit = data.settings.memory_critical_threshold
+    fixed: bool | None = True if need <= crit * total else (False if need > total else None)
+    return effects.failure(fixed, also=rest)
+
+
 # -- levers ------------------------------------------------------------------------------------------------
 
 LeverFn = Callable[[JobData, Pressure], "Finding | None"]
@@ -206,16 +234,26 @@ def lever(rule_id: str) -> Callable[[LeverFn], Callable[[JobData], list[Finding]
 
 
 def quantified_levers(data: JobData, p: Pressure) -> list[Finding]:
-    """Every lever that applies and has a measured saving (computed once per job; copies are handed out)."""
+    """Every lever that applies and has a quantified saving, those this run measured first, each group by the
+    GiB it frees (computed once per job; copies are handed out)."""
     levers = m.memo(data, "memory_levers", lambda: [
         f for f in (b(data, p) for b in LEVERS) if f is not None and f.impact_value is not None])
-    return [copy.deepcopy(f) for f in levers]
+    ordered = sorted(levers, key=lambda f: (not saving_measured(f), -(f.impact_value or 0.0)))
+    return [copy.deepcopy(f) for f in ordered]
+
+
+def saving_measured(f: Finding) -> bool:
+    """The lever's saving comes from this run's measurements (not an upper bound or a model of the network)."""
+    return f.evidence.get("saving_measured") is not False
+
+
+def best_lever(data: JobData, p: Pressure) -> Finding | None:
+    """The lever whose measured saving is the largest; None when no lever's saving was measured."""
+    levers = [f for f in quantified_levers(data, p) if saving_measured(f)]
+    return levers[0] if levers else None
 
 
 def best_lever_title(data: JobData, p: Pressure) -> str | None:
     """"<title> (<impact>)" of the lever that frees the most, for the peak and swap findings' actions."""
-    levers = quantified_levers(data, p)
-    if not levers:
-        return None
-    best = max(levers, key=lambda f: f.impact_value or 0)
-    return f"{best.title.lower()} ({best.impact})"
+    best = best_lever(data, p)
+    return f"{best.title.lower()} ({best.impact})" if best is not None else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from runlens.analyze import effects
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.findings import Finding
@@ -63,4 +64,6 @@ def shm(data: JobData) -> list[Finding]:
                 impact_value=float(count) if count else size, impact_unit="occurrences" if count else "GB",
                 evidence={"shm_total_gb": size, "workers": n, "errors": count, "first_error_at": t,
                           "first_error": str(getattr(first, "message", ""))[:300] if first else None})
+    # With 0 workers no batch goes through shared memory: the error cannot recur.
+    f.expected_effect = effects.failure(True, failed=bool(errors))
     return [apply_ref(f, ref, 0, measured=workers_n or None)]
