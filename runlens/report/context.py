@@ -18,6 +18,7 @@ from typing import Any
 
 from runlens._version import __version__
 from runlens.analyze.contract import SCHEMA_VERSION, SEVERITY_ORDER
+from runlens.analyze.effects import effect_text
 from runlens.report.charts_memory import memory_timeline
 from runlens.report.charts_training import training_charts
 from runlens.report.context_tables import (
@@ -271,6 +272,8 @@ def _recommendation(r: Mapping[str, Any]) -> dict[str, Any]:
         current_text = "unknown" if source in (None, "unknown") else "not set"
     else:
         current_text = fmt_value(current) + (" (measured)" if source == "measured" else "")
+        if source == "measured" and r.get("config_value") is not None:
+            current_text = f"{fmt_value(current)} (ran; config {fmt_value(r.get('config_value'))})"
     evidence = as_mapping(r.get("evidence"))
     rid = as_text(r.get("id"))
     return {
@@ -280,6 +283,7 @@ def _recommendation(r: Mapping[str, Any]) -> dict[str, Any]:
         "title": as_text(r.get("title")) or rid or "Recommendation",
         "action": as_text(r.get("action")),
         "impact": as_text(r.get("impact")),
+        "expected": effect_text(as_mapping(r.get("expected_effect"))),
         "config_path": as_text(r.get("config_path")),
         "has_change": r.get("recommended_value") is not None or bool(r.get("config_path")),
         "current_text": current_text,

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import click
 
+from runlens.analyze.effects import effect_text
 from runlens.core import humanize
 
 __all__ = ["format_applied", "format_recommendations", "format_summary", "format_value"]
@@ -62,7 +63,8 @@ def format_summary(analysis: Mapping[str, Any], *, html_path: str | Path | None 
 
 
 def format_recommendations(recs: list[Mapping[str, Any]], *, color: bool = False, limit: int | None = None) -> str:
-    """The ranked recommendations, one block each: severity and title, impact, the change."""
+    """The ranked recommendations, one block each: severity and title, impact, the predicted effect, the change
+    (the value the run measurably used, and the config's own when that differs)."""
     style = _styler(color)
     if not recs:
         return "No recommendations: nothing in this run needs changing."
@@ -75,8 +77,13 @@ def format_recommendations(recs: list[Mapping[str, Any]], *, color: bool = False
         lines.append(f"{i:>2}. {tag} {r.get('title') or r.get('id')}{primary}")
         if r.get("impact"):
             lines.append(f"      impact: {r['impact']}")
+        predicted = effect_text(r.get("expected_effect"))
+        if predicted:
+            lines.append(f"      expected: {predicted}")
         if r.get("config_path"):
             current = format_value(r.get("current_value"), r.get("current_value_source"))
+            if r.get("current_value_source") == "measured" and r.get("config_value") is not None:
+                current += f" (ran; the config says {format_value(r.get('config_value'))})"
             lines.append(f"      change: {r['config_path']}: {current} -> {format_value(r.get('recommended_value'))}")
         elif r.get("action"):
             lines.append(f"      action: {r['action']}")
