@@ -354,8 +354,11 @@ def test_batch_size_from_two_observed_batch_sizes() -> None:
     assert f.evidence["fit_method"] == "fit"
     assert f.evidence["static_gb"] == pytest.approx(6.0) and f.evidence["per_sample_gb"] == pytest.approx(2.0)
     assert f.recommended_value == 7 and f.config_path == "config.process[0].train.batch_size"
-    assert f.current_value == 4 and f.current_value_source == "config"
+    # The run ended at batch 8 although its config says 4: the card says both, and reduces from 8.
+    assert (f.current_value, f.current_value_source, f.config_value) == (8, "measured", 4)
     assert f.impact_value == pytest.approx(2.0) and f.severity == "warning"
+    assert f.expected_effect == {"metric": "peak_memory_gb", "current": 22.0, "predicted": pytest.approx(20.0),
+                                 "unit": "GiB"}
     assert f.evidence["also_set"] == {"config.process[0].train.gradient_accumulation": 2}
 
 
@@ -431,10 +434,13 @@ def test_oom_names_the_best_measured_lever() -> None:
     d.events = events_frame({"timestamp": float(d.steps["timestamp"].iloc[-1]), "event_type": "cuda_oom",
                              "details": {"message": "CUDA out of memory. Tried to allocate 1.00 GiB"}})
     f = one(memory.oom(d), "memory.oom")
-    # activations 8 × 2 GB = 16 GB; dropping 1024px saves 16 × (1 - 0.75²) = 7 GB > quantization's 3 GB
-    assert f.severity == "critical" and f.evidence["best_lever"] == "memory.resolution"
-    assert f.alternatives[:3] == ["memory.resolution", "memory.quantize", "memory.batch_size"]
-    assert "7.00 GiB" in f.action
+    # Only the batch size's saving is measured (2 GB a sample, batch 8 -> 7: peak 20 of 24 GB); dropping 1024px
+    # (about 16 × (1 - 0.75²) = 7 GB if activations scale with pixels) and quantization (up to 3 GB of the static
+    # memory) are estimates: alternatives, listed after it by their estimate.
+    assert f.severity == "critical" and f.evidence["best_lever"] == "memory.batch_size"
+    assert f.alternatives[:3] == ["memory.batch_size", "memory.resolution", "memory.quantize"]
+    assert "2.00 GiB" in f.action
+    assert f.expected_effect == {"metric": "failure", "current": True, "predicted": False, "unit": "bool"}
 
 
 def test_sampling_oom_before_training_skips_first_sample() -> None:
@@ -580,14 +586,18 @@ def test_nonfinite_loss_from_the_monitor_marker() -> None:
     assert (f.config_path, f.current_value, f.recommended_value) == ("lr", 0.5, 0.25)
 
 
-def test_inf_loss_early_cuts_the_rate_tenfold_and_reports_onset() -> None:
+def test_inf_loss_sizes_the_rate_from_the_measured_growth_and_reports_onset() -> None:
     n = 80
     loss = np.r_[np.full(40, 1.0) + np.random.default_rng(1).normal(0, 0.01, 40), 10.0 ** np.arange(1, 21),
                  np.full(20, np.inf)]
     steps = steps_frame(n, loss=loss, learning_rate=1e-3)
     f = one(training.nonfinite_loss(job(steps=steps, config=HF, dialect="huggingface")), "training.nonfinite")
     assert f.evidence["step"] == 60 and f.evidence["diverging_since_step"] == 40
-    assert f.config_path == "TrainingArguments.learning_rate" and f.recommended_value == 1.5e-4
+    # The loss grew ×10 a step: the error ×√10 = 3.16, so lr·λ was 4.16; the rate that puts it at 1 is the
+    # config's 3e-4 / 4.16 = 7.2e-5 (rounded down).
+    assert f.evidence["growth_per_step"] == pytest.approx(10 ** 0.5) and f.evidence["growth_measured_on"] == "loss"
+    assert f.config_path == "TrainingArguments.learning_rate" and f.recommended_value == 7.2e-5
+    assert f.expected_effect == {"metric": "failure", "current": True, "predicted": False, "unit": "bool"}
     assert training.loss_spikes(job(steps=steps)) == []   # reported once, by training.nonfinite
 
 
@@ -637,11 +647,23 @@ def test_loss_not_decreasing() -> None:
 
 
 def test_gradient_always_clipped_uses_config_max_grad_norm() -> None:
+    """Clipped at the Trainer's default max_grad_norm: a lower rate only while the loss rises; while it falls
+    that is clipping at work (information, no change), and while it is flat a lower rate would slow it more."""
     g = np.r_[np.full(100, 0.5), np.full(100, 3.0)]
-    d = job(steps=steps_frame(200, gradient_norm=g, learning_rate=2e-4), config=HF, dialect="huggingface")
+    rising = np.linspace(1.0, 3.0, 200)
+    d = job(steps=steps_frame(200, loss=rising, gradient_norm=g, learning_rate=2e-4), config=HF,
+            dialect="huggingface")
     f = one(training.gradient_norm(d), "training.gradient_norm")
     assert f.evidence["max_grad_norm"] == 1.0 and f.evidence["clipped_share_last_20pct"] == 1.0
+    assert f.severity == "warning" and f.evidence["loss_trend"] == "rising"
     assert f.config_path == "TrainingArguments.learning_rate" and f.recommended_value == 1.5e-4  # 3e-4 / 2
+    falling = one(training.gradient_norm(job(steps=steps_frame(200, gradient_norm=g, learning_rate=2e-4), config=HF,
+                                             dialect="huggingface")), "training.gradient_norm")
+    assert (falling.severity, falling.recommended_value, falling.evidence["loss_trend"]) == ("info", None, "falling")
+    flat = 1.0 + np.random.default_rng(4).normal(0, 0.01, 200)
+    still = one(training.gradient_norm(job(steps=steps_frame(200, loss=flat, gradient_norm=g, learning_rate=2e-4),
+                                           config=HF, dialect="huggingface")), "training.gradient_norm")
+    assert (still.severity, still.recommended_value, still.evidence["loss_trend"]) == ("info", None, "flat")
     # Lightning without gradient_clip_val: no clipping to saturate
     assert training.gradient_norm(job(steps=steps_frame(200, gradient_norm=g), config=PL, dialect="lightning")) == []
 
