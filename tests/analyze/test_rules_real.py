@@ -12,6 +12,7 @@ The workloads live in this file and run as ``python tests/analyze/test_rules_rea
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -309,17 +310,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_torch]   # every workload trai
 def test_workers_holding_memory(tmp_path: Path, child_env: dict[str, str]) -> None:
     """(a) 3 workers × ~250 MB: memory.workers says "Saves ~X GB" within 25 % of the workers' measured PSS,
     at the ai-toolkit path of the config the run passed (and at each other dialect's path)."""
+    from runlens.analyze import measures as m_
+
     db, m = run_workload("workers", tmp_path, child_env)
     assert m["workers"] == 3 and m["worker_pss_gb"] > 0.6, m
     data = load(db, m["job_id"])
     assert data.dialect == "ai-toolkit"
-    f = one(analyse(data), "memory.workers")
+    findings = analyse(data)
+    dw = m_.data_wait(data)
+    if dw is not None and dw.share >= 0.05:
+        # A busy machine made the steps wait for data: with memory not short, fewer workers would only slow
+        # the run, so no card asks for them.
+        assert [f.id for f in findings if f.id == "memory.workers"] == []
+        return
+    f = one(findings, "memory.workers")
     # No memory pressure on this machine, so this is advice, not an alarm.
     assert f.severity == "info" and f.memory_lever
     assert f.config_path == "config.process[0].datasets[0].num_workers"
-    # 0 workers; or 1 when the steps measurably waited for data (≥ 5 %, a busy machine): fewer workers would
-    # then slow the run, so the rule keeps one and the saving is the PSS of the two it removes.
-    rec = 1 if f.evidence["data_wait_share"] >= 0.05 else 0
+    rec = 0
     assert (f.current_value, f.current_value_source, f.recommended_value) == (3, "config", rec)
     measured = m["worker_pss_gb"] * (3 - rec) / 3
     assert within(f.impact_value, measured), (f.impact, m)
@@ -350,9 +358,14 @@ def test_slow_dataset_is_input_bound(tmp_path: Path, child_env: dict[str, str]) 
     share = f.evidence["data_wait_share"]
     assert within(share, m["data_share"]), (share, m)
     assert f.impact_value == pytest.approx(share * 100)
-    cores = data.job["environment"].get("cpu_affinity_count") or data.job["environment"]["cpu_count"]
     assert (f.config_path, f.current_value, f.current_value_source) == ("num_workers", 0, "config")
-    assert f.recommended_value == min(max(cores - 2, 1), 2)
+    # The items sleep: loading waits, it does not compute, so the cores do not cap the workers, and enough of
+    # them to produce a batch within a step's own work, plus one, are recommended.
+    ev = f.evidence
+    assert ev["loading"] == "io", ev
+    assert f.recommended_value == math.ceil(ev["batch_seconds"] / ev["compute_seconds"]) + 1
+    assert f.expected_effect["metric"] == "step_time_seconds"
+    assert f.expected_effect["predicted"] == pytest.approx(ev["compute_seconds"])
     print(f"\nslow data: measured share {m['data_share']:.3f}; finding {share:.3f}: {f.title}")
 
 
