@@ -13,6 +13,7 @@ schedule, ``auto_find_batch_size``) used others, and the steps record each (``ba
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,9 +79,11 @@ class BatchChoice:
 
 
 def choose_batch(data: JobData, series: MemorySeries | None, failed_at: float | None,
-                 theta: float = THETA) -> BatchChoice | None:
+                 theta: float = THETA, need_gb: float | None = None) -> BatchChoice | None:
     """The batch size to recommend. ``failed_at``: when the run ran out of memory (None when it only came
-    close). None when the steps recorded no batch size, or when no smaller batch is called for."""
+    close); ``need_gb``: what the failing batch needed, where the failure says (the peak plus the allocation
+    that failed, or the limit for a kill). None when the steps recorded no batch size, or when no smaller batch
+    is called for."""
     segs = batch_segments(data)
     if not segs:
         return None
@@ -105,8 +108,14 @@ def choose_batch(data: JobData, series: MemorySeries | None, failed_at: float | 
                                peak_at(last.batch_size), fit)
         smaller = [b for b in ran if b < last.batch_size]
         largest_ok = max(smaller) if smaller else None
-        if fit is not None and 1 <= fit.max_batch(theta) < last.batch_size:
-            cand, basis = fit.max_batch(theta), "fit"
+        bs_max = fit.max_batch(theta) if fit is not None else 0
+        if fit is not None and need_gb is not None and need_gb > fit.predict(last.batch_size):
+            # The failing batch needed more than the relation says (the allocation that failed on top of the
+            # peak the samples saw): size the batch by what it really needed a sample.
+            per = (need_gb - fit.static_gb) / last.batch_size
+            bs_max = math.floor((theta * fit.total_gb - fit.static_gb) / per) if per > 0 else 0
+        if fit is not None and 1 <= bs_max < last.batch_size:
+            cand, basis = bs_max, "fit"
         else:   # no relation measured, or it says the batch fits (the OOM came from elsewhere): halve
             cand, basis = last.batch_size // 2, "halved"
         rec = round_batch(max(cand, 1), ran)

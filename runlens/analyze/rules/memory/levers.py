@@ -112,10 +112,11 @@ def batch_size(data: JobData, p: Pressure) -> Finding | None:
         return None
     dom = p.domain
     o = p.oom
-    failed_at = None
+    failed_at = need = None
     if o is not None:
         failed_at = o.timestamp if o.timestamp is not None else float("inf")
-    choice = choose_batch(data, dom, failed_at, m.THETA)
+        need = _memory_needed(o, dom)
+    choice = choose_batch(data, dom, failed_at, m.THETA, need)
     if choice is None:
         return None
     bs, rec, fit = choice.current, choice.recommended, choice.fit
@@ -150,6 +151,21 @@ def batch_size(data: JobData, p: Pressure) -> Finding | None:
     apply_ref(f, resolve(data, "batch_size"), rec, measured=bs)
     prefer_measured(f, bs)
     return f
+
+
+def _memory_needed(o: m.OomOccurrence, dom: m.MemorySeries | None) -> float | None:
+    """What the step that failed needed, as far as the failure says: the memory in use plus the allocation that
+    failed (the allocator's message), or at least the limit (a kill)."""
+    figs = o.details
+    tried = figs.get("tried_to_allocate_gb")
+    if figs.get("total_capacity_gb") and figs.get("free_gb") is not None and tried:
+        return float(figs["total_capacity_gb"] - figs["free_gb"] + tried)
+    peak = dom.peak if dom is not None else None
+    if tried and peak is not None:
+        return float(peak + tried)
+    if o.source in ("cgroup", "exit", "suspected") and dom is not None and dom.total:
+        return max(float(dom.total), peak or 0.0)
+    return None
 
 
 def _gpu_pressure(p: Pressure) -> bool:
