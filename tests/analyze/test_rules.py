@@ -612,13 +612,19 @@ def test_nonfinite_quiet_on_finite_run_and_fp16_skips() -> None:
 
 def test_loss_spikes_recovered_and_diverged() -> None:
     rng = np.random.default_rng(2)
-    loss = 1.0 + rng.normal(0, 0.02, 900)
+    loss = 1.0 + np.exp(-np.arange(900) / 300) + rng.normal(0, 0.02, 900)
     for s in (200, 450, 700):
         loss[s:s + 8] = 5.0
     f = one(training.loss_spikes(job(steps=steps_frame(900, loss=loss, learning_rate=1e-3))), "training.loss_spikes")
     assert f.severity == "warning" and f.evidence["count"] == 3
     assert [s["step"] for s in f.evidence["spikes"]] == [200, 450, 700]
     assert f.recommended_value == 5e-4
+    # The same spikes on a loss that no longer falls: a lower rate would slow it further, so none is set.
+    flat = 1.0 + rng.normal(0, 0.02, 900)
+    for s in (200, 450, 700):
+        flat[s:s + 8] = 5.0
+    h = one(training.loss_spikes(job(steps=steps_frame(900, loss=flat, learning_rate=1e-3))), "training.loss_spikes")
+    assert h.severity == "warning" and h.recommended_value is None and "warm-up" in h.action
     div = 1.0 + rng.normal(0, 0.02, 400)
     div[300:] = np.linspace(3, 50, 100)
     g = one(training.loss_spikes(job(steps=steps_frame(400, loss=div))), "training.loss_spikes")

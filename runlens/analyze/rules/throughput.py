@@ -159,6 +159,9 @@ def _headroom(data: JobData) -> tuple[int, int, m.BatchFit] | None:
         dom = m.ram_series(data)
     if dom is None or dom.peak_ratio is None or dom.peak_ratio >= HEADROOM_RATIO:
         return None
+    ram = m.ram_series(data)
+    if ram is not None and (ram.peak_ratio or 0.0) >= data.settings.memory_warning_threshold:
+        return None   # a bigger batch also takes more host memory (inputs, pinned buffers): not while RAM is short
     bs = m.current_batch_size(data)
     fit = m.batch_memory_fit(data, dom)
     if bs is None or fit is None:

@@ -287,6 +287,10 @@ def loss_spikes(data: JobData) -> list[Finding]:
                 expected_effect=effects.effect("loss_spikes", len(eps), None, "count"))
     if diverged:
         return _lower_lr(data, f, len(steps), 2, "; restart from a checkpoint before the spike.")
+    if sev != "info" and _loss_trend(data) == "flat":
+        # Spikes on a loss that no longer falls: a lower rate would slow it further.
+        f.action = "Lengthen the warm-up or clip the gradient norm at 1.0 to absorb the spikes."
+        return [f]
     if lr and sev != "info":
         return [apply_ref(f, ref, _fmt_lr(lr / 2), measured=measured)]
     return [f]
