@@ -50,7 +50,7 @@ import psutil
 
 from runlens.core.humanize import duration
 from runlens.core.numbers import parse_float
-from runlens.core.oom import CUDA_OOM_TEXT, HOST_OOM_TEXT
+from runlens.core.oom import CONTAINER_OOM_KILL_REASON, CUDA_OOM_TEXT, HOST_OOM_TEXT
 from runlens.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -234,6 +234,9 @@ def classify_failure(job: Mapping[str, Any], event: Mapping[str, Any] | None = N
         cause, reason = "cuda_oom", "CUDA out of memory" + (f": {first}" if first else "")
         if "out of memory" in first.lower():
             reason = first
+    elif stored.startswith(CONTAINER_OOM_KILL_REASON) or (etype == "host_oom_suspected" and details.get("confirmed")):
+        # the job's memory cgroup counted the kill: its container's limit, not the host's RAM
+        cause, reason = "host_oom", stored or CONTAINER_OOM_KILL_REASON
     elif etype == "host_oom_suspected" or HOST_OOM_TEXT.search(text):
         cause, reason = "host_oom", "killed by the host's OOM killer (out of RAM)"
     elif _NCCL_TIMEOUT.search(text):

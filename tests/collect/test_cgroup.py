@@ -24,6 +24,7 @@ from runlens.collect.child import end_status
 from runlens.collect.sampler import SystemSampler
 from runlens.core.oom import CONTAINER_OOM_KILL_REASON, OOM_KILL_REASON
 from runlens.store import open_store
+from runlens.watch.status import classify_failure
 
 MIB = 1 << 20
 V1_NO_LIMIT = "9223372036854771712"
@@ -182,6 +183,17 @@ def test_a_sigkill_the_cgroup_counted_is_an_oom_kill_at_the_container_limit() ->
     for kills in (None, 0):
         end = end_status(-signal.SIGKILL, container_oom_kills=kills)
         assert end["status_reason"] == OOM_KILL_REASON and not end["oom_confirmed"]
+
+
+def test_status_names_the_containers_kill_and_keeps_the_hosts_for_a_bare_sigkill() -> None:
+    """`runlens status` and the alerts read the wrapper's reason: the container's limit, not "out of RAM"."""
+    end = end_status(-signal.SIGKILL, container_oom_kills=1, container_limit_gb=2.0)
+    job = {"status": "failed", "status_reason": end["status_reason"], "exit_code": 137, "exit_signal": 9}
+    cause, reason = classify_failure(job, {"event_type": "host_oom_suspected", "details": {"confirmed": True}})
+    assert cause == "host_oom" and reason == end["status_reason"]
+    bare = {"status": "failed", "status_reason": OOM_KILL_REASON, "exit_code": 137, "exit_signal": 9}
+    cause, reason = classify_failure(bare, {"event_type": "host_oom_suspected", "details": {}})
+    assert cause == "host_oom" and "out of RAM" in reason
 
 
 def test_a_worker_killed_in_the_cgroup_is_named_when_the_main_process_exits() -> None:
