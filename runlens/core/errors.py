@@ -12,6 +12,7 @@ turns them into one line on stderr and an exit code, and anything else is a bug.
     ├── LogNotWritable(path, reason)   the job's log file cannot be created         (exit 2)
     ├── CommandNotStarted(command, reason, exit_code)
     │                                  ``runlens collect``'s command cannot start   (exit 127 or 126)
+    ├── BadParameter(name, reason)     a request or option value that makes no sense (exit 2; HTTP 400)
     └── BrokenInstall(what)            a file runlens ships is missing              (exit 1)
 """
 
@@ -102,6 +103,18 @@ class CommandNotStarted(RunlensError):
         self.reason = reason
         self.exit_code = exit_code
         super().__init__(f"cannot run {command!r}: {reason}")
+
+
+class BadParameter(RunlensError):
+    """A parameter (of a ``runlens ui`` request, say) whose value cannot be used: not a number, out of range,
+    not one of the allowed words."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"bad parameter {name!r}: {reason}")
 
 
 class BrokenInstall(RunlensError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -62,8 +63,12 @@ def _check_sqlite_file(path: Path, url: str, create: bool) -> None:
         raise StoreUnavailable(shown, f"{path} is not a SQLite database (corrupt or another kind of file)")
 
 
-def create_store_engine(url: str, *, create: bool = True) -> Engine:
-    """An Engine for ``url``; for a SQLite file, checks the file first so errors name the real problem."""
+def create_store_engine(url: str, *, create: bool = True, read_only: bool = False) -> Engine:
+    """An Engine for ``url``; for a SQLite file, checks the file first so errors name the real problem.
+
+    ``read_only``: the database refuses writes from this engine (a SQLite file opened with ``mode=ro``, a
+    PostgreSQL session whose transactions are read-only), for readers that promise never to write.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -77,17 +82,31 @@ def create_store_engine(url: str, *, create: bool = True) -> Engine:
         # leaves no pooled connection holding a lock.
         kwargs["poolclass"] = NullPool
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        if read_only and path is not None:
+            kwargs["url"] = f"{parsed.drivername}:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
     elif parsed.drivername.startswith("postgresql"):
         kwargs["pool_pre_ping"] = True
         if parsed.drivername == "postgresql":
             kwargs["url"] = parsed.set(drivername="postgresql+psycopg")
+        if read_only:
+            kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
     try:
         engine = create_engine(kwargs.pop("url", parsed), **kwargs)
     except Exception as exc:  # a missing driver, a bad option
         raise StoreUnavailable(redact_url(url), str(exc).splitlines()[0]) from None
     if parsed.drivername.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_reader_pragmas if read_only else _sqlite_pragmas)
     return engine
+
+
+def _sqlite_reader_pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    """A read-only connection keeps the busy timeout; the journal mode is the writers' to set (setting it
+    is a write, refused on a read-only file)."""
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cur.close()
 
 
 def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:

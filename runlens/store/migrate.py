@@ -84,6 +84,23 @@ def _check_known(found: str | None, url: str) -> None:
         raise SchemaTooNew(found, HEAD_REVISION, redact_url(url))
 
 
+def verify_schema(engine: Engine, url: str) -> None:
+    """Check, without writing, that the store at ``url`` is at HEAD_REVISION: for readers that never migrate.
+
+    Raises:
+        SchemaTooNew: written by a newer runlens.
+        StoreUnavailable: not a runlens store, or one that needs ``runlens db upgrade`` first.
+    """
+    with engine.connect() as conn:
+        found = current_revision(conn)
+    _check_known(found, url)
+    if found is None:
+        raise StoreUnavailable(redact_url(url), "not a runlens store (no runlens tables; run a job first)")
+    if found != HEAD_REVISION:
+        raise StoreUnavailable(redact_url(url), f"its schema {found} is older than this runlens's "
+                               f"{HEAD_REVISION}; run 'runlens db upgrade' first")
+
+
 def ensure_schema(engine: Engine, *, retry_for: float = 30.0) -> None:
     """Bring the store to HEAD_REVISION, or raise SchemaTooNew without writing anything.
 

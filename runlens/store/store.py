@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
@@ -26,7 +26,7 @@ from runlens.core.settings import resolve_db_url
 from runlens.store import models
 from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, ValuesPlan, bind_limit, insert_values
 from runlens.store.engine import create_store_engine
-from runlens.store.migrate import ensure_schema
+from runlens.store.migrate import ensure_schema, verify_schema
 
 TABLES: dict[str, Table] = {
     "jobs": models.Job.__table__,  # type: ignore[dict-item]
@@ -304,6 +304,100 @@ class Store:
             row = conn.execute(q).mappings().first()
         return dict(row) if row is not None else None
 
+    # -- the reads of the web UI (runlens ui): a page of jobs, their figures, what changed since a poll -------
+
+    def find_jobs(self, limit: int = 50, *, status: str | None = None, name: str | None = None,
+                  before: str | None = None) -> list[dict[str, Any]]:
+        """One page of jobs, newest first, without their config, argv and environment (a list shows none).
+
+        Args:
+            status: only jobs with this stored status (one of ``JOB_STATUSES``).
+            name: only jobs whose name contains this, in any case.
+            before: a job id: only the jobs listed after it (created before it), for the next page.
+
+        Raises:
+            JobNotFound: ``before`` names no job.
+        """
+        jobs = TABLES["jobs"]
+        q = select(*(c for c in jobs.c if c.name not in ("config", "argv", "environment")))
+        if status is not None:
+            q = q.where(jobs.c.status == status)
+        if name:
+            q = q.where(func.lower(jobs.c.name).contains(name.lower(), autoescape=True))
+        with self.connect() as conn:
+            if before is not None:
+                mark = conn.execute(select(jobs.c.created_at).where(jobs.c.job_id == before)).first()
+                if mark is None:
+                    raise JobNotFound(before)
+                q = q.where(or_(jobs.c.created_at < mark[0],
+                                and_(jobs.c.created_at == mark[0], jobs.c.job_id < before)))
+            q = q.order_by(jobs.c.created_at.desc(), jobs.c.job_id.desc()).limit(limit)
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def job_figures(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Per job: ``steps`` (per rank: the most any rank recorded), ``ranks``, ``peak_memory_gb``,
+        ``total_memory_gb``, ``peak_gpu_memory_gb`` and ``last_sample_at``. Only these jobs' rows are grouped."""
+        ids = list(dict.fromkeys(job_ids))
+        out: dict[str, dict[str, Any]] = {j: {"steps": None, "ranks": None, "peak_memory_gb": None,
+                                              "total_memory_gb": None, "peak_gpu_memory_gb": None,
+                                              "last_sample_at": None} for j in ids}
+        if not ids:
+            return out
+        steps, samples = TABLES["step_metrics"], TABLES["metrics_samples"]
+        per_rank = (select(steps.c.job_id, func.count().label("n")).where(steps.c.job_id.in_(ids))
+                    .group_by(steps.c.job_id, steps.c.rank).subquery())
+        step_q = (select(per_rank.c.job_id, func.max(per_rank.c.n).label("steps"), func.count().label("ranks"))
+                  .group_by(per_rank.c.job_id))
+        peak_q = (select(samples.c.job_id, func.max(samples.c.used_memory_gb).label("peak_memory_gb"),
+                         func.max(samples.c.total_memory_gb).label("total_memory_gb"),
+                         func.max(samples.c.gpu_memory_used_gb).label("peak_gpu_memory_gb"),
+                         func.max(samples.c.timestamp).label("last_sample_at"))
+                  .where(samples.c.job_id.in_(ids)).group_by(samples.c.job_id))
+        with self.connect() as conn:
+            for q in (step_q, peak_q):
+                for r in conn.execute(q).mappings():
+                    out[r["job_id"]].update({k: v for k, v in r.items() if k != "job_id"})
+        return out
+
+    def job_health(self, job_ids: Sequence[str]) -> dict[str, str | None]:
+        """Per job, the health of its newest stored analysis (None when never analysed)."""
+        ids = list(dict.fromkeys(job_ids))
+        out: dict[str, str | None] = dict.fromkeys(ids)
+        if ids:
+            t = TABLES["analysis_reports"]
+            newest = select(func.max(t.c.id)).where(t.c.job_id.in_(ids)).group_by(t.c.job_id).scalar_subquery()
+            with self.connect() as conn:
+                out.update(dict(conn.execute(select(t.c.job_id, t.c.health_score).where(t.c.id.in_(newest))).all()))
+        return out
+
+    def data_marker(self, job_id: str) -> tuple[Any, ...]:
+        """What changes when a job records anything: its newest step (time, number), sample, event and
+        analysis. Each is one index lookup, so a cache can ask on every request whether it is stale."""
+        steps, samples, events, reports = (TABLES[t] for t in ("step_metrics", "metrics_samples",
+                                                                "training_events", "analysis_reports"))
+        q = select(*(select(f).where(t.c.job_id == job_id).scalar_subquery() for t, f in (
+            (steps, func.max(steps.c.timestamp)), (steps, func.max(steps.c.step)),
+            (samples, func.max(samples.c.timestamp)), (events, func.max(events.c.timestamp)),
+            (reports, func.max(reports.c.created_at)))))
+        with self.connect() as conn:
+            return tuple(conn.execute(q).one())
+
+    def events_since(self, job_id: str, since: float | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """The job's events after ``since`` (all without it), oldest first, at most the newest ``limit``."""
+        t = TABLES["training_events"]
+        q = select(t.c.id, t.c.timestamp, t.c.event_type, t.c.details, t.c.rank, t.c.step).where(t.c.job_id == job_id)
+        if since is not None:
+            q = q.where(t.c.timestamp > since)
+        q = q.order_by(t.c.timestamp.desc(), t.c.id.desc()).limit(limit)
+        with self.connect() as conn:
+            return [dict(r) for r in reversed(conn.execute(q).mappings().all())]
+
+    def latest_analysis_id(self, job_id: str) -> int | None:
+        """The id of the job's newest stored analysis, None when it was never analysed."""
+        t = TABLES["analysis_reports"]
+        with self.connect() as conn:
+            return conn.execute(select(func.max(t.c.id)).where(t.c.job_id == job_id)).scalar()
+
     def count(self, table: str, job_id: str | None = None) -> int:
         t = TABLES[table]
         q = select(func.count()).select_from(t)
@@ -388,21 +482,26 @@ def error_reason(exc: SQLAlchemyError) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def open_store(db: str | None = None, *, create: bool = True, migrate: bool = True) -> Store:
+def open_store(db: str | None = None, *, create: bool = True, migrate: bool = True,
+               read_only: bool = False) -> Store:
     """Open (and if needed create and migrate) the store at ``db`` (URL or path; default from settings).
 
     Args:
         db: a SQLAlchemy URL or a bare SQLite path; None means ``RUNLENS_DB`` or ``./runlens.db``.
         create: create a missing SQLite file (collectors); readers pass False to get a clear error instead.
         migrate: bring the schema to head; a schema newer than this runlens raises SchemaTooNew.
+        read_only: a reader that never writes (``runlens ui``): the database refuses this store's writes, nothing
+            is created or migrated, and a schema other than head is refused with the fix.
 
     Raises:
         StoreUnavailable, SchemaTooNew
     """
     url = resolve_db_url(db)
-    engine = create_store_engine(url, create=create)
+    engine = create_store_engine(url, create=create and not read_only, read_only=read_only)
     try:
-        if migrate:
+        if read_only:
+            verify_schema(engine, url)
+        elif migrate:
             ensure_schema(engine)
     except (OperationalError, DatabaseError) as exc:
         engine.dispose()
