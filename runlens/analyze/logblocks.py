@@ -22,6 +22,7 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING
 
+from runlens.analyze import logcategories as lc
 from runlens.analyze import logpatterns as lp
 
 if TYPE_CHECKING:
@@ -44,17 +45,33 @@ _PCT_BAR = re.compile(r"\d{1,3}%\|")
 _KERAS = re.compile(r"^\s*\d+/\d+ \[[=>.]*\]")
 
 
+# What a failure writes: an earlier ``\r`` segment or a piece between two progress bars that says one of these is
+# kept although the terminal overwrote it (a traceback printed while a bar redraws, an OOM another rank wrote
+# into the middle of a bar). Case-sensitive: a bare "ERROR" that a bar overwrote stays unshown.
+STRONG_WORDS = (
+    "Traceback (most recent call last)", "out of memory", "OutOfMemory", "Error: ", "Segmentation fault",
+    "Fatal Python error", "Killed", "CANCELLED AT", "death signal",
+)
+STRONG_SEGMENT = re.compile(lp.trie(STRONG_WORDS).encode())
+_STRONG_TEXT = re.compile(STRONG_SEGMENT.pattern.decode())
+# The head of the next bar at the end of a piece between two bars: "split=val:   0%|      | 0/6 ", or what is
+# left of it where the glued text overwrote its start ("        | 0/6 ").
+_BAR_HEAD = re.compile(
+    r"\s*(?:\S*\s*\d{1,3}%)?\|[^|\n]*\|?\s*[\d.]+[kMGT]?(?:/[\d.?]+[kMGT]?)?(?:\(max\))?\s*$"
+)
+
+
 def clean(raw: bytes) -> tuple[str, int | None] | None:
-    """A raw log line -> (text, rank), or None for a progress bar or binary junk."""
+    """A raw log line -> (text, rank), or None for a progress bar or binary junk.
+
+    Of a line rewritten with ``\\r`` the text is what a terminal shows (the last non-empty segment), unless an
+    earlier segment reports a failure. Text glued after a progress bar, or between two bars drawn on one line,
+    is what counts of a bar line; a bar alone counts only when its postfix shows a non-finite loss
+    (``loss=nan`` in a Lightning or kohya bar, ``- loss: nan`` in a Keras one).
+    """
     raw = raw.rstrip(b"\r")
-    cr = raw.rfind(b"\r")
-    while cr >= 0:  # what a terminal shows: the last non-empty segment
-        seg = raw[cr + 1 :]
-        if seg.strip():
-            raw = seg
-            break
-        raw = raw[:cr]
-        cr = raw.rfind(b"\r")
+    if b"\r" in raw:
+        raw = _shown_segment(raw)
     if len(raw) > MAX_LINE:
         raw = raw[: MAX_LINE // 2] + b" [...] " + raw[-MAX_LINE // 2 :]
     text = raw.decode("utf-8", "replace")
@@ -66,17 +83,56 @@ def clean(raw: bytes) -> tuple[str, int | None] | None:
             return None  # mostly non-printable: binary junk
         text = _CTRL.sub("", text)
     rank, text = _strip_rank(text, None)
-    last = None
-    for last in _TQDM.finditer(text):
-        pass
-    if last is not None:
-        text = text[last.end() :]  # text glued after a progress bar
-        if not text.strip():
+    bars = list(_TQDM.finditer(text))
+    if bars:
+        glued = _glued_text(text, bars)
+        if glued is not None:
+            rank, text = _strip_rank(glued, rank)
+        elif not _nonfinite_progress(text):
             return None
-        rank, text = _strip_rank(text, rank)
-    elif _PCT_BAR.search(text) or _KERAS.match(text):
+    elif (_PCT_BAR.search(text) or _KERAS.match(text)) and not _nonfinite_progress(text):
         return None
     return text.rstrip(), rank
+
+
+def _shown_segment(raw: bytes) -> bytes:
+    """Of a ``\\r``-rewritten line: the last earlier segment that reports a failure, else the last non-empty
+    one (what the terminal shows)."""
+    segments = [seg for seg in raw.split(b"\r") if seg.strip()]
+    if not segments:
+        return b""
+    if not STRONG_SEGMENT.search(segments[-1]):
+        for seg in reversed(segments[:-1]):
+            if STRONG_SEGMENT.search(seg):
+                return seg
+    return segments[-1]
+
+
+def _glued_text(text: str, bars: list[re.Match[str]]) -> str | None:
+    """The text printed into a line of progress bars: after the last bar, or between two of them (a traceback
+    that started while nested bars redrew), without the next bar's head; None when there is none."""
+    pieces = []
+    for i, bar in enumerate(bars):
+        end = bars[i + 1].start() if i + 1 < len(bars) else len(text)
+        piece = text[bar.end() : end]
+        if i + 1 < len(bars):
+            piece = _BAR_HEAD.sub("", piece)
+        if piece.strip():
+            pieces.append(piece)
+    if not pieces:
+        return None
+    for piece in pieces:
+        if TB_START in piece:
+            return piece
+    return next((p for p in reversed(pieces) if _STRONG_TEXT.search(p)), pieces[-1])
+
+
+def _nonfinite_progress(text: str) -> bool:
+    """Whether a progress bar's text shows a NaN/Inf loss or gradient norm."""
+    low = text.lower()
+    if "nan" not in low and "inf" not in low:
+        return False
+    return lc.GRAD_NORM_NAN.search(text) is not None or any(p.search(text) for p in lc.NAN_LOSS_PATTERNS)
 
 
 def _strip_rank(text: str, rank: int | None) -> tuple[int | None, str]:
@@ -124,9 +180,12 @@ class Text:
 # -- multi-line blocks ---------------------------------------------------------------------------------------
 
 TB_START = "Traceback (most recent call last)"
+# The lines that chain one traceback to the next in the same finding; torch.multiprocessing.spawn's
+# ProcessRaisedException carries the child's traceback as its message, after "-- Process N terminated ...".
 _CHAIN = re.compile(
     r"^(?:During handling of the above exception, another exception occurred"
-    r"|The above exception was the direct cause of the following exception)"
+    r"|The above exception was the direct cause of the following exception"
+    r"|-- Process \d+ terminated with the following error:)"
 )
 _EXC_CONT = re.compile(
     r"^(?:CUDA kernel errors|For debugging consider|Compile with .?TORCH_USE_CUDA_DSA"
@@ -135,6 +194,13 @@ _EXC_CONT = re.compile(
     r"|Please try to raise|It is possible that|HINT\b|This might be caused|If reserved but unallocated"
     r"|See documentation for Memory Management|Search for .cuda|\[?[=\-]{5,}\]?$|\S+ FAILED$|Failures:"
     r"|Root Cause|\[\d+\]:$|<NO_OTHER_FAILURES>|nccl\w*Error\b|Last error:)"
+)
+# huggingface_hub's and requests' error messages continue after a blank line ("401 Client Error.\n\nCannot
+# access gated repo for url ...\nAccess to model X is restricted ..."): these lines belong to the exception.
+_EXC_AFTER_GAP = re.compile(
+    r"^\s*(?:Cannot access gated repo|Repository Not Found for url|Revision Not Found for url"
+    r"|Entry Not Found for url|Access to model|Repo model|Please make sure you specified|If you are trying to"
+    r"|Invalid username or password|Make sure to have access)"
 )
 NATIVE_START = re.compile(r"Fatal Python error: |terminate called (?:after throwing|without an active)")
 _NATIVE_CONT = re.compile(
@@ -162,6 +228,7 @@ class Block:
         self.text = Text()
         self.lines = 0
         self.header: LogFinding | None = None
+        self.marker: str | None = None  # the level its first line's prefix declares ("WARNING:root:Traceback")
 
     def add(self, s: str) -> None:
         self.text.add(s)
@@ -235,7 +302,7 @@ class Traceback(Block):
                 return TAKE
             if TB_START in s:
                 return REJECT
-            if s[0] in " \t" or _EXC_CONT.match(s):
+            if s[0] in " \t" or _EXC_CONT.match(s) or _EXC_AFTER_GAP.match(s):
                 self.add(s)
                 self.trailers.append(s.strip())
                 return TAKE
@@ -244,6 +311,11 @@ class Traceback(Block):
             if blank:
                 self.blanks += 1
                 return TAKE if self.blanks <= 2 else REJECT
+            if _EXC_AFTER_GAP.match(s):
+                self.add(s)
+                self.trailers.append(s.strip())
+                self.state = "exception"
+                return TAKE
             if _CHAIN.match(s):
                 self.add("")
                 self.add(s)

@@ -1,5 +1,6 @@
 """The figures a log finding carries, by category: OOM sizes in GiB, NCCL timeouts and sequence numbers, exit
-codes, signals, loss scales, errnos, the arguments argparse rejected.
+codes, signals, loss scales, errnos, the arguments argparse rejected, the port a rendezvous could not bind, why
+a scheduler ended a job, the Hub repo or network host that failed, which quantity went non-finite.
 
 Sizes printed by PyTorch are binary whatever their label (MPS prints "GB" and "MB" for GiB and MiB), so every
 unit is read as 1024-based through ``runlens.core.units``.
@@ -8,9 +9,11 @@ unit is read as 1024-based through ``runlens.core.units``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
-from runlens.analyze.logpatterns import MIN_SCALE, rx
+from runlens.analyze import logcategories as lc
+from runlens.analyze.logcategories import MIN_SCALE, rx
 from runlens.core.units import GIB, unit_to_gib
 
 _SIZE = r"(\d+(?:\.\d+)?)\s*(bytes|[KMGT]i?B|B)\b"
@@ -157,16 +160,8 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
         m = _CUDA_STATUS.search(text)
         if m:
             d["status"] = m.group(1)
-    elif category == "segfault":
-        for sig, word in (
-            ("SIGSEGV", "Segmentation"),
-            ("SIGABRT", "Abort"),
-            ("SIGBUS", "Bus error"),
-            ("SIGILL", "Illegal instruction"),
-        ):
-            if word in text:
-                d["signal"] = sig
-                break
+    elif category in _MORE:
+        d = _MORE[category](text)
     elif category == "config_error":
         m = _UNRECOGNIZED.search(text)
         if m:
@@ -179,3 +174,125 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
             else "python"
         )
     return d
+
+
+# -- signals, schedulers, ports, the Hub, the network, non-finite values ---------------------------------------
+
+_SIGNAL_WORDS = (
+    ("SIGABRT", re.compile(r"\bAbort|\bSIGABRT\b|\bexitcode\s*:\s*-6\b|\bexit(?:ed with)?[ _]?code:? ?134\b")),
+    ("SIGBUS", re.compile(r"Bus error|\bSIGBUS\b")),
+    ("SIGILL", re.compile(r"Illegal instruction|\bSIGILL\b")),
+)
+_WORKER = re.compile(r"DataLoader worker|encountered in worker", re.IGNORECASE)
+_SIGNAL_PID = re.compile(r"received by PID (\d+)|\(pid: (\d+)\)")
+_PORT = re.compile(r"\[::\]:(\d+)|0\.0\.0\.0:(\d+)|\bport:? (\d+)|:(\d+) \(errno: 98")
+_KINDS = (  # why a scheduler ended the job, first match wins
+    ("preemption", re.compile(r"PREEMPT", re.IGNORECASE)),
+    ("node_failure", re.compile(r"NODE FAIL", re.IGNORECASE)),
+    ("requeue", re.compile(r"REQUEUE", re.IGNORECASE)),
+    ("time_limit", re.compile(r"TIME LIMIT|DUE TO TIME|walltime|wallclock|RUNLIMIT|CPULIMIT|DeadlineExceeded"
+                              r"|active longer than", re.IGNORECASE)),
+    ("cancelled", re.compile(r"CANCELLED AT|TERM_(?:FORCE_)?(?:OWNER|ADMIN)", re.IGNORECASE)),
+    ("terminated", re.compile(r"Terminated")),
+)
+_SCHEDULERS = (
+    ("slurm", re.compile(r"slurmstepd|\bsrun\b|\*\*\* (?:JOB|STEP) ")),
+    ("pbs", re.compile(r"\bPBS\b")),
+    ("lsf", re.compile(r"\bTERM_[A-Z_]+:|\bLSF\b")),
+    ("moab", re.compile(r"MOAB|wallclock limit")),
+    ("sge", re.compile(r"hard wallclock")),
+    ("kubernetes", re.compile(r"DeadlineExceeded|active longer than specified deadline")),
+)
+_JOB_ID = re.compile(r"\*\*\* (?:JOB|STEP) (\S+)")
+_HUB_REPO = re.compile(
+    r"huggingface\.co/(?:api/models/|datasets/)?([\w.\-]+/[\w.\-]+)/(?:resolve|tree|revision|raw)"
+    r"|(?:Repo model|Access to model) ([\w.\-]+/[\w.\-]+) is"
+    r"|huggingface\.co/([\w.\-]+)/resolve|(\S+) is not a local folder"
+)
+_NOT_FOUND = re.compile(r"not ?found|not a valid model")
+_HOST = re.compile(r"host='([^']+)'|https?://([^/\s'\")]+)")
+
+
+def _segfault(text: str) -> dict[str, Any]:
+    """The signal (SIGSEGV unless the text says abort, bus error or illegal instruction), the exit code, and
+    whether a DataLoader worker crashed, with its pids."""
+    d: dict[str, Any] = {}
+    if any(p.search(text) for p in lc.BY_ID["segfault"].patterns):
+        d["signal"] = "SIGSEGV"
+    else:
+        d["signal"] = next((sig for sig, p in _SIGNAL_WORDS if p.search(text)), "SIGSEGV")
+    m = _EXIT.search(text)
+    if m:
+        d["exit_code"] = int(m.group(1) or m.group(2))
+    if _WORKER.search(text):
+        d["dataloader_worker"] = True
+        m = _PIDS.search(text)
+        if m:
+            d["pids"] = [int(p) for p in re.findall(r"\d+", m.group(1))][:32]
+    m = _SIGNAL_PID.search(text)
+    if m and "pids" not in d:
+        d["pid"] = int(m.group(1) or m.group(2))
+    return d
+
+
+def _address_in_use(text: str) -> dict[str, Any]:
+    m = _PORT.search(text)
+    return {"port": int(next(g for g in m.groups() if g))} if m else {}
+
+
+def _scheduler_kill(text: str) -> dict[str, Any]:
+    """Why the scheduler ended the job (time_limit, preemption, node_failure, requeue, cancelled, terminated),
+    which scheduler said so, and the job id."""
+    d: dict[str, Any] = {"kind": next((kind for kind, p in _KINDS if p.search(text)), "cancelled")}
+    sched = next((name for name, p in _SCHEDULERS if p.search(text)), None)
+    if sched:
+        d["scheduler"] = sched
+    m = _JOB_ID.search(text)
+    if m:
+        d["job_id"] = m.group(1)
+    return d
+
+
+def _sighup(text: str) -> dict[str, Any]:
+    return {"signal": "SIGHUP"}
+
+
+def _terminated(text: str) -> dict[str, Any]:
+    sigint = re.search(r"\b(?:2|Signals\.SIGINT) death signal|got signal: 2\b", text)
+    return {"signal": "SIGINT" if sigint else "SIGTERM"}
+
+
+def _hub_access(text: str) -> dict[str, Any]:
+    """The repo the Hub refused and why: gated (terms not accepted or not logged in), not_found (a wrong id, or
+    a local path that does not exist and was taken for an id), unauthorized (a bad or missing token)."""
+    low = text.lower()
+    kind = ("gated" if "gated" in low else "not_found" if _NOT_FOUND.search(low) else "unauthorized")
+    d: dict[str, Any] = {"kind": kind}
+    m = _HUB_REPO.search(text)
+    if m:
+        d["repo"] = next(g for g in m.groups() if g)[:200]
+    return d
+
+
+def _network(text: str) -> dict[str, Any]:
+    m = _HOST.search(text)
+    return {"host": (m.group(1) or m.group(2))[:200]} if m else {}
+
+
+def _nan_loss(text: str) -> dict[str, Any]:
+    """Which quantity went non-finite: the loss, or only the gradient norm (with the loss stuck at 0 or not)."""
+    if lc.nan_is_gradient_only(text):
+        return {"quantity": "gradient_norm", "loss_zero": lc.LOSS_ZERO.search(text) is not None}
+    return {"quantity": "loss"}
+
+
+_MORE: dict[str, Callable[[str], dict[str, Any]]] = {
+    "segfault": _segfault,
+    "address_in_use": _address_in_use,
+    "scheduler_kill": _scheduler_kill,
+    "sighup": _sighup,
+    "terminated": _terminated,
+    "hub_access": _hub_access,
+    "network_timeout": _network,
+    "nan_loss": _nan_loss,
+}

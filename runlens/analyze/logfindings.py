@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from runlens.analyze import logcategories as lc
 from runlens.analyze import logpatterns as lp
 from runlens.analyze.logblocks import (
     DONE,
@@ -78,11 +79,12 @@ class LogFinding:
 
 
 _NORM = re.compile(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?")
+_BAR_GLYPHS = re.compile(r"[\u2580-\u259f]+")  # a progress bar's blocks: two redraws of one NaN bar fold
 _SPACES = re.compile(r"\s+")
 
 
 def _norm(message: str) -> str:
-    return _SPACES.sub(" ", _NORM.sub("#", message.lower())).strip()[:300]
+    return _SPACES.sub(" ", _NORM.sub("#", _BAR_GLYPHS.sub("", message.lower()))).strip()[:300]
 
 
 def _short(s: str, at: int = 0) -> str:
@@ -181,7 +183,7 @@ class FindingParser:
             self._open(Native, text, m.start(), rank, number)
             return
         stripped = text.strip()
-        if not stripped:
+        if not stripped or lp.SOURCE_LINE.match(text):
             return
         if lp.SAVE_CONTEXT.search(stripped):
             self.last_save = number
@@ -193,7 +195,7 @@ class FindingParser:
             block.add(text)
             self.blocks.append(block)
             return
-        hit = lp.categorize(stripped)
+        hit = lc.categorize(stripped)
         if hit is not None:
             cat, match = hit
             if marker == "info" and not cat.strong:
@@ -201,7 +203,7 @@ class FindingParser:
             # an exception line on its own ("requests.exceptions.ConnectionError: ...") is what the run
             # died of, even without a traceback above it
             is_exception = lp.EXC_START.match(stripped) is not None
-            level = lp.category_level(cat, stripped, marker, in_traceback=is_exception)
+            level = lc.category_level(cat, stripped, marker, in_traceback=is_exception)
             self._finding(
                 level,
                 cat.id,
@@ -221,13 +223,15 @@ class FindingParser:
     def _open(self, cls: type[Block], text: str, at: int, rank: int | None, number: int) -> None:
         prefix = prefix_pattern(text[:at])
         block = cls(rank, prefix, text, number)
+        if at:
+            block.marker = lp.level_marker(text[:at] + "Traceback")
         block.add(text[at:] if prefix is not None else text)
         header = self.pending.pop(rank, None)
         if header is not None:
-            if number - header.line_number <= HEADER_GAP:
+            if cls is Traceback and number - header.line_number <= HEADER_GAP:
                 block.header = header
             else:
-                self._emit(header)
+                self._emit(header)  # a native crash report has no header: the line above is its own finding
         self.blocks.append(block)
 
     def _close_stale(self, number: int) -> None:
@@ -306,18 +310,21 @@ class FindingParser:
         header = block.header
         final = block.exc[-1] if block.exc else None
         candidates = block.exc[::-1] + block.trailers + ([header.message] if header else [])
-        best = lp.best_category(candidates)
+        best = lc.best_category(candidates)
         details: dict[str, Any] = {}
         if best is not None:
             cat, _, source_line = best
             category = cat.id
-            level = lp.category_level(cat, source_line, None, in_traceback=True)
+            marker = "warning" if block.marker == "warning" else None
+            level = lc.category_level(cat, source_line, marker, in_traceback=True)
             if source_line in block.trailers and final and len(final.split(":", 1)[-1].strip()) < 20:
                 message = f"{final} {source_line}"  # e.g. "ChildFailedError:" + its root-cause line
             else:
                 message = source_line
         else:
-            level = "error"
+            # a traceback the program logged as a warning (``logger.warning(traceback.format_exc())``) was
+            # caught and survived
+            level = "warning" if block.marker == "warning" else "error"
             category = "python_exception"
             message = final or (header.message if header else "") or block.last_frame or block.first.strip()
             if final and lp.CONFIG_EXC.match(final) and lp.CONFIG_FRAME.search(block.last_frame):
@@ -344,7 +351,7 @@ class FindingParser:
 
     def _close_native(self, block: Native) -> None:
         lines = [block.first.strip()] + block.info
-        best = lp.best_category(lines)
+        best = lc.best_category(lines)
         if best is not None:
             cat, _, source_line = best
             category, message = cat.id, source_line

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from runlens.analyze import logpatterns as lp
-from runlens.analyze.logblocks import MAX_LINE
+from runlens.analyze.logblocks import MAX_LINE, STRONG_SEGMENT
 from runlens.analyze.logfindings import FindingParser, LogFinding
 from runlens.core.arrival import ArrivalIndex, sidecar_path
 from runlens.core.errors import LogUnreadable
@@ -40,13 +40,24 @@ CHUNK = 1 << 20
 
 def _collapse_cr(block: bytes) -> bytes:
     """Each line rewritten with ``\\r`` reduced to its last segment, before anything scans it: in a log of
-    progress bars that drops ~95% of the bytes (what the terminal no longer shows cannot be a finding)."""
+    progress bars that drops ~95% of the bytes. A line whose overwritten segments report a failure (a
+    traceback or an OOM printed while a bar redraws) is kept whole for ``logblocks.clean`` to pick from."""
     lines = block.split(b"\n")
     for i, line in enumerate(lines):
         if b"\r" in line:
             line = line.rstrip(b"\r")
-            lines[i] = line[line.rfind(b"\r") + 1 :]
+            cut = line.rfind(b"\r")
+            if cut >= 0 and not (_overwrote_text(line) and STRONG_SEGMENT.search(line, 0, cut)):
+                line = line[cut + 1 :]
+            lines[i] = line
     return b"\n".join(lines)
+
+
+def _overwrote_text(line: bytes) -> bool:
+    """Whether a rewritten line has a segment before its last that is not a tqdm redraw (each of which ends
+    with its "[elapsed<remaining, rate]" bracket): two byte counts, so that a line of pure bar redraws costs
+    no regex search."""
+    return line.count(b"\r") != line.count(b"]\r")
 
 
 def _candidates(block: bytes) -> list[int]:

@@ -1,29 +1,14 @@
-"""The category table of the log parser: which lines mean what, and in which order.
+"""The line-level vocabulary of the log parser besides the categories: the prefilter, the level markers and
+the context lines.
 
-``runlens.analyze.logparse`` does the streaming and ``runlens.analyze.logfindings`` the multi-line bookkeeping;
-this module only answers questions about text that is already one clean line (or the few lines of one
-traceback). The time a line states is read by ``runlens.analyze.logtime``, the figures a finding carries by
-``runlens.analyze.logdetails``.
-
+``runlens.analyze.logparse`` does the streaming, ``runlens.analyze.logfindings`` the multi-line bookkeeping
+and ``runlens.analyze.logcategories`` holds the category table and its precedence; this module answers the
+other questions about one clean line. The time a line states is read by ``runlens.analyze.logtime``, the
+figures a finding carries by ``runlens.analyze.logdetails``.
 
 - ``PREFILTER``: the cheap byte-level regex that picks candidate lines out of a block of the log. Everything a
   category, a level marker or a traceback needs contains one of its ``TRIGGER_WORDS``, so lines it misses can
   be skipped unread. That is what makes a multi-gigabyte log of progress bars fast.
-- ``CATEGORIES``: ordered by precedence. When one finding mentions several things (``DataLoader worker ...
-  killed by signal: Bus error``), the first category in this order that matches wins, and the finding keeps
-  the other facts in ``details``. The order puts the root cause before its consequence:
-
-      cuda_oom > mps_oom > cpu_oom > cuda_device_assert > cuda_illegal_memory > shm_bus_error
-      > dataloader_worker_died > host_oom_kill > nccl_timeout > nccl_error > cudnn_cublas > fp16_overflow
-      > nan_loss > too_many_open_files > af_unix_path_too_long > disk_full > checkpoint_save_failed
-      > network_timeout > segfault > config_error   (then python_exception, error, python_warning, warning)
-
-  e.g. an NCCL watchdog that reports "an illegal memory access" is cuda_illegal_memory (the NCCL abort is the
-  consequence); a bus error in a DataLoader worker is shm_bus_error with
-  ``details["dataloader_worker_died"]``; "No space left on device" while saving a checkpoint is disk_full
-  with ``details["during_checkpoint_save"]``;
-  a worker "killed by signal: Killed" is dataloader_worker_died with
-  ``details["likely_cause"] = "host_oom_kill"``.
 - ``level_marker``: the explicit level of a line (``ERROR``, ``[E ...]``, glog ``E0501``, ``level=error``...),
   strict enough that "eval_error_rate", "ERROR_THRESHOLD=5" or "--log-level ERROR" are not markers.
 - ``SAVE_CONTEXT``, ``SUCCESS``, ``CONFIG_FRAME``...: the context lines that change what a later finding means
@@ -33,7 +18,6 @@ traceback). The time a line states is read by ``runlens.analyze.logtime``, the f
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 # -- the prefilter -------------------------------------------------------------------------------------------
 
@@ -50,12 +34,16 @@ TRIGGER_WORDS: tuple[str, ...] = (
     "me or service", "ving", "ucce", "ynced", "view run", "wnload complete", "f memory", "e memory",
     "pualloc", "m during tra", "bort", "erminate", "exit", "_status_", "unrecogni", "uld not override",
     "vice-side", "egal mem", "</torch_", "已杀死",
+    # address in use, scheduler kills, signals, network and hub errors, non-finite values in progress lines
+    "eady in use", "eaddrinuse", "elled at", "wallclock", "eadline", "eath signal", "ighup", "got signal",
+    "ngup", "reset by", "refused", "route to h", "isconnected", "gated repo", "not found for url",
+    "el identifier", "w on resource", "inf,", "inf ", "inf}", "inf)", "inf'", "inf\"", "inf]", "inf\n",
 ) + tuple(f"[{lvl}{c}" for lvl in "ewf" for c in " 0123456789") \
   + tuple(f"\n{lvl}{m}" for lvl in "ewf" for m in "01")   # glog/c10: "[W NNPACK.cpp]", "[E1206 ", "E0501 "
 # fmt: on
 
 
-def _trie(words: tuple[str, ...]) -> str:
+def trie(words: tuple[str, ...]) -> str:
     """A regex matching any of ``words``, nested by common prefix, so that at each position the engine
     compares one byte per level instead of trying every word."""
 
@@ -77,226 +65,7 @@ def _trie(words: tuple[str, ...]) -> str:
 
 
 # Applied to a lowercased block with a leading "\n" (so the first line also has a preceding newline).
-PREFILTER = re.compile(_trie(TRIGGER_WORDS).encode())
-
-# -- the category table --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Category:
-    """One category: its id, its default level and the phrases that anchor it.
-
-    ``needles``: lowercase substrings, one of which every pattern's match contains; the patterns are tried
-    only on a line that has one (a substring test costs ~50 ns, a regex search over a long line microseconds).
-    ``strong`` phrases count even on a line an INFO/DEBUG marker calls harmless (an OOM is an OOM);
-    ``downgradable`` lets an explicit WARNING marker make the finding a warning (the program said it coped).
-    """
-
-    id: str
-    level: str
-    needles: tuple[str, ...]
-    patterns: tuple[re.Pattern[str], ...]
-    strong: bool = False
-    downgradable: bool = True
-
-
-def rx(*patterns: str, flags: int = re.IGNORECASE) -> tuple[re.Pattern[str], ...]:
-    """The patterns compiled, case-insensitive unless ``flags`` says otherwise."""
-    return tuple(re.compile(p, flags) for p in patterns)
-
-
-# fmt: off
-CATEGORIES: tuple[Category, ...] = (
-    Category(
-        "cuda_oom", "error",
-        ("out of memory", "outofmemoryerror", "oom during training", "resourceexhausted"),
-        rx(r"\b(?:CUDA|HIP) out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError",
-            r"CUDA error: out of memory",
-            r"CUDA_ERROR_OUT_OF_MEMORY", r"RESOURCE_EXHAUSTED: Out of memory", r"\bOOM during training step",
-            r"ResourceExhaustedError\b.*\bOOM\b"), strong=True),
-    Category("mps_oom", "error", ("mps backend",), rx(r"\bMPS backend out of memory"), strong=True),
-    Category(
-        "cpu_oom", "error",
-        ("cpuallocator", "enforce fail at", "memoryerror", "cannot allocate memory", "unable to allocate"),
-        rx(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
-            r"\[enforce fail at (?:alloc_cpu|CPUAllocator)\.cpp", r"^(?:builtins\.)?MemoryError\b",
-            r"\[Errno 12\] Cannot allocate memory",
-            r"_ArrayMemoryError\b|Unable to allocate [\d.]+ [KMGT]i?B for an array"), strong=True),
-    Category(
-        "cuda_device_assert", "error", ("device-side assert", "assertion"),
-        rx(r"device-side assert(?:ion)? triggered",
-            r"\.cu:\d+: .*block: \[\d+,\d+,\d+\], thread: \[\d+,\d+,\d+\] Assertion"), strong=True),
-    Category(
-        "cuda_illegal_memory", "error",
-        ("illegal memory access", "misaligned address", "illegal instruction was", "illegaladdress"),
-        rx(r"an illegal memory access was encountered", r"CUDA error: misaligned address",
-            r"an illegal instruction was encountered", r"cudaErrorIllegalAddress"), strong=True),
-    Category(
-        "shm_bus_error", "error", ("bus error", "shared memory", "</torch_", "/dev/shm"),
-        rx(r"\bBus error\b", r"insufficient shared memory \(shm\)", r"unable to write to file </torch_",
-            r"unable to open shared memory object", r"out of shared memory",
-            r"/dev/shm\b.*No space left on device|No space left on device.*/dev/shm"), downgradable=False),
-    Category(
-        "dataloader_worker_died", "error", ("dataloader worker",),
-        rx(r"DataLoader worker \(pid(?:\(s\))?[^)]*\) (?:is killed by signal|exited unexpectedly)",
-            r"DataLoader worker .{0,40}killed by signal"), downgradable=False),
-    Category(
-        "host_oom_kill", "error",
-        ("killed", "已杀死", "137", "exitcode", "sigkill", "oom", "out of memory", "exit status",
-         "return code", "memory limit"),
-        rx(r"^Killed\s*$", r"^\S+: line \d+:\s+\d+ Killed\b", r"^\[\d+\][+-]?\s+Killed\s", r"^已杀死\s*$",
-            r"\bexit(?:ed with)?[ _]?code:? ?137\b", r"\bexit status:? ?137\b", r"\bexitcode\s*:\s*-9\b",
-            r"Signal 9 \(SIGKILL\)", r"<Signals\.SIGKILL: 9>", r"\boom[-_]kill",
-            r"Out of memory: Kill(?:ed)? process", r"Memory cgroup out of memory", r"\bOOMKilled\b",
-            r"killed by the OOM killer", r"non-zero exit status -9\b", r"\breturn code\s*=?\s*(?:-9|137)\b",
-            r"\btask \d+: Killed\b", r"Exceeded (?:job|step) memory limit"), downgradable=False),
-    Category(
-        "nccl_timeout", "error",
-        ("nccl", "watchdog", "socket has timed out", "heartbeat", "diststoreerror", "tcpstore",
-         "waiting for clients"),
-        rx(r"Watchdog caught collective operation timeout", r"WorkNCCL\([^)]*Timeout\(ms\)=",
-            r"(?:ProcessGroupNCCL|NCCL)\b.{0,200}\btimed out", r"NCCL.{0,80}\btimeout\b(?!=)",
-            r"watchdog got stuck", r"Heartbeat monitor timed out",
-            r"socket has timed out after \d+\w* while trying to connect",
-            r"DistStoreError\b.*\b(?:timeout|timed out)", r"TCPStore.{0,80}\btimed out",
-            r"Timed out after \d+ seconds waiting for clients"), strong=True),
-    Category(
-        "nccl_error", "error", ("nccl", "distbackenderror"),
-        rx(r"\bNCCL error\b",
-            r"\bnccl(?:Internal|System|UnhandledCuda|InvalidUsage|InvalidArgument|Remote)Error\b",
-            r"NCCL communicator (?:was )?abort", r"\bncclCommAbort\b", r"\bNCCL WARN\b",
-            r"\bDistBackendError\b",
-            r"ProcessGroupNCCL.{0,120}(?:error|exception)")),
-    Category(
-        "cudnn_cublas", "error", ("cudnn", "cublas", "cusolver", "cufft"),
-        rx(r"CUDNN_STATUS_\w+", r"CUBLAS_STATUS_\w+", r"\bcuDNN error\b", r"CUSOLVER_STATUS_\w+",
-            r"\bcuFFT error\b", r"CUDNN_BACKEND_\w+.*(?:failed|error)"), strong=True),
-    Category(
-        "fp16_overflow", "warning", ("overflow", "loss scale", "minimum loss scale"),
-        rx(r"Gradient overflow\.?\s+Skipping step", r"reducing (?:the )?loss scale to",
-            r"\bloss scaler? .{0,60}reduc", r"OVERFLOW! Rank \d+ Skipping step",
-            r"loss scale already at minimum", r"Minimum loss scale reached"),
-        strong=True, downgradable=False),
-    Category(
-        "nan_loss", "error", ("nan", "inf", "non-finite"),
-        rx(r"\bloss\b.{0,60}?\b(?:is|was|became|has become|becomes) (?:nan|inf|non-finite)\b",
-            r"\b(?:nan|inf) loss\b", r"\bDetected (?:NaN|inf)\b", r"\bnon-finite loss\b",
-            r"NaN or Inf found in input tensor", r"\bloss\w*['\"]?\s*[:=]\s*['\"]?(?:nan|-?inf)\b",
-            r"Loss became infinite or NaN", r"\bnan (?:in|detected in) (?:the )?loss\b",
-            r"returned nan values in its \d+\w* output", r"found NaN in (?:local )?grad norm"),
-        downgradable=False),
-    Category(
-        "too_many_open_files", "error", ("too many open files", "errno 24", "emfile"),
-        rx(r"Too many open files", r"\[Errno 24\]", r"\bEMFILE\b")),
-    Category("af_unix_path_too_long", "error", ("af_unix",), rx(r"AF_UNIX path too long")),
-    Category(
-        "disk_full", "error",
-        ("no space left", "errno 28", "os error 28", "quota exceeded", "errno 122", "enospc", "storagefull"),
-        rx(r"No space left on device", r"\[Errno 28\]", r"\bos error 28\b", r"Disk quota exceeded",
-            r"\[Errno 122\]", r"\bENOSPC\b", r"\bStorageFull\b")),
-    Category(
-        "checkpoint_save_failed", "error",
-        ("pytorchstreamwriter", "failed", "unexpected pos", "while serializing"),
-        rx(r"PytorchStreamWriter failed writing file", r"\bFailed to save\b", r"unexpected pos \d+ vs \d+",
-            r"Error while serializing",
-            r"(?:checkpoint|state_dict|weights)\b.{0,60}\b(?:save|saving|write)\b.{0,30}\bfailed\b",
-            r"failed to (?:save|write) (?:the )?(?:checkpoint|model|state|weights)")),
-    Category(
-        "network_timeout", "error",
-        ("network error", "timeouterror", "readtimeout", "connecttimeout", "timed out", "max retries",
-         "commerror", "failed to connect", "name resolution", "name or service", "requests.exceptions",
-         "newconnectionerror", "couldn't connect", "unreachable"),
-        rx(r"wandb: Network error", r"\bRead ?TimeoutError\b", r"\bConnectTimeoutError\b",
-            r"\bReadTimeout\b", r"\bConnectTimeout\b", r"Connection timed out", r"Read timed out",
-            r"Max retries exceeded with url", r"wandb\.errors\.(?:errors\.)?CommError",
-            r"Run initialization has timed out", r"Failed to connect",
-            r"huggingface.{0,200}timed out|timed out.{0,200}huggingface",
-            r"Temporary failure in name resolution", r"Name or service not known",
-            r"requests\.exceptions\.(?:ConnectionError|Timeout|ReadTimeout)", r"NewConnectionError",
-            r"couldn't connect to 'https?://", r"Network is unreachable")),
-    Category(
-        "segfault", "error",
-        ("segmentation", "sigsegv", "core dumped", "fatal python error", "signal 11", "illegal instruction"),
-        rx(r"Segmentation fault", r"\bSIGSEGV\b", r"\bcore dumped\b",
-            r"Fatal Python error: (?:Aborted|Bus error)", r"killed by signal: Segmentation", r"\bsignal 11\b",
-            r"Illegal instruction"), downgradable=False),
-    Category(
-        "config_error", "error",
-        ("error:", "yaml", "unrecognized configuration", "unexpected keyword argument", "omegaconf",
-         "configattributeerror", "configkeyerror", "missingmandatoryvalue", "hydra", "could not override",
-         "error merging override", "filenotfounderror"),
-        rx(r"\berror: unrecognized arguments", r"\berror: the following arguments are required",
-            r"\berror: argument [-\w/ ,]+: (?:invalid|expected|ambiguous|not allowed)",
-            r"\berror: invalid choice",
-            r"\byaml\.(?:scanner\.ScannerError|parser\.ParserError|constructor\.ConstructorError|YAMLError)\b",
-            r"\bruamel\.yaml\.\w+\.\w*Error\b", r"Unrecognized configuration class",
-            r"got an unexpected keyword argument", r"\bomegaconf\.errors\.\w+",
-            r"\b(?:ConfigAttributeError|ConfigKeyError|MissingMandatoryValue)\b", r"\bhydra\.errors\.\w+",
-            r"Could not override '", r"Error merging override",
-            r"FileNotFoundError\b.*\.(?:ya?ml|json|toml|cfg|ini|conf)'")),
-)
-# fmt: on
-BY_ID: dict[str, Category] = {c.id: c for c in CATEGORIES}
-PRECEDENCE: dict[str, int] = {c.id: i for i, c in enumerate(CATEGORIES)}
-PRECEDENCE.update({"python_exception": 100, "error": 101, "python_warning": 102, "warning": 103})
-
-MIN_SCALE = re.compile(r"loss scale already at minimum|Minimum loss scale reached", re.IGNORECASE)
-_RETRY = re.compile(r"\bretr(?:y|ying|ies)\b|entering retry loop|\bwill retry\b", re.IGNORECASE)
-_SKIPPING = re.compile(r"\bskipping\b|\bretrying\b|\bwill retry\b", re.IGNORECASE)
-
-
-def categorize(line: str) -> tuple[Category, re.Match[str]] | None:
-    """The highest-precedence category one line anchors, with the match (None for most lines)."""
-    low = line.lower()
-    for cat in CATEGORIES:
-        if any(n in low for n in cat.needles):
-            for p in cat.patterns:
-                m = p.search(line)
-                if m:
-                    return cat, m
-    return None
-
-
-def best_category(lines: list[str]) -> tuple[Category, re.Match[str], str] | None:
-    """Across the informative lines of one finding (exception lines, trailers): the category with the highest
-    precedence, its match and the line it came from."""
-    best: tuple[Category, re.Match[str], str] | None = None
-    for line in lines:
-        hit = categorize(line)
-        if hit and (best is None or PRECEDENCE[hit[0].id] < PRECEDENCE[best[0].id]):
-            best = (hit[0], hit[1], line)
-    return best
-
-
-def category_level(cat: Category, line: str, marker: str | None, in_traceback: bool) -> str:
-    """The level of a finding of ``cat``: the table's default, adjusted by what the line and its marker say.
-
-    - fp16 overflow lines are warnings until the scaler hits its minimum (then training cannot continue);
-    - a network problem is an error only when the program says so (ERROR marker, or a traceback); retry
-      messages are warnings, because a retry that later succeeds cost nothing but time;
-    - "NCCL WARN" and OOMs that the trainer survives ("skipping batch") are warnings;
-    - otherwise a WARNING marker downgrades a downgradable category.
-    """
-    if cat.id == "fp16_overflow":
-        return "error" if MIN_SCALE.search(line) else "warning"
-    if cat.id == "network_timeout":
-        if in_traceback:
-            return "error"
-        if _RETRY.search(line) and marker != "error":
-            return "warning"
-        return "error" if marker == "error" else "warning"
-    if cat.id == "nccl_error" and "NCCL WARN" in line:
-        return "warning"
-    if (
-        cat.id == "cuda_oom"
-        and _SKIPPING.search(line)
-        and not re.search(r"\baborting\b", line, re.IGNORECASE)
-    ):
-        return "warning"
-    if marker == "warning" and cat.downgradable:
-        return "warning"
-    return cat.level
-
+PREFILTER = re.compile(trie(TRIGGER_WORDS).encode())
 
 # -- exceptions, warnings, level markers ---------------------------------------------------------------------
 
@@ -380,6 +149,10 @@ def _marker(line: str) -> tuple[str, int] | None:
         return _LEVELS[m.group(1).lower().replace("warning", "warn")], m.end()
     return None
 
+
+# A line of source code printed outside a traceback block (a traceback pasted without its header, a rich box):
+# "    raise GatedRepoError(message, response) from e" names an error class but reports nothing.
+SOURCE_LINE = re.compile(r"^\s+(?:raise|return|yield|await)\s|^\s*[│┃]\s*(?:❱\s*)?\d+\s*[│┃]")
 
 # -- context lines -------------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ figures an allocator prints.
 
 The collectors use it to record a ``cuda_oom`` event as it happens; status uses it to name why a job
 failed; the analyzer to find every sign of an OOM in events and logs. The log parser has its own, wider
-categories (``runlens.analyze.logpatterns``) for lines that are not exceptions.
+categories (``runlens.analyze.logcategories``) for lines that are not exceptions.
 """
 
 from __future__ import annotations

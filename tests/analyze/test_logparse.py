@@ -17,53 +17,13 @@ from runlens.analyze.logparse import parse_lines, parse_log
 from runlens.analyze.logtime import line_time
 from runlens.core.arrival import ArrivalIndex, ArrivalWriter, sidecar_path
 from runlens.core.errors import LogUnreadable
+from test_log_corpus import LOGS, expected_of
 
-LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
-
-# fixture -> (category that must be found, at this level)
+# fixture -> (category that must be found, at this level), from its name (see test_log_corpus)
 EXPECTED: dict[str, tuple[str, str]] = {
-    "af_unix_path_too_long_1.log": ("af_unix_path_too_long", "error"),
-    "checkpoint_save_failed_1.log": ("checkpoint_save_failed", "error"),
-    "checkpoint_save_failed_2.log": ("checkpoint_save_failed", "error"),
-    "config_error_1.log": ("config_error", "error"),
-    "config_error_2.log": ("config_error", "error"),
-    "config_error_3.log": ("config_error", "error"),
-    "cpu_oom_1.log": ("cpu_oom", "error"),
-    "cuda_device_assert_1.log": ("cuda_device_assert", "error"),
-    "cuda_illegal_memory_1.log": ("cuda_illegal_memory", "error"),
-    "cuda_oom_1.log": ("cuda_oom", "error"),
-    "cuda_oom_2.log": ("cuda_oom", "error"),
-    "cuda_oom_3.log": ("cuda_oom", "error"),
-    "cuda_oom_4.log": ("cuda_oom", "error"),
-    "cuda_oom_5.log": ("cuda_oom", "error"),
-    "cudnn_cublas_1.log": ("cudnn_cublas", "error"),
-    "cudnn_cublas_2.log": ("cudnn_cublas", "error"),
-    "dataloader_worker_died_1.log": ("dataloader_worker_died", "error"),
-    "dataloader_worker_died_2.log": ("dataloader_worker_died", "error"),
-    "disk_full_1.log": ("disk_full", "error"),
-    "disk_full_2.log": ("disk_full", "error"),
-    "disk_full_3.log": ("disk_full", "error"),
-    "fp16_overflow_1.log": ("fp16_overflow", "warning"),
-    "fp16_overflow_2.log": ("fp16_overflow", "error"),
-    "host_oom_kill_1.log": ("host_oom_kill", "error"),
-    "host_oom_kill_2.log": ("host_oom_kill", "error"),
-    "host_oom_kill_3.log": ("host_oom_kill", "error"),
-    "mps_oom_1.log": ("mps_oom", "error"),
-    "mps_oom_2.log": ("mps_oom", "error"),
-    "nan_loss_1.log": ("nan_loss", "error"),
-    "nan_loss_2.log": ("nan_loss", "error"),
-    "nccl_error_1.log": ("nccl_error", "error"),
-    "nccl_timeout_1.log": ("nccl_timeout", "error"),
-    "nccl_timeout_2.log": ("nccl_timeout", "error"),
-    "network_timeout_1.log": ("network_timeout", "error"),
-    "network_timeout_2.log": ("network_timeout", "error"),
-    "segfault_1.log": ("segfault", "error"),
-    "shm_bus_error_1.log": ("shm_bus_error", "error"),
-    "shm_bus_error_2.log": ("shm_bus_error", "error"),
-    "too_many_open_files_1.log": ("too_many_open_files", "error"),
-    "too_many_open_files_2.log": ("too_many_open_files", "error"),
+    p.name: expected_of(p.name) for p in sorted(LOGS.glob("*.log")) if not p.name.startswith("clean_")
 }
-CLEAN = ["clean_1.log", "clean_2.log", "clean_3.log"]
+CLEAN = sorted(p.name for p in LOGS.glob("clean_*.log"))
 
 # Long single lines used below, kept as constants so they fit the line length.
 OOM_OLD = (
@@ -284,6 +244,87 @@ def test_fp16_overflow_warnings_then_error_at_minimum() -> None:
     assert f.details["loss_scale"] == pytest.approx(8.165126103939127e-202)
     levels = sorted((f.level, f.count) for f in parse_log(LOGS / "fp16_overflow_2.log"))
     assert levels == [("error", 1), ("warning", 2)]
+
+
+def test_segfault_in_a_dataloader_worker_names_the_worker() -> None:
+    """A worker killed by SIGSEGV is a segfault (not a generic worker death) that names the worker and its pid;
+    torchrun's report of a SIGSEGV'd rank carries the exit code and the pid."""
+    f = _one(parse_log(LOGS / "segfault_5.log"), "segfault")
+    assert f.details == {**f.details, "signal": "SIGSEGV", "dataloader_worker": True, "pids": [1657]}
+    g = _one(parse_log(LOGS / "segfault_3.log"), "segfault")
+    assert g.details == {**g.details, "signal": "SIGSEGV", "exit_code": -11, "pid": 6421}
+    assert "dataloader_worker" not in g.details
+
+
+@pytest.mark.parametrize(
+    "name, kind, scheduler",
+    [
+        ("scheduler_kill_1.log", "time_limit", "slurm"),
+        ("scheduler_kill_3.log", "cancelled", "slurm"),
+        ("scheduler_kill_6.log", "time_limit", "pbs"),
+        ("scheduler_kill_7.log", "time_limit", "lsf"),
+        ("scheduler_kill_8.log", "time_limit", "slurm"),
+    ],
+)
+def test_scheduler_kill_says_why_and_which_scheduler(name: str, kind: str, scheduler: str) -> None:
+    """A scheduler's kill says why (time limit, preemption, cancellation) and which scheduler said so."""
+    kills = [f for f in parse_log(LOGS / name) if f.category == "scheduler_kill"]
+    assert kills and all(f.level == "error" for f in kills)
+    assert (kills[0].details["kind"], kills[0].details["scheduler"]) == (kind, scheduler)
+
+
+def test_preemption_after_a_cancelled_step() -> None:
+    """Slurm cancels the step, then the job "DUE TO PREEMPTION": both found, each with its reason."""
+    kinds = [f.details["kind"] for f in parse_log(LOGS / "scheduler_kill_2.log") if f.category == "scheduler_kill"]
+    assert kinds == ["cancelled", "preemption"]
+
+
+def test_port_in_use_gives_the_port() -> None:
+    """c10d's bind warnings are warnings, its "failed to listen" an error; each carries the port."""
+    found = [(f.level, f.details["port"]) for f in parse_log(LOGS / "address_in_use_1.log")
+             if f.category == "address_in_use"]
+    assert found == [("warning", 47531), ("warning", 47531), ("error", 47531)]
+    assert _one(parse_log(LOGS / "address_in_use_2.log"), "address_in_use").details["port"] == 29500
+
+
+def test_hub_errors_name_the_repo_and_why() -> None:
+    """A gated repo, a missing one and an unauthorized download are hub_access with the repo; a connection
+    failure to the Hub is a network error with the host."""
+    gated = [f for f in parse_log(LOGS / "hub_access_1.log") if f.category == "hub_access"]
+    assert {f.details["kind"] for f in gated} == {"gated"}
+    assert any(f.details.get("repo") == "meta-llama/Llama-2-7b" for f in gated)
+    missing = parse_log(LOGS / "hub_access_4.log")
+    assert {f.details["kind"] for f in missing} == {"not_found"}
+    assert any(f.details.get("repo") == "vicuna-13b-v1.3" for f in missing)
+    net = [f for f in parse_log(LOGS / "network_timeout_5.log") if f.details.get("host")]
+    assert net[0].details["host"] == "cdn-lfs.huggingface.co"
+
+
+def test_sighup_and_sigterm_stops() -> None:
+    """torchrun's SIGHUP (the terminal closed) is sighup; its SIGTERM is terminated; the SIGTERM it sends its
+    other workers after one failed is neither."""
+    assert {f.category for f in _errors(parse_log(LOGS / "sighup_1.log"))} == {"sighup"}
+    stopped = _errors(parse_log(LOGS / "terminated_1.log"))
+    assert [(f.category, f.details["signal"]) for f in stopped] == [("terminated", "SIGTERM")]
+    assert "terminated" not in {f.category for f in parse_log(LOGS / "host_oom_kill_2.log")}
+
+
+def test_nan_in_progress_lines_is_a_divergence() -> None:
+    """A NaN loss printed at INFO by mmdet, in a loguru table or in a Lightning bar is a nan_loss error; a
+    NaN gradient norm beside a finite loss is a warning (a step fp16 loss scaling skipped), beside a loss
+    stuck at 0 an error."""
+    for name in ("nan_loss_3.log", "nan_loss_6.log", "nan_loss_7.log", "nan_loss_8.log"):
+        f = _one(parse_log(LOGS / name), "nan_loss")
+        assert (f.level, f.details["quantity"]) == ("error", "loss"), name
+    zero = _one(parse_log(LOGS / "nan_loss_5.log"), "nan_loss")
+    assert (zero.level, zero.count, zero.details["quantity"], zero.details["loss_zero"]) == (
+        "error",
+        3,
+        "gradient_norm",
+        True,
+    )
+    mixed = _one(parse_log(LOGS / "clean_5.log"), "nan_loss")
+    assert (mixed.level, mixed.details["quantity"]) == ("warning", "gradient_norm")
 
 
 # -- tracebacks ----------------------------------------------------------------------------------------------
@@ -654,6 +695,23 @@ def test_line_time_wins_over_arrival(tmp_path: Path) -> None:
         "timeout=1800",
         "Saving model checkpoint to out/checkpoint-500",
         "train: error: 0.1",
+        "    logging_nan_inf_filter=True,",
+        "nohup: ignoring input",
+        (
+            "[W socket.cpp:464] [c10d] The server socket cannot be initialized on [::]:29500 (errno: 97 - "
+            "Address family not supported by protocol)."
+        ),
+        "Region 23 Avg IOU: -nan, Class: -nan, Obj: -nan, No Obj: 0.555418, .5R: -nan, .75R: -nan,  count: 0",
+        (
+            "W0521 15:43:02.988000 14702 torch/distributed/elastic/multiprocessing/api.py:897] Sending process "
+            "14751 closing signal SIGTERM"
+        ),
+        "Aborted!",
+        "srun: Job step aborted: Waiting up to 32 seconds for job step to finish.",
+        "{'loss': 1.9091, 'grad_norm': nan, 'learning_rate': 0.001, 'epoch': 0.1}",
+        "grad_norm: 0.3922 (nan)  loss_scale: 8192.0000 (8646.0600)",
+        "Epoch 2: 100%|██████████| 50/50 [00:05<00:00, 9.1it/s, loss=0.412, v_num=1]",
+        "    raise GatedRepoError(message, response) from e",
     ],
 )
 def test_not_an_error(line: str) -> None:
@@ -756,11 +814,50 @@ def test_network_error_without_recovery_stays_an_error() -> None:
         ),
         (
             "slurmstepd: error: *** JOB 4242 ON node017 CANCELLED AT 2024-05-01T12:00:00 DUE TO TIME ***",
-            "error",
+            "scheduler_kill",
         ),
         ("ERROR: something broke badly", "error"),
         ("CRITICAL:root:giving up", "error"),
         ("AssertionError", "python_exception"),
+        (
+            "slurmstepd: error: *** STEP 7.0 ON n1 CANCELLED AT 2024-01-01T00:00:00 DUE TO PREEMPTION ***",
+            "scheduler_kill",
+        ),
+        ("slurmstepd: *** JOB 830329 CANCELLED AT 2018-08-06T17:21:44 DUE TO TIME LIMIT on n447 ***", "scheduler_kill"),
+        ("=>> PBS: job killed: walltime 3610 exceeded limit 3600", "scheduler_kill"),
+        ("TERM_RUNLIMIT: job killed after reaching LSF run time limit.", "scheduler_kill"),
+        ("srun: error: nid01934: tasks 2,4-5,7: Terminated", "scheduler_kill"),
+        ("=>> PBS: job killed: mem 4200000kb exceeded limit 4194304kb", "host_oom_kill"),
+        ("TERM_MEMLIMIT: job killed after reaching LSF memory usage limit.", "host_oom_kill"),
+        ("torch.distributed.elastic.multiprocessing.api.SignalException: Process 17871 got signal: 1", "sighup"),
+        ("[1]+  Hangup                  python train.py", "sighup"),
+        ("torch.distributed.elastic.multiprocessing.api.SignalException: Process 42 got signal: 15", "terminated"),
+        ("./run.sh: line 9:  4242 Terminated              python train.py", "terminated"),
+        ("RuntimeError: Address already in use", "address_in_use"),
+        ("OSError: [Errno 98] Address already in use", "address_in_use"),
+        ("huggingface_hub.errors.GatedRepoError: 403 Client Error. (Request ID: Root=1-6)", "hub_access"),
+        (
+            "OSError: bert-base-uncasd is not a local folder and is not a valid model identifier listed on "
+            "'https://huggingface.co/models'",
+            "hub_access",
+        ),
+        ("ConnectionResetError: [Errno 104] Connection reset by peer", "network_timeout"),
+        ("  exitcode  : -11 (pid: 6421)", "segfault"),
+        ("Process finished with exit code 139 (interrupted by signal 11: SIGSEGV)", "segfault"),
+        ("14957 segmentation fault (core dumped)  python train.py", "segfault"),
+        (
+            "2023-01-01 12:00:00,000 - mmdet - INFO - Epoch [1][50/100]\tlr: 1.000e-02, loss_bbox: nan, loss: nan",
+            "nan_loss",
+        ),
+        ("{'loss': nan, 'grad_norm': nan, 'learning_rate': 1e-05, 'epoch': 0.1}", "nan_loss"),
+        ("{'loss': 0.0, 'grad_norm': nan, 'learning_rate': 1e-05, 'epoch': 0.1}", "nan_loss"),
+        ("  32/1875 [>.............................] - ETA: 3s - loss: nan - accuracy: 0.0977", "nan_loss"),
+        ("Epoch 3: 100%|██████████| 50/50 [00:05<00:00, 9.1it/s, loss=inf, v_num=1]", "nan_loss"),
+        (
+            "RuntimeError: unable to open shared memory object </torch_41296_196> in read-write mode: Too many "
+            "open files (24)",
+            "too_many_open_files",
+        ),
     ],
 )
 def test_single_line_anchors(line: str, category: str) -> None:
@@ -837,6 +934,28 @@ def test_prefilter_selects_every_category_anchor() -> None:
         "wandb: 🚀 View run x",
         "Successfully downloaded",
         "UserWarning: x",
+        "Address already in use",
+        "name: EADDRINUSE",
+        "CANCELLED AT 2024",
+        "=>> PBS: job killed: walltime",
+        "job exceeded wallclock limit",
+        "DeadlineExceeded",
+        "Received 1 death signal",
+        "got signal: 1",
+        "closing signal SIGHUP",
+        "Hangup",
+        "Connection reset by peer",
+        "Connection refused",
+        "No route to host",
+        "RemoteDisconnected",
+        "Cannot access gated repo",
+        "Repository Not Found for url",
+        "is not a valid model identifier",
+        "The node was low on resource: memory",
+        "loss: inf",
+        "loss=inf,",
+        "[Loss] nan",
+        "-nan, -nan avg loss",
     ]
     missed = []
     for line in samples:
@@ -877,7 +996,8 @@ def test_max_findings_keeps_errors_near_the_end() -> None:
 
 
 def test_ansi_codes_and_carriage_returns() -> None:
-    """Colour codes are stripped; of a \\r-rewritten line only the last segment counts; bars never count."""
+    """Colour codes are stripped; of a \\r-rewritten line only the last segment counts; a bar counts only when
+    its postfix shows a NaN loss."""
     findings = parse_lines(
         [
             "\x1b[31mERROR\x1b[0m \x1b[1mtraining diverged\x1b[0m",
@@ -891,8 +1011,82 @@ def test_ansi_codes_and_carriage_returns() -> None:
     assert [(f.category, f.message) for f in findings] == [
         ("error", "ERROR training diverged"),
         ("cuda_device_assert", "RuntimeError: CUDA error: device-side assert triggered"),
+        ("nan_loss", "30%|███       | 3/10 [00:03<00:07, 1.0it/s, loss=nan]"),
         ("segfault", "Fatal Python error: Segmentation fault"),
     ]
+
+
+def test_traceback_between_two_progress_bars() -> None:
+    """A traceback that started while nested bars redrew ("...it/s]Traceback ...   | 0/6 [00:00<?, ?it/s]") is
+    one finding with its frames, without the bar's remains."""
+    findings = parse_lines(
+        [
+            "training routine:   0%|          | 0/100 [00:00<?, ?it/s]Traceback (most recent call last):"
+            "                                  | 0/6 [00:00<?, ?it/s] ",
+            '  File "nlp_pipeline.py", line 695, in <module>',
+            "    for batch_index, batch_dict in enumerate(batch_generator):",
+            '  File "nlp_pipeline.py", line 176, in vectorize',
+            "    one_hot = np.zeros(matrix_size, dtype=np.float32)",
+            "numpy.core._exceptions.MemoryError: Unable to allocate 329. MiB for an array with shape (5526, "
+            "15604) and data type float32",
+            "training routine:   0%|          | 0/100 [00:01<?, ?it/s] ",
+        ]
+    )
+    f = _one(findings, "cpu_oom")
+    assert f.line_number == 1 and "nlp_pipeline.py\", line 176" in f.text
+    assert f.text.startswith("Traceback (most recent call last):") and "0/6" not in f.text
+    assert len(findings) == 1
+
+
+def test_failure_overwritten_by_a_bar_redraw_is_kept(tmp_path: Path) -> None:
+    """An OOM that a bar's redraw overwrote on the same line (no newline between) is still found; a bare
+    "ERROR" overwritten the same way is not (what the terminal stopped showing was transient)."""
+    log = tmp_path / "log.txt"
+    log.write_bytes(
+        b" 45%|####5     | 45/100 [00:10<00:12,  4.5it/s]\r 45%|####5     | 45/100 [00:10<00:12,  4.5it/s]"
+        b"RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB\r 46%|####6     | 46/100 [00:10<00:12,"
+        b"  4.5it/s]\n"
+        b"ERROR: transient\r 47%|####7     | 47/100 [00:11<00:12,  4.5it/s]\n"
+    )
+    findings = parse_log(log)
+    assert [(f.level, f.category) for f in findings] == [("error", "cuda_oom")]
+    assert findings[0].message == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB"
+
+
+def test_traceback_logged_as_a_warning_is_a_warning() -> None:
+    """A traceback under "WARNING:root:" was caught and logged (a plugin that failed to load): a warning, unless
+    what it reports cannot be survived (an illegal memory access)."""
+    findings = parse_lines(
+        [
+            "WARNING:root:Traceback (most recent call last):",
+            '  File "nodes.py", line 2212, in load_custom_node',
+            "    module_spec.loader.exec_module(module)",
+            "ModuleNotFoundError: No module named 'cv2'",
+            "step 1",
+            "WARNING:root:Traceback (most recent call last):",
+            '  File "train.py", line 10, in step',
+            "RuntimeError: CUDA error: an illegal memory access was encountered",
+        ]
+    )
+    assert [(f.level, f.category) for f in findings] == [
+        ("warning", "python_exception"),
+        ("error", "cuda_illegal_memory"),
+    ]
+
+
+def test_spawned_process_traceback_is_part_of_the_parent_finding() -> None:
+    """mp.spawn re-raises the child's traceback as its exception's message: one finding, the child's cause."""
+    f = _one(parse_log(LOGS / "address_in_use_4.log"), "address_in_use")
+    assert f.message == "RuntimeError: Address already in use" and "mp.spawn" in f.text
+    assert len(parse_log(LOGS / "address_in_use_4.log")) == 1
+
+
+def test_error_line_before_a_native_crash_is_kept() -> None:
+    """An error line just above a faulthandler dump is its own finding (a native dump takes no header)."""
+    findings = parse_lines(
+        ["{'loss': nan, 'learning_rate': 1e-05, 'epoch': 0.3}", "Fatal Python error: Segmentation fault", ""]
+    )
+    assert [f.category for f in findings] == ["nan_loss", "segfault"]
 
 
 def test_crlf_log(tmp_path: Path) -> None:
