@@ -218,8 +218,9 @@ def test_hf_trainer_callback_matches_the_trainers_own_log(tmp_path: Path, child_
     )
     ref = resolve_config(job["config"], HUGGINGFACE, "gradient_accumulation")
     assert (ref.current_value, ref.source) == (2, "config")
-    # max_grad_norm=0.5 against norms of ~1-1.6: the clipping rule names TrainingArguments.learning_rate.
-    assert assert_recommendations_resolve(store, job, tmp_path)
+    # max_grad_norm=0.5 against norms of ~1-1.6: a lower learning rate only if the loss rose (clipping while it
+    # falls is information without a change); whatever the cards set resolves to the snapshot's keys.
+    assert_recommendations_resolve(store, job, tmp_path)
 
 
 @needs_transformers
