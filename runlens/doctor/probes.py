@@ -118,19 +118,12 @@ def probe_store(url: str) -> dict[str, Any]:
         return {"url": shown, "ok": True, "created": False,
                 "detail": f"no store yet; {parent.resolve()} is writable (it will be created there)"}
 
-    class _Rollback(Exception):
-        pass
-
     try:
         store = open_store(url, create=False, migrate=False)
     except RunlensError as exc:
         return {"url": shown, "ok": False, "error": str(exc)}
     try:
-        with store.begin() as conn:
-            store.insert_many(conn, "jobs", [{"job_id": "runlens-doctor-probe", "name": "runlens-doctor",
-                                              "status": "never_started", "created_at": time.time()}])
-            raise _Rollback
-    except _Rollback:
+        store.check_writable()
         return {"url": shown, "ok": True, "created": True,
                 "detail": "a write in a rolled-back transaction worked"}
     except Exception as exc:
@@ -138,7 +131,6 @@ def probe_store(url: str) -> dict[str, Any]:
         return {"url": shown, "ok": False, "error": first}
     finally:
         store.close()
-    return {"url": shown, "ok": False, "error": "unreachable"}
 
 
 def _find_pyspy() -> str | None:
