@@ -15,9 +15,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
+import pandas as pd
+import pytest
+
 from runlens.analyze import logcategories
+from runlens.analyze.findings import Finding
+from runlens.analyze.jobdata import JobData
 from runlens.analyze.logfindings import LogFinding
 from runlens.analyze.logparse import parse_log
+from runlens.analyze.registry import all_rules, run_rules
 
 LOGS = Path(__file__).resolve().parents[1] / "data" / "logs"
 _NAME = re.compile(r"^(?P<category>[a-z0-9_]+?)_(?P<n>\d+)\.log$")
@@ -114,6 +122,51 @@ def test_every_category_of_the_table_has_real_logs() -> None:
     have = {expected_of(p.name)[0] for p in LOGS.glob("*.log")}
     declared = {c.id for c in logcategories.CATEGORIES}
     assert declared - have == set()
+
+
+# -- what the log rules make of real logs --------------------------------------------------------------------
+
+
+def _log_rules(name: str, **job: Any) -> dict[str, Finding]:
+    """The logs family's findings for one fixture, in a failed job with no steps or samples."""
+    row = {"job_id": "j1", "name": "j", "status": "failed", "started_at": 0.0, "ended_at": 60.0, "exit_code": 1,
+           "environment": {"cpu_count": 8, "env": {}}, **job}
+    data = JobData(job=row, steps=pd.DataFrame(), samples=pd.DataFrame(), events=pd.DataFrame(),
+                   log_findings=parse_log(LOGS / name))
+    out, notes = run_rules(data, [r for r in all_rules() if r.family == "logs"])
+    assert notes == []
+    return {f.id: f for f in out}
+
+
+@pytest.mark.parametrize(
+    "name, rule, severity, says",
+    [
+        ("nan_loss_3.log", "logs.nan_loss", "critical", "diverged"),
+        ("nan_loss_5.log", "logs.nan_loss", "critical", "diverged"),
+        ("segfault_5.log", "logs.segfault", "critical", "DataLoader worker"),
+        ("address_in_use_1.log", "logs.address_in_use", "critical", "Port 47531"),
+        ("hub_access_1.log", "logs.hub_access", "critical", "repo meta-llama/Llama-2-7b is gated"),
+        ("scheduler_kill_1.log", "logs.scheduler_kill", "critical", "time limit"),
+        ("scheduler_kill_2.log", "logs.scheduler_kill", "critical", "preempted"),
+        ("scheduler_kill_4.log", "logs.scheduler_kill", "warning", "cancelled"),
+        ("sighup_1.log", "logs.sighup", "critical", "tmux"),
+        ("terminated_1.log", "logs.terminated", "warning", "SIGTERM"),
+    ],
+)
+def test_log_rules_name_the_failure_and_its_fix(name: str, rule: str, severity: str, says: str) -> None:
+    """Real logs through the parser and the log rules: the failure, a severity that matches what it did to the
+    run (a cancellation or SIGTERM from outside is not a failure of the run), and an action about it."""
+    f = _log_rules(name)[rule]
+    assert f.severity == severity
+    assert says in f"{f.title} {f.action}", (f.title, f.action)
+
+
+def test_nan_loss_in_progress_lines_is_a_training_failure() -> None:
+    """A NaN loss only the log shows is reported as a diverged run, ranked with the run's failures; a NaN
+    gradient norm beside a finite loss (fp16 loss scaling) is information."""
+    f = _log_rules("nan_loss_4.log", dialect="generic")["logs.nan_loss"]
+    assert (f.category, f.expected_effect["metric"], f.expected_effect["current"]) == ("training", "failure", True)
+    assert _log_rules("clean_5.log")["logs.nan_loss"].severity == "info"
 
 
 if __name__ == "__main__":

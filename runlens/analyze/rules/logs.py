@@ -4,7 +4,11 @@ The log parser (runlens.analyze.logparse) finds and categorises the lines; these
 is present into one finding with its count, the first occurrence (time, step, memory at that moment) and the
 setting that fixes it. Categories with a measured rule of their own are left to it, so nothing is reported
 twice: out-of-memory to memory.oom, shared-memory errors to memory.shm, a NaN loss that the steps also show
-to training.nonfinite.
+to training.nonfinite. A NaN loss that only the log shows (a trainer's progress lines: ``loss: nan``,
+``'grad_norm': nan`` beside a loss stuck at 0, ``loss=nan`` in a bar) is reported here as what it is, a
+diverged training run. A stop from outside the run (a scheduler's cancellation, SIGTERM) is a warning, not
+a failure of the run; a scheduler's time limit or preemption, a closed terminal (SIGHUP), a port in use or a
+Hub repo the run may not read end the run and are critical.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from runlens.analyze import measures as m
 from runlens.analyze.configpaths import apply_ref, precision_change, resolve
+from runlens.analyze.effects import failure
 from runlens.analyze.findings import Finding
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.registry import rule
@@ -27,7 +32,10 @@ OWNED = {"cuda_oom": "memory.oom", "mps_oom": "memory.oom", "cpu_oom": "memory.o
          "host_oom_kill": "memory.oom", "shm_bus_error": "memory.shm"}
 # Errors that end or corrupt a run whatever its exit status.
 FATAL = {"segfault", "cuda_device_assert", "cuda_illegal_memory", "disk_full", "nccl_timeout", "nccl_error",
-         "dataloader_worker_died", "checkpoint_save_failed", "config_error"}
+         "dataloader_worker_died", "checkpoint_save_failed", "config_error", "address_in_use", "hub_access",
+         "sighup", "scheduler_kill"}
+# Stops someone or something outside the run chose: nothing in the run failed.
+DELIBERATE_KINDS = {"cancelled", "terminated", "requeue"}
 FP16_COLLAPSE = 10   # repeated overflow messages: the loss scale keeps collapsing, not a one-off skip
 
 
@@ -42,6 +50,7 @@ class Fix:
     path: str | None = None
     value: Any = None
     value_fn: Callable[[JobData, Any], Any] | None = None
+    action_fn: Callable[[dict[str, Any]], str | None] | None = None   # the action from the finding's details
 
 
 def _double(default: float) -> Callable[[JobData, Any], Any]:
@@ -64,7 +73,7 @@ FIXES: dict[str, Fix] = {
                                   "Run with num_workers 0 to see the worker's own exception; if it was killed "
                                   "(shared memory, host OOM), give it more /dev/shm or memory.",
                                   concept="num_workers", value=0),
-    "nan_loss": Fix("The log reports a NaN/Inf loss",
+    "nan_loss": Fix("Training diverged: the log shows a NaN/Inf loss",
                     "Lower the learning rate and keep gradient clipping on; with fp16 switch to bf16.",
                     concept="learning_rate"),
     "fp16_overflow": Fix("fp16 gradient overflow / loss-scale collapse",
@@ -94,13 +103,42 @@ FIXES: dict[str, Fix] = {
                                  "Point TMPDIR at a short path (/tmp): DataLoader workers and torch.distributed "
                                  "put sockets there and the path limit is 108 bytes.", path="env:TMPDIR",
                                  value="/tmp"),
-    "network_timeout": Fix("Network timeout",
+    "network_timeout": Fix("Network error or timeout",
                            "Run offline with files already cached (HF_HUB_OFFLINE=1), or retry; a logging "
                            "service can be set to offline mode.", path="env:HF_HUB_OFFLINE", value="1"),
     "segfault": Fix("Segmentation fault",
                     "Rerun with PYTHONFAULTHANDLER=1 to get the Python stack; with DataLoader workers try "
                     "num_workers 0 to see if a worker's native library crashed.",
                     path="env:PYTHONFAULTHANDLER", value="1"),
+    "segfault_worker": Fix("Segmentation fault in a DataLoader worker",
+                           "A native library crashed inside a DataLoader worker (image or audio decoding, a C "
+                           "extension): run with num_workers 0 to get its stack in the main process, then update "
+                           "or replace that library.", concept="num_workers", value=0),
+    "address_in_use": Fix("Rendezvous port already in use",
+                          "Another process holds the port (another job on this machine, or a run that has not "
+                          "exited): give this run a free one (torchrun --master_port, MASTER_PORT, or "
+                          "--rdzv-endpoint localhost:0 with --standalone) or stop the process that holds it.",
+                          action_fn=lambda d: (f"Port {d['port']} is held by another process (another job on "
+                                               "this machine, or a run that has not exited): give this run a free "
+                                               "one (torchrun --master_port, MASTER_PORT, or --rdzv-endpoint "
+                                               f"localhost:0 with --standalone) or stop it (`lsof -i :{d['port']}`)."
+                                               if d.get("port") else None)),
+    "hub_access": Fix("The Hugging Face Hub refused a model or dataset",
+                      "Check the repo id (a local path that does not exist is taken for a Hub id); for a gated or "
+                      "private repo, log in on this machine (huggingface-cli login, or HF_TOKEN in the job's "
+                      "environment) with an account that has access.", action_fn=lambda d: _HUB_ACTIONS.get(
+                          str(d.get("kind")), "").format(repo=d.get("repo") or "this repo") or None),
+    "scheduler_kill": Fix("The scheduler ended the job",
+                          "Look up why in the scheduler's record of the job (sacct -j, qstat -f, bhist -l).",
+                          action_fn=lambda d: _SCHEDULER_ACTIONS.get(str(d.get("kind")))),
+    "sighup": Fix("Stopped by SIGHUP: the terminal that started the run closed",
+                  "Start long runs detached from the terminal: inside tmux or screen, or with `setsid nohup CMD > "
+                  "log 2>&1 &` (torchrun and accelerate launch can still get SIGHUP under a plain nohup when the "
+                  "session ends)."),
+    "terminated": Fix("Stopped by a signal from outside the run",
+                      "Something outside the run stopped it (a scheduler's limit or preemption, an orchestrator, a "
+                      "person): check the scheduler's record of the job; to lose nothing next time, save a "
+                      "checkpoint when SIGTERM arrives and resume from it."),
     "config_error": Fix("Configuration error", "Fix the setting the message names."),
     "python_exception": Fix("Unhandled exception", "Fix the error in the traceback."),
     "error": Fix("Errors in the log", "Read the error lines around the first one."),
@@ -108,11 +146,33 @@ FIXES: dict[str, Fix] = {
     "warning": Fix("Warnings in the log", "Review the warnings."),
 }
 
+_HUB_ACTIONS = {
+    "gated": "The repo {repo} is gated: accept its terms on its Hub page, then log in on this machine (huggingface-cli "
+             "login, or HF_TOKEN in the job's environment) with that account.",
+    "not_found": "The Hub has no {repo} this run may read: check the id (a local path that does not exist is "
+                 "taken for a Hub id), or log in if the repo is private.",
+    "unauthorized": "The Hub refused the token for {repo}: log in again (huggingface-cli login) or set a valid "
+                    "HF_TOKEN in the job's environment.",
+}
+_SCHEDULER_ACTIONS = {
+    "time_limit": "The job reached its time limit: request more time (Slurm --time, PBS walltime, LSF -W), or "
+                  "make the run resumable: have the scheduler signal it before the limit (Slurm "
+                  "--signal=USR1@120), save a checkpoint on that signal and resume from it.",
+    "preemption": "The job was preempted for a higher-priority one: resubmit or requeue it (Slurm --requeue) "
+                  "and resume from its last checkpoint; save checkpoints more often, or use a partition or QOS "
+                  "that is not preemptible.",
+    "node_failure": "A node of the job failed: resume from the last checkpoint; nothing in the run caused it.",
+    "cancelled": "The job was cancelled (scancel, qdel, bkill, or an administrator): nothing in the run failed.",
+    "terminated": "The scheduler terminated the job's tasks: its record says why (sacct -j JOB).",
+    "requeue": "The scheduler requeued the job: it resumes from its last checkpoint if the run saves one.",
+}
+
 CATEGORIES: tuple[str, ...] = (
     "cuda_oom", "mps_oom", "cpu_oom", "host_oom_kill", "nccl_timeout", "nccl_error", "dataloader_worker_died",
     "shm_bus_error", "nan_loss", "fp16_overflow", "cuda_device_assert", "cuda_illegal_memory", "cudnn_cublas",
-    "disk_full", "checkpoint_save_failed", "too_many_open_files", "af_unix_path_too_long", "network_timeout",
-    "segfault", "config_error", "python_exception", "error", "python_warning", "warning",
+    "disk_full", "checkpoint_save_failed", "too_many_open_files", "af_unix_path_too_long", "address_in_use",
+    "hub_access", "network_timeout", "scheduler_kill", "sighup", "terminated", "segfault", "config_error",
+    "python_exception", "error", "python_warning", "warning",
 )
 
 
@@ -131,6 +191,9 @@ def _severity(category: str, items: list[Any], data: JobData) -> str:
         return "warning" if sum(int(getattr(lf, "count", 1) or 1) for lf in items) >= FP16_COLLAPSE else "info"
     if not errors:
         return "info"
+    if category == "terminated" or (category == "scheduler_kill" and all(
+            (getattr(lf, "details", None) or {}).get("kind") in DELIBERATE_KINDS for lf in errors)):
+        return "warning"
     if category in FATAL or category == "nan_loss":
         return "critical"
     if category in ("python_exception", "error"):
@@ -156,7 +219,16 @@ def _log_finding(category: str, data: JobData) -> list[Finding]:
     mem = snap.get("used_memory_gb") if snap else None
     mem = None if mem is None or m.is_nan(mem) else float(mem)
     message = str(getattr(first, "message", "") or "").strip()
-    fix = FIXES.get(category, Fix(category.replace("_", " ").capitalize(), "See the log."))
+    details = dict(getattr(first, "details", None) or {})
+    if category == "scheduler_kill":
+        # the reason that ended the job: a time limit or preemption rather than the cancellation that carried it
+        fatal = [lf for lf in items if (getattr(lf, "details", None) or {}).get("kind") not in DELIBERATE_KINDS]
+        details = dict(getattr(fatal[0] if fatal else first, "details", None) or {})
+    for lf in items:   # what the first occurrence lacks, a later one may say (the repo, the port)
+        for k, v in (getattr(lf, "details", None) or {}).items():
+            details.setdefault(k, v)
+    key = "segfault_worker" if category == "segfault" and details.get("dataloader_worker") else category
+    fix = FIXES.get(key, Fix(category.replace("_", " ").capitalize(), "See the log."))
     when = f"first at step {step}" if step is not None else ("first before the first step" if t else "first")
     where = f"line {getattr(first, 'line_number', '?')}"
     parts = [f"{count} occurrence{'s' if count != 1 else ''}", f"{when} ({where})"]
@@ -165,17 +237,20 @@ def _log_finding(category: str, data: JobData) -> list[Finding]:
     if category in FATAL and _failed(data):
         last = data.job.get("last_step")
         parts.append("the run stopped" + (f" at step {last}" if last is not None else ""))
-    action = fix.action
+    action = (fix.action_fn(details) if fix.action_fn else None) or fix.action
     if category in ("config_error", "python_exception", "error") and message:
         action = f"{fix.action.rstrip('.')}: {message[:300]}"
     ev = {"count": count, "first_timestamp": t, "first_step": step, "first_line": getattr(first, "line_number", None),
           "memory_at_time_gb": mem, "message": message[:500],
-          "rank": getattr(first, "rank", None), "details": dict(getattr(first, "details", None) or {})}
+          "rank": getattr(first, "rank", None), "details": details}
     f = Finding(id=f"logs.{category}", severity=_severity(category, items, data),
                 title=fix.title + (f": {message[:120]}" if category in ("config_error", "python_exception")
                                    and message else ""),
                 action=action, impact="; ".join(parts), category="logs", evidence=ev,
                 impact_value=float(count), impact_unit="occurrences")
+    if category == "nan_loss" and f.severity == "critical":
+        f.category = "training"   # a divergence, ranked with the run's failures
+        f.expected_effect = failure(None, failed=True)
     return [_with_setting(f, fix, data, message)]
 
 
