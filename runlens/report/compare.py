@@ -301,7 +301,7 @@ def format_comparison(doc: Mapping[str, Any]) -> str:
     if not diffs:
         lines.append(f"config: no differences ({config.get('same', 0)} keys the same)")
     else:
-        lines.append(f"config: {len(diffs)} key{'s' if len(diffs) != 1 else ''} differ "
+        lines.append(f"config: {len(diffs)} key{'s differ' if len(diffs) != 1 else ' differs'} "
                      f"({config.get('same', 0)} the same)")
         table = [["key", *heads]]
         for d in diffs:
