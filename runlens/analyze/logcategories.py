@@ -16,8 +16,8 @@ before its consequence:
 
     cuda_oom > mps_oom > cpu_oom > cuda_device_assert > cuda_illegal_memory > too_many_open_files
     > shm_bus_error > segfault (SIGSEGV) > dataloader_worker_died > host_oom_kill > scheduler_kill > sighup
-    > nccl_timeout > nccl_error > cudnn_cublas > fp16_overflow > nan_loss > af_unix_path_too_long > disk_full
-    > checkpoint_save_failed > address_in_use > hub_access > network_timeout > terminated
+    > address_in_use > nccl_timeout > nccl_error > cudnn_cublas > fp16_overflow > nan_loss > af_unix_path_too_long
+    > disk_full > checkpoint_save_failed > hub_access > network_timeout > terminated
     > segfault (abort, illegal instruction) > config_error
     (then python_exception, error, python_warning, warning)
 
@@ -67,7 +67,7 @@ _SHELL = r"^(?:\S+: line \d+:\s+\d+\s+|\[\d+\][+-]?\s+|\d+\s+)?"
 # "train/loss=inf" (a key with "loss" in it, not a loss *scale*), "[Loss] nan", "Loss nan (nan)", darknet's
 # "-nan, -nan avg loss".
 _LOSS_KEY = r"(?<![\w/.\-])(?![\w/.\-]*scale)[\w/.\-]*loss[\w/.\-]*"
-_NONFINITE = r"['\"]?[-+]?(?:nan|inf)\b"
+_NONFINITE = r"['\"]?(?:tensor\()?[-+]?(?:nan|inf)\b"
 NAN_LOSS_PATTERNS: tuple[re.Pattern[str], ...] = rx(
     r"\bloss\b.{0,60}?\b(?:is|was|became|has become|becomes) (?:nan|inf|non-finite)\b",
     r"\b(?:nan|inf) loss\b", r"\bDetected (?:NaN|inf)\b", r"\bnon-finite loss\b",
@@ -76,6 +76,9 @@ NAN_LOSS_PATTERNS: tuple[re.Pattern[str], ...] = rx(
     r"\b-?(?:nan|inf)(?:,\s*-?(?:nan|inf))? avg loss\b",
     r"Loss became infinite or NaN", r"\bnan (?:in|detected in) (?:the )?loss\b",
     r"returned nan values in its \d+\w* output", r"found NaN in (?:local )?grad norm",
+    r"number of nan iterations:\s*[1-9]",   # Megatron counts the iterations whose loss was NaN
+    r"Invalid loss, terminating training",   # Keras' TerminateOnNaN
+    r"is non-finite, so it cannot be clipped",   # clip_grad_norm_(error_if_nonfinite=True)
 )
 # A gradient norm that is NaN/Inf while the loss is finite is what fp16 loss scaling produces on a skipped
 # step (mmcv's and the HF Trainer's logs show it routinely): a warning, unless the loss is stuck at 0 with it
@@ -95,10 +98,15 @@ _SIGSEGV = Category(
 _ALONE = r"(?:\s*$|\s{2,}\S)"
 _ABORT = Category(
     "segfault", "error",
-    ("core dumped", "fatal python error", "illegal instruction", "aborted", "sigabrt", "sigill", "134", "-6"),
+    ("core dumped", "fatal python error", "illegal instruction", "aborted", "sigabrt", "sigill", "134", "-6",
+     "corrupt", "free()", "munmap_chunk", "stack smashing"),
     rx(r"\bcore dumped\b", r"Fatal Python error: (?:Aborted|Bus error|Illegal instruction)",
         r"Illegal instruction", r"\bSIGABRT\b|\bSIGILL\b", r"\bexitcode\s*:\s*-6\b",
-        r"\bexit(?:ed with)?[ _]?code:? ?134\b") + rx(_SHELL + r"Aborted" + _ALONE, flags=0),
+        r"\bexit(?:ed with)?[ _]?code:? ?134\b",
+        # glibc's heap checks (malloc/malloc.c's malloc_printerr) and the stack protector abort the process
+        r"double free or corruption|free\(\): invalid (?:pointer|size|next size)|malloc\(\): (?:corrupted|memory "
+        r"corruption|unaligned)|corrupted size vs\. prev_size|munmap_chunk\(\): invalid pointer",
+        r"\*\*\* stack smashing detected \*\*\*") + rx(_SHELL + r"Aborted" + _ALONE, flags=0),
     downgradable=False)
 CATEGORIES: tuple[Category, ...] = (
     Category(
@@ -165,8 +173,15 @@ CATEGORIES: tuple[Category, ...] = (
     Category(
         "sighup", "error", ("death signal", "closing signal sighup", "got signal: 1", "hangup", "sighup"),
         rx(r"Received (?:1|Signals\.SIGHUP) death signal", r"closing signal SIGHUP\b",
-            r"\bSignalException: Process \d+ got signal: 1\b", _SHELL + r"Hangup\b", r"<Signals\.SIGHUP: 1>",
-            r"interrupted by signal 1: SIGHUP"), strong=True, downgradable=False),
+            r"\bSignalException: Process \d+ got signal: 1\b", r"<Signals\.SIGHUP: 1>",
+            r"interrupted by signal 1: SIGHUP") + rx(_SHELL + r"Hangup" + _ALONE, flags=0),
+        strong=True, downgradable=False),
+    Category(
+        "address_in_use", "error",
+        ("address already in use", "eaddrinuse", "failed to listen on any local network", "errno 98",
+         "errno 48"),
+        rx(r"Address already in use", r"\bEADDRINUSE\b", r"failed to listen on any local network address",
+            r"\[Errno (?:98|48)\]")),
     Category(
         "nccl_timeout", "error",
         ("nccl", "watchdog", "socket has timed out", "heartbeat", "diststoreerror", "tcpstore",
@@ -195,7 +210,7 @@ CATEGORIES: tuple[Category, ...] = (
             r"loss scale already at minimum", r"Minimum loss scale reached"),
         strong=True, downgradable=False),
     Category(
-        "nan_loss", "error", ("nan", "inf", "non-finite"), NAN_LOSS_PATTERNS + (GRAD_NORM_NAN,),
+        "nan_loss", "error", ("nan", "inf", "non-finite", "invalid loss"), NAN_LOSS_PATTERNS + (GRAD_NORM_NAN,),
         strong=True, downgradable=False),
     Category("af_unix_path_too_long", "error", ("af_unix",), rx(r"AF_UNIX path too long")),
     Category(
@@ -211,18 +226,13 @@ CATEGORIES: tuple[Category, ...] = (
             r"(?:checkpoint|state_dict|weights)\b.{0,60}\b(?:save|saving|write)\b.{0,30}\bfailed\b",
             r"failed to (?:save|write) (?:the )?(?:checkpoint|model|state|weights)")),
     Category(
-        "address_in_use", "error",
-        ("address already in use", "eaddrinuse", "failed to listen on any local network", "errno 98",
-         "errno 48"),
-        rx(r"Address already in use", r"\bEADDRINUSE\b", r"failed to listen on any local network address",
-            r"\[Errno (?:98|48)\]")),
-    Category(
         "hub_access", "error",
         ("gatedrepoerror", "gated repo", "repositorynotfounderror", "repository not found",
-         "revisionnotfounderror", "client error", "valid model identifier", "invalid user token",
-         "invalid credentials"),
+         "notfounderror", "client error", "valid model identifier", "invalid user token",
+         "invalid credentials", "can't load"),
         rx(r"\bGatedRepoError\b", r"Cannot access gated repo", r"You are trying to access a gated repo",
-            r"\bRepositoryNotFoundError\b", r"Repository Not Found for url", r"\bRevisionNotFoundError\b",
+            r"\bRepositoryNotFoundError\b", r"Repository Not Found for url", r"\b(?:Revision|Entry)NotFoundError\b",
+            r"Can't load (?:the )?(?:tokenizer|config|configuration|model|processor|feature extractor) for '",
             r"\b40[13] Client Error\b.{0,80}(?:huggingface\.co|hf\.co)",
             r"is not a local folder and is not a valid model identifier",
             r"Invalid user token|Invalid credentials in Authorization header")),
@@ -233,7 +243,8 @@ CATEGORIES: tuple[Category, ...] = (
          "newconnectionerror", "couldn't connect", "unreachable", "localentrynotfounderror", "locate the file",
          "connection error, and", "connection", "couldn't reach", "server error", "429 client error",
          "proxyerror", "sslerror", "certificate_verify_failed", "gaierror", "no route to host",
-         "remotedisconnected", "maxretryerror", "chunkedencodingerror"),
+         "remotedisconnected", "maxretryerror", "chunkedencodingerror", "http error 5", "cannot connect to host",
+         "endpoint"),
         rx(r"wandb: Network error", r"\bRead ?TimeoutError\b", r"\bConnectTimeoutError\b",
             r"\bReadTimeout\b", r"\bConnectTimeout\b", r"Connection timed out", r"Read timed out",
             r"Max retries exceeded with url", r"wandb\.errors\.(?:errors\.)?CommError",
@@ -248,7 +259,9 @@ CATEGORIES: tuple[Category, ...] = (
             r"|'Connection aborted\.'",
             r"\b(?:ConnectionError|ProxyError|SSLError|ChunkedEncodingError|MaxRetryError)\b",
             r"Couldn't reach \S+", r"\b5\d\d Server Error\b", r"\b429 Client Error\b", r"\bsocket\.gaierror\b",
-            r"No route to host", r"CERTIFICATE_VERIFY_FAILED", r"\bRemoteDisconnected\b")),
+            r"No route to host", r"CERTIFICATE_VERIFY_FAILED", r"\bRemoteDisconnected\b",
+            r"\bHTTP Error 5\d\d\b", r"\bClientConnectorError\b|Cannot connect to host",
+            r"\bEndpointConnectionError\b|Could not connect to the endpoint URL")),
     Category(
         "terminated", "error", ("death signal", "got signal: ", "terminated"),
         rx(r"Received (?:15|2|Signals\.SIGTERM|Signals\.SIGINT) death signal",

@@ -179,7 +179,8 @@ def details_for(category: str, text: str, message: str) -> dict[str, Any]:
 # -- signals, schedulers, ports, the Hub, the network, non-finite values ---------------------------------------
 
 _SIGNAL_WORDS = (
-    ("SIGABRT", re.compile(r"\bAbort|\bSIGABRT\b|\bexitcode\s*:\s*-6\b|\bexit(?:ed with)?[ _]?code:? ?134\b")),
+    ("SIGABRT", re.compile(r"\bAbort|\bSIGABRT\b|\bexitcode\s*:\s*-6\b|\bexit(?:ed with)?[ _]?code:? ?134\b"
+                           r"|corrupt|free\(\)|munmap_chunk|stack smashing|terminate called")),
     ("SIGBUS", re.compile(r"Bus error|\bSIGBUS\b")),
     ("SIGILL", re.compile(r"Illegal instruction|\bSIGILL\b")),
 )
@@ -209,7 +210,7 @@ _HUB_REPO = re.compile(
     r"|(?:Repo model|Access to model) ([\w.\-]+/[\w.\-]+) is"
     r"|huggingface\.co/([\w.\-]+)/resolve|(\S+) is not a local folder"
 )
-_NOT_FOUND = re.compile(r"not ?found|not a valid model")
+_NOT_FOUND = re.compile(r"not ?found|not a valid model|can't load")
 _HOST = re.compile(r"host='([^']+)'|https?://([^/\s'\")]+)")
 
 
@@ -283,6 +284,8 @@ def _nan_loss(text: str) -> dict[str, Any]:
     """Which quantity went non-finite: the loss, or only the gradient norm (with the loss stuck at 0 or not)."""
     if lc.nan_is_gradient_only(text):
         return {"quantity": "gradient_norm", "loss_zero": lc.LOSS_ZERO.search(text) is not None}
+    if "norm" in text and not re.search(r"loss", text, re.IGNORECASE):
+        return {"quantity": "gradient_norm"}   # clip_grad_norm_'s "total norm ... is non-finite"
     return {"quantity": "loss"}
 
 

@@ -37,7 +37,8 @@ TRIGGER_WORDS: tuple[str, ...] = (
     # address in use, scheduler kills, signals, network and hub errors, non-finite values in progress lines
     "eady in use", "eaddrinuse", "elled at", "wallclock", "eadline", "eath signal", "ighup", "got signal",
     "ngup", "reset by", "refused", "route to h", "isconnected", "gated repo", "not found for url",
-    "el identifier", "w on resource", "inf,", "inf ", "inf}", "inf)", "inf'", "inf\"", "inf]", "inf\n",
+    "el identifier", "w on resource", "corrupt", "free()", "munmap_chunk", "smashing", "'t load", "to host",
+    "ndpoint", "nvalid loss", "inf,", "inf ", "inf}", "inf)", "inf'", "inf\"", "inf]", "inf\n",
 ) + tuple(f"[{lvl}{c}" for lvl in "ewf" for c in " 0123456789") \
   + tuple(f"\n{lvl}{m}" for lvl in "ewf" for m in "01")   # glog/c10: "[W NNPACK.cpp]", "[E1206 ", "E0501 "
 # fmt: on
