@@ -96,3 +96,40 @@ def file_state(path: Path) -> tuple[bytes, int]:
 
 
 StartUi = Callable[..., Server]
+
+
+class UiServers:
+    """``start(db, *extra_args, host="127.0.0.1", connect="127.0.0.1")`` starts ``python -m runlens ui`` on a
+    free port and returns once it listens; ``close()`` stops every server it started."""
+
+    def __init__(self, wait_until: Callable[..., Any]) -> None:
+        self.wait_until = wait_until
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, db: str, *extra: str, host: str = "127.0.0.1", connect: str = "127.0.0.1") -> Server:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "runlens", "ui", "--db", db, "--host", host,
+                                 "--port", str(port), *extra], env=clean_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+
+        def listens() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"runlens ui exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                with socket.create_connection((connect, port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        self.wait_until(listens, timeout=60, interval=0.05, message="runlens ui to listen")
+        return Server(f"http://{connect}:{port}/", proc)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
