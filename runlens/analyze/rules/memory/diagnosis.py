@@ -98,6 +98,7 @@ def oom(data: JobData) -> list[Finding]:
         f.alternatives = [x.id for x in levers]
         ev["best_lever"] = best.id
     else:
+        f.alternatives = [x.id for x in levers]   # levers whose saving this run did not measure
         bs = m.current_batch_size(data)
         if data.dialect == HUGGINGFACE:
             apply_ref(f, resolve(data, "auto_find_batch_size"), True)
