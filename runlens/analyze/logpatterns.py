@@ -34,11 +34,12 @@ TRIGGER_WORDS: tuple[str, ...] = (
     "me or service", "ving", "ucce", "ynced", "view run", "wnload complete", "f memory", "e memory",
     "pualloc", "m during tra", "bort", "erminate", "exit", "_status_", "unrecogni", "uld not override",
     "vice-side", "egal mem", "</torch_", "已杀死",
-    # address in use, scheduler kills, signals, network and hub errors, non-finite values in progress lines
-    "eady in use", "eaddrinuse", "elled at", "wallclock", "eadline", "eath signal", "ighup", "got signal",
-    "ngup", "reset by", "refused", "route to h", "isconnected", "gated repo", "not found for url",
-    "el identifier", "w on resource", "corrupt", "free()", "munmap_chunk", "smashing", "'t load", "to host",
-    "ndpoint", "nvalid loss", "inf,", "inf ", "inf}", "inf)", "inf'", "inf\"", "inf]", "inf\n",
+    # address in use, scheduler kills, signals, network and hub errors, glibc aborts, non-finite values in
+    # progress lines (starting with letters the set already starts with: a new first byte slows every byte)
+    "y in use", "rinuse", "ncelled at", "wallclock", "ineexceeded", "ified deadline", "eath signal", "ighup",
+    "got signal", "ngup", "reset by", "refused", "route to h", "isconnected", "gated repo", "not found for url",
+    "model identif", "w on resource", "inf,", "inf ", "inf}", "inf)", "inf'", "inf\"", "inf]", "inf\n",
+    "rrupt", "free()", "munmap_chunk", "mashing", "n't load", "nect to host", "ndpoint", "nvalid loss",
 ) + tuple(f"[{lvl}{c}" for lvl in "ewf" for c in " 0123456789") \
   + tuple(f"\n{lvl}{m}" for lvl in "ewf" for m in "01")   # glog/c10: "[W NNPACK.cpp]", "[E1206 ", "E0501 "
 # fmt: on
