@@ -77,6 +77,8 @@ def job_page(request: Request) -> HTMLResponse:
     live: dict[str, Any] = {"running": running}
     if running:
         marker = app.store.data_marker(job_id)
+        sample = app.store.latest_sample(job_id) or {}
+        live["memory_gb"] = [sample.get("used_memory_gb"), sample.get("total_memory_gb")]
         live.update(api=f"/api/jobs/{job_id}", interval_ms=LIVE_INTERVAL_MS, step_since=marker[0],
                     sample_since=marker[2], event_since=marker[3], tones=STATE_TONES, seed=_seed(doc))
     return html_page(request, "ui/job.html", {
