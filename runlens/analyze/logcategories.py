@@ -115,15 +115,17 @@ CATEGORIES: tuple[Category, ...] = (
         rx(r"\b(?:CUDA|HIP) out of memory", r"torch\.(?:cuda\.)?OutOfMemoryError",
             r"CUDA error: out of memory",
             r"CUDA_ERROR_OUT_OF_MEMORY", r"RESOURCE_EXHAUSTED: Out of memory", r"\bOOM during training step",
-            r"ResourceExhaustedError\b.*\bOOM\b"), strong=True),
-    Category("mps_oom", "error", ("mps backend",), rx(r"\bMPS backend out of memory"), strong=True),
+            r"ResourceExhaustedError\b.*\bOOM\b"), strong=True, downgradable=False),
+    Category("mps_oom", "error", ("mps backend",), rx(r"\bMPS backend out of memory"), strong=True,
+             downgradable=False),
     Category(
         "cpu_oom", "error",
         ("cpuallocator", "enforce fail at", "memoryerror", "cannot allocate memory", "unable to allocate"),
         rx(r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)",
             r"\[enforce fail at (?:alloc_cpu|CPUAllocator)\.cpp", r"^(?:builtins\.)?MemoryError\b",
             r"\[Errno 12\] Cannot allocate memory",
-            r"_ArrayMemoryError\b|Unable to allocate [\d.]+ [KMGT]i?B for an array"), strong=True),
+            r"_ArrayMemoryError\b|Unable to allocate [\d.]+ [KMGT]i?B for an array"), strong=True,
+        downgradable=False),
     Category(
         "cuda_device_assert", "error", ("device-side assert", "assertion"),
         rx(r"device-side assert(?:ion)? triggered",
@@ -333,7 +335,9 @@ def category_level(cat: Category, line: str, marker: str | None, in_traceback: b
       messages are warnings, because a retry that later succeeds cost nothing but time;
     - a NaN/Inf gradient norm beside a finite, non-zero loss is a warning (a step fp16 loss scaling skipped);
       a NaN the trainer says it skipped is a warning;
-    - "NCCL WARN" and OOMs that the trainer survives ("skipping batch") are warnings;
+    - "NCCL WARN" and OOMs that the trainer says it survived ("skipping batch") are warnings; an OOM that a
+      program merely logs at WARNING level ("WARNING:root:CUDA out of memory ...") is not: nothing says it
+      recovered;
     - otherwise a WARNING marker downgrades a downgradable category.
     """
     if cat.id == "fp16_overflow":
@@ -350,7 +354,7 @@ def category_level(cat: Category, line: str, marker: str | None, in_traceback: b
         return "warning" if _SKIPPING.search(line) else "error"
     if cat.id == "nccl_error" and "NCCL WARN" in line:
         return "warning"
-    if cat.id == "cuda_oom" and _SKIPPING.search(line) and not _ABORTING.search(line):
+    if cat.id in ("cuda_oom", "mps_oom", "cpu_oom") and _SKIPPING.search(line) and not _ABORTING.search(line):
         return "warning"
     if marker == "warning" and cat.downgradable:
         return "warning"

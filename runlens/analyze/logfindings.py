@@ -21,6 +21,7 @@ Timestamps come from the line itself (``runlens.analyze.logtime``), else from th
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,9 @@ MESSAGE_LIMIT = 500
 STALE_BLOCK_LINES = 200  # a block that got no line for this many lines is closed (its rank died)
 HEADER_GAP = 2  # an error line this close before a traceback is its header (logger.exception)
 SAVE_CONTEXT_LINES = 30  # a traceback this close after "Saving checkpoint" is a failed save
+OOM_SKIP_LINES = 3  # an OOM this close before "... skipping batch" was survived
+MAX_CONTEXT_LINES = 10_000
+OOM_CATEGORIES = ("cuda_oom", "mps_oom", "cpu_oom")
 
 
 @dataclass
@@ -120,6 +124,7 @@ class FindingParser:
         self.from_traceback: set[int] = set()  # id() of findings built from a traceback
         self.last_save = -(10**9)
         self.last_success = -1
+        self.oom_skips: list[int] = []  # lines that say an OOM was survived (bounded)
         self.dropped = 0
 
     @property
@@ -187,6 +192,8 @@ class FindingParser:
             return
         if lp.SAVE_CONTEXT.search(stripped):
             self.last_save = number
+        if len(self.oom_skips) < MAX_CONTEXT_LINES and lp.OOM_SKIP.search(stripped):
+            self.oom_skips.append(number)
         if lp.SUCCESS.search(stripped):
             self.last_success = number
         marker = lp.level_marker(stripped)
@@ -324,7 +331,7 @@ class FindingParser:
         else:
             # a traceback the program logged as a warning (``logger.warning(traceback.format_exc())``) was
             # caught and survived
-            level = "warning" if block.marker == "warning" else "error"
+            level = "warning" if block.marker in ("warning", "info") else "error"
             category = "python_exception"
             message = final or (header.message if header else "") or block.last_frame or block.first.strip()
             if final and lp.CONFIG_EXC.match(final) and lp.CONFIG_FRAME.search(block.last_frame):
@@ -404,6 +411,10 @@ class FindingParser:
             old.details["ranks"] = sorted(ranks)[:64]
         old.details["last_line_number"] = last
 
+    def _skipped_after(self, number: int) -> bool:
+        i = bisect.bisect_right(self.oom_skips, number)
+        return i < len(self.oom_skips) and self.oom_skips[i] - number <= OOM_SKIP_LINES
+
     def finish(self) -> list[LogFinding]:
         for block in list(self.blocks):
             self._close(block)
@@ -418,6 +429,9 @@ class FindingParser:
                 and self.last_success > f.details.get("last_line_number", f.line_number)
             ):
                 f.level = "warning"  # it recovered: a later line reports success
+                f.details["recovered"] = True
+            elif f.category in OOM_CATEGORIES and f.level == "error" and self._skipped_after(f.line_number):
+                f.level = "warning"  # the program says it skipped the batch and went on
                 f.details["recovered"] = True
         if self.dropped:
             logger.info(

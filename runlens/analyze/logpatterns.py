@@ -169,6 +169,12 @@ SAVE_FRAME = re.compile(
     r"|save_weights|_save)\b|[\\/]checkpoint_engine",
     re.IGNORECASE,
 )
+# A line that says an OOM was survived ("CUDA OOM Error during batch execution, skipping batch."): the OOM
+# reported just above it was caught.
+OOM_SKIP = re.compile(
+    r"\b(?:OOM|out of memory)\b.{0,80}\bskipp(?:ing|ed)\b|\bskipp(?:ing|ed)\b.{0,80}\b(?:OOM|out of memory)\b",
+    re.IGNORECASE,
+)
 SUCCESS = re.compile(
     r"\bsuccess(?:fully)?\b|\bsucceeded\b|\bdownload(?:ed)? complete|\bconnection "
     r"(?:re-?established|restored)\b|\bwandb: (?:🚀 )?View run\b|\bwandb: Synced\b",

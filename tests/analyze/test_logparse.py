@@ -1053,6 +1053,15 @@ def test_failure_overwritten_by_a_bar_redraw_is_kept(tmp_path: Path) -> None:
     assert findings[0].message == "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB"
 
 
+def test_oom_the_program_skipped_is_a_warning_and_one_it_only_logged_is_not() -> None:
+    """An OOM followed by "... skipping batch." was survived: a recovered warning. An OOM a program merely
+    logs at WARNING level is still an error: nothing says it went on."""
+    f = _one(parse_log(LOGS / "cuda_oom_6.log"), "cuda_oom")
+    assert (f.level, f.count, f.details["recovered"]) == ("warning", 2, True)
+    logged = parse_lines(["WARNING:root:Error in batch 12: CUDA out of memory. Tried to allocate 1.50 GiB"])
+    assert [(g.level, g.category) for g in logged] == [("error", "cuda_oom")]
+
+
 def test_traceback_logged_as_a_warning_is_a_warning() -> None:
     """A traceback under "WARNING:root:" was caught and logged (a plugin that failed to load): a warning, unless
     what it reports cannot be survived (an illegal memory access)."""
