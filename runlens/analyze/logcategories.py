@@ -161,11 +161,11 @@ CATEGORIES: tuple[Category, ...] = (
             r"killed by the OOM killer", r"non-zero exit status -9\b", r"\breturn code\s*=?\s*(?:-9|137)\b",
             r"\btask \d+: Killed\b", r"Exceeded (?:job|step) memory limit",
             r"PBS: job killed: [pv]?mem \S+ exceeded limit", r"\bTERM_MEMLIMIT: job killed",
-            r"The node was low on resource: memory"), downgradable=False),
+            r"The node was low on resource: memory", r"\btasks? [\d,\-]+: Out Of Memory\b"), downgradable=False),
     Category(
         "scheduler_kill", "error",
-        ("cancelled at", "pbs: job killed: walltime", "term_", "wallclock", "deadline", "terminated"),
-        rx(r"\*\*\* (?:JOB|STEP) \S+ (?:ON \S+ )?CANCELLED AT \S+", r"PBS: job killed: walltime \d+",
+        ("cancelled at", "pbs: job killed", "term_", "wallclock", "deadline", "terminated"),
+        rx(r"\*\*\* (?:JOB|STEP) \S+ (?:ON \S+ )?CANCELLED AT \S+", r"PBS: job killed: (?:walltime|cput) \d+",
             r"\bTERM_(?:RUNLIMIT|CPULIMIT|OWNER|ADMIN|FORCE_OWNER|FORCE_ADMIN|PREEMPT|REQUEUE_OWNER"
             r"|REQUEUE_ADMIN|WINDOW|DEADLINE|BUCKET_KILL)\b: job killed",
             r"job exceeded (?:its )?wallclock limit", r"exceeded hard wallclock time",
@@ -217,9 +217,12 @@ CATEGORIES: tuple[Category, ...] = (
     Category("af_unix_path_too_long", "error", ("af_unix",), rx(r"AF_UNIX path too long")),
     Category(
         "disk_full", "error",
-        ("no space left", "errno 28", "os error 28", "quota exceeded", "errno 122", "enospc", "storagefull"),
+        ("no space left", "errno 28", "os error 28", "quota exceeded", "errno 122", "enospc", "storagefull",
+         "ephemeral"),
         rx(r"No space left on device", r"\[Errno 28\]", r"\bos error 28\b", r"Disk quota exceeded",
-            r"\[Errno 122\]", r"\bENOSPC\b", r"\bStorageFull\b")),
+            r"\[Errno 122\]", r"\bENOSPC\b", r"\bStorageFull\b",
+            # Kubernetes evicts a pod whose scratch disk fills the node's or passes its limit
+            r"low on resource: ephemeral-storage", r"ephemeral local storage usage exceeds")),
     Category(
         "checkpoint_save_failed", "error",
         ("pytorchstreamwriter", "failed", "unexpected pos", "while serializing"),

@@ -191,7 +191,7 @@ _KINDS = (  # why a scheduler ended the job, first match wins
     ("preemption", re.compile(r"PREEMPT", re.IGNORECASE)),
     ("node_failure", re.compile(r"NODE FAIL", re.IGNORECASE)),
     ("requeue", re.compile(r"REQUEUE", re.IGNORECASE)),
-    ("time_limit", re.compile(r"TIME LIMIT|DUE TO TIME|walltime|wallclock|RUNLIMIT|CPULIMIT|DeadlineExceeded"
+    ("time_limit", re.compile(r"TIME LIMIT|DUE TO TIME|walltime|cput|wallclock|RUNLIMIT|CPULIMIT|DeadlineExceeded"
                               r"|active longer than", re.IGNORECASE)),
     ("cancelled", re.compile(r"CANCELLED AT|TERM_(?:FORCE_)?(?:OWNER|ADMIN)", re.IGNORECASE)),
     ("terminated", re.compile(r"Terminated")),

@@ -39,7 +39,7 @@ TRIGGER_WORDS: tuple[str, ...] = (
     "y in use", "rinuse", "ncelled at", "wallclock", "ineexceeded", "ified deadline", "eath signal", "ighup",
     "got signal", "ngup", "reset by", "refused", "route to h", "isconnected", "gated repo", "not found for url",
     "model identif", "w on resource", "inf,", "inf ", "inf}", "inf)", "inf'", "inf\"", "inf]", "inf\n",
-    "rrupt", "free()", "munmap_chunk", "mashing", "n't load", "nect to host", "ndpoint", "nvalid loss",
+    "rrupt", "free()", "munmap_chunk", "mashing", "n't load", "nect to host", "ndpoint", "nvalid loss", "phemeral",
 ) + tuple(f"[{lvl}{c}" for lvl in "ewf" for c in " 0123456789") \
   + tuple(f"\n{lvl}{m}" for lvl in "ewf" for m in "01")   # glog/c10: "[W NNPACK.cpp]", "[E1206 ", "E0501 "
 # fmt: on
