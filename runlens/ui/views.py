@@ -96,8 +96,7 @@ class JobViews:
             JobNotFound, StoreUnavailable.
         """
         row = self.store.get_job(job_id)
-        figures = {**self.store.job_figures([job_id])[job_id],
-                   "health_score": self.store.job_health([job_id])[job_id]}
+        figures = {**self._figures_of([row])[job_id], "health_score": self.store.job_health([job_id])[job_id]}
         now = self.clock()
         state = self.state({**row, **figures}, now=now, with_events=True)
         return {**row, **{k: v for k, v in figures.items() if k != "health_score"},
