@@ -298,7 +298,7 @@ PRECEDENCE.update({"python_exception": 100, "error": 101, "python_warning": 102,
 
 MIN_SCALE = re.compile(r"loss scale already at minimum|Minimum loss scale reached", re.IGNORECASE)
 _RETRY = re.compile(r"\bretr(?:y|ying|ies)\b|entering retry loop|\bwill retry\b", re.IGNORECASE)
-_SKIPPING = re.compile(r"\bskipp(?:ing|ed)\b|\bretrying\b|\bwill retry\b", re.IGNORECASE)
+_SKIPPING = re.compile(r"\bskipp(?:ing|ed)\b|\bignoring\b|\bretrying\b|\bwill retry\b", re.IGNORECASE)
 _ABORTING = re.compile(r"\baborting\b", re.IGNORECASE)
 
 

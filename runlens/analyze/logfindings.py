@@ -11,7 +11,8 @@ each into a ``LogFinding``:
 - **No crying wolf.** An error needs an anchor: a traceback, an exception name at the start of a line, an
   explicit level marker or a known category phrase. "eval_error_rate: 0.02", "0 errors", progress bars and
   warnings never become errors; a network retry is a warning, and a network error followed by a success
-  message is downgraded to one.
+  message is downgraded to one; so are an OOM followed by "... skipping batch" and a traceback the program
+  logged at DEBUG or WARNING level (it was caught).
 - **Bounded.** A traceback's text is kept to ~8 KiB, messages to 500 characters, findings to ``max_findings``
   with identical ones folded into the first by ``count``.
 
