@@ -6,7 +6,6 @@ SQLAlchemy. Database errors become ``StoreUnavailable`` with the reason, never a
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Sequence
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 
@@ -24,7 +23,7 @@ from runlens.core.errors import JobNotFound, StoreUnavailable
 from runlens.core.redact import redact, redact_job_fields, redact_url
 from runlens.core.settings import resolve_db_url
 from runlens.store import models
-from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, ValuesPlan, bind_limit, insert_values
+from runlens.store.bulk import StepColumns, StepInserter
 from runlens.store.engine import create_store_engine
 from runlens.store.migrate import ensure_schema, verify_schema
 
@@ -37,9 +36,6 @@ TABLES: dict[str, Table] = {
     "monitoring_costs": models.MonitoringCost.__table__,  # type: ignore[dict-item]
     "analysis_reports": models.AnalysisReport.__table__,  # type: ignore[dict-item]
 }
-
-_STEP_COLUMNS = ("job_id", "step", "timestamp", "loss", "batch_size", "gradient_norm", "learning_rate",
-                 "step_time_seconds", "data_time_seconds", "rank", "tokens", "extras", "thread_cpu_seconds")
 
 JOB_STATUSES = ("running", "succeeded", "failed", "timed_out", "never_started")
 
@@ -57,8 +53,7 @@ class Store:
     def __init__(self, url: str, engine: Engine) -> None:
         self.url = url
         self.engine = engine
-        self._step_sql: tuple[str, bool] | None = None
-        self._step_values: ValuesPlan | bool | None = None
+        self._steps = StepInserter(TABLES["step_metrics"])
 
     @property
     def shown_url(self) -> str:
@@ -102,58 +97,16 @@ class Store:
         if rows:
             conn.execute(insert(TABLES[table]), _uniform_rows(TABLES[table], _redacted_events(table, rows)))
 
-    def insert_steps(self, conn: Connection, job_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        """The hot write path: step rows as multi-row ``INSERT ... VALUES`` statements straight to the driver
-        (``runlens.store.bulk`` says why not ``executemany``).
+    def insert_steps(self, conn: Connection, job_id: str,
+                     rows: StepColumns | Sequence[Mapping[str, Any]]) -> None:
+        """The hot write path: step rows (dicts, or the batch writer's columns) as multi-row ``INSERT ... VALUES``
+        statements straight to the driver (``runlens.store.bulk`` says why not ``executemany``).
 
         Steps are nearly all of a run's rows; skipping SQLAlchemy's per-row parameter processing keeps the
         Python work per row small (bench/bench_collect.py, bench/bench_tightloop.py). Values are bound as
         before: NaN becomes NULL in SQLite, +-inf is stored.
         """
-        if not rows:
-            return
-        dumps = json.dumps
-        params: list[tuple[Any, ...]] = []
-        append = params.append
-        for r in rows:
-            g = r.get
-            extras = g("extras")
-            # Unrolled in _STEP_COLUMNS order: this loop runs once per step row on the writer thread.
-            append((job_id, g("step"), g("timestamp"), g("loss"), g("batch_size"), g("gradient_norm"),
-                    g("learning_rate"), g("step_time_seconds"), g("data_time_seconds"), g("rank"), g("tokens"),
-                    dumps(extras) if extras else None, g("thread_cpu_seconds")))
-        plan = self._step_plan(conn)
-        if plan is None:   # a driver whose placeholders we do not write by hand: its executemany
-            sql, positional = self._step_insert_sql()
-            conn.exec_driver_sql(sql, params if positional else [dict(zip(_STEP_COLUMNS, p)) for p in params])
-            return
-        insert_values(conn, plan, params)
-
-    def _step_plan(self, conn: Connection) -> ValuesPlan | None:
-        if self._step_values is None:
-            sql, positional = self._step_insert_sql()
-            head, _, group = sql.partition(" VALUES ")
-            if not positional:
-                # Named placeholders (psycopg's pyformat); its drivers also take %s with a sequence.
-                group = "(" + ", ".join(["%s"] * len(_STEP_COLUMNS)) + ")" if self.dialect == "postgresql" else ""
-            if not group.startswith("("):
-                self._step_values = False
-            else:
-                per_statement = max(1, bind_limit(conn) // len(_STEP_COLUMNS))
-                self._step_values = ValuesPlan(head + " VALUES ", group, min(MAX_ROWS_PER_STATEMENT, per_statement),
-                                               nan_for_none=self.dialect == "sqlite")
-        return self._step_values or None
-
-    def _step_insert_sql(self) -> tuple[str, bool]:
-        if self._step_sql is None:
-            t = TABLES["step_metrics"]
-            stmt = insert(t).values({c: bindparam(c) for c in _STEP_COLUMNS})
-            compiled = stmt.compile(dialect=self.engine.dialect)
-            positional = bool(compiled.positional)
-            if positional:
-                assert list(compiled.positiontup or []) == list(_STEP_COLUMNS)
-            self._step_sql = (str(compiled), positional)
-        return self._step_sql
+        self._steps.insert(conn, job_id, rows if isinstance(rows, StepColumns) else StepColumns.from_rows(rows))
 
     def insert_returning_ids(self, conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> list[int]:
         """Insert ``rows`` and return their ids in order (for samples that events and GPU rows point to)."""
