@@ -3,7 +3,9 @@
 Collectors (the training thread, the sampler, the watchdog) only append to in-memory buffers; this thread
 wakes every ``flush_interval`` seconds (or sooner when ``flush_rows`` steps wait), drains the buffers and
 writes them in one transaction: steps as multi-row INSERTs (``runlens.store.bulk``), the rest with one
-executemany per table. Pattern from datasette's ``_execute_writes`` and MLflow's async logging queue.
+executemany per table. Pattern from datasette's ``_execute_writes`` and MLflow's async logging queue. Steps go
+through a ``StepBuffer`` (``runlens.store.step_buffer``): taken off the training thread's deque at every cycle
+and between statements, converted only when their transaction comes.
 
 It stays durable whatever the training loop does:
 
@@ -27,26 +29,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Iterable, Protocol, Sequence
+from typing import Any, Callable, Deque, Iterable
 
 from runlens.core.notices import warn_on_stderr
+from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, StepColumns
+from runlens.store.step_buffer import StepBuffer, StepConverter, StepResolver
 from runlens.store.store import Store
 
 log = warn_on_stderr(logging.getLogger(__name__))   # the store's trouble must reach the user
 
-StepConverter = Callable[[Any], dict[str, Any]]
-
-
-class StepResolver(Protocol):
-    """Runs before the converter and may hold steps back, in order, until their values exist on the host
-    (CUDA scalars still being computed: ``runlens.collect.device_scalars``)."""
-
-    def resolve(self, rows: list[Any], *, block: bool = False) -> list[Any]: ...
-
-    def resolve_all(self, rows: Sequence[Any] = ()) -> list[Any]: ...
-
-    def held(self) -> int: ...
-
+__all__ = ["BatchWriter", "StepConverter", "StepResolver", "WriterStats"]
 
 STEPS_PER_TRANSACTION = 20_000   # steps converted and committed per transaction
 OVERFLOW_NOTICE_SECONDS = 60.0   # between buffer_overflow events and warnings while drops go on
@@ -108,7 +100,9 @@ class BatchWriter:
             come; past it the oldest samples, then the oldest steps are dropped (and the drop recorded).
         steps_per_transaction: the most steps one transaction writes.
         step_converter: turns what the training thread appended to ``steps`` into a row dict; runs on the
-            writer thread, so resolving a torch tensor (a device sync) never touches the caller.
+            writer thread, so resolving a torch tensor (a device sync) never touches the caller. If it has a
+            ``columns(raws)`` method, that is tried first on each chunk of steps: ``StepColumns`` for all of
+            them, or None to convert them row by row.
         step_resolver: hands drained steps to the converter once their device values are on the host
             (waiting for them when a flush is asked for, and for all of them at close).
         on_cycle: called on the writer thread at the start of every flush cycle (about every
@@ -133,11 +127,12 @@ class BatchWriter:
         self.steps_per_transaction = max(1, steps_per_transaction)
         self.step_converter = step_converter
         self.step_resolver = step_resolver
+        self._steps = StepBuffer(step_converter, getattr(step_converter, "columns", None), step_resolver)
         self._resolve_block = False   # this cycle serves a flush() or close: wait for held steps
         self.on_cycle = on_cycle
         self.stats = WriterStats()
         # The training thread appends here directly (deque.append is atomic and lock-free under the GIL).
-        self.steps: Deque[Any] = collections.deque()
+        self.steps: Deque[Any] = self._steps.raw
         self._samples: Deque[_Sample] = collections.deque()
         self._events: Deque[_Event] = collections.deque()
         self._costs: Deque[dict[str, Any]] = collections.deque()
@@ -145,7 +140,6 @@ class BatchWriter:
         self._job_lock = threading.Lock()
         self._keys = itertools.count(1)
         self._sample_ids: collections.OrderedDict[int, int] = collections.OrderedDict()
-        self._pending_steps: list[dict[str, Any]] = []   # converted but not yet committed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flushed = threading.Condition()
@@ -161,7 +155,6 @@ class BatchWriter:
         self._drops_recorded_at: float | None = None
         self._overflow_warned_at: float | None = None
         self._close_deadline: float | None = None
-        self._drained = 0   # steps taken from ``steps`` so far
         self._session = store.held_connection()
         self._thread = threading.Thread(target=self._run, name="runlens-writer", daemon=True)
 
@@ -247,9 +240,7 @@ class BatchWriter:
         return self.stats.flushes, self.stats.rows_written
 
     def buffered_rows(self) -> int:
-        held = self.step_resolver.held() if self.step_resolver is not None else 0
-        return (len(self.steps) + len(self._pending_steps) + held + len(self._samples) + len(self._events)
-                + len(self._costs))
+        return len(self._steps) + len(self._samples) + len(self._events) + len(self._costs)
 
     # -- the writer thread ---------------------------------------------------------------------------
 
@@ -274,10 +265,10 @@ class BatchWriter:
                 self._resolve_block = asked or stopping
                 # A flush someone waits for writes every step buffered when it started, in as many
                 # transactions as that takes; otherwise one transaction per cycle.
-                owed = len(self.steps) + len(self._pending_steps) if asked else 0
-                drained = self._drained
+                owed = self._steps.waiting() if asked else 0
+                out = self._steps.out
                 ok = self._flush_once()
-                while ok and self.steps and self._drained - drained < owed:
+                while ok and self._steps.waiting() and self._steps.out - out < owed:
                     ok = self._flush_once()
                 self._last_ok = ok
                 with self._flushed:
@@ -290,7 +281,7 @@ class BatchWriter:
                         break
                     if not ok and not self._retry_while_closing():
                         break
-                elif ok and len(self.steps) >= self.flush_rows:
+                elif ok and self._steps.waiting() >= self.flush_rows:
                     self._wake.set()   # a backlog: its next transaction at once, not after the interval
                 self.stats.cpu_seconds = time.thread_time() - cpu0
         finally:
@@ -310,24 +301,9 @@ class BatchWriter:
         return True
 
     def _drain(self) -> tuple[list[_Sample], list[_Event], list[dict[str, Any]], dict[str, Any]]:
-        """Take what the collectors buffered: steps up to ``steps_per_transaction`` pending (each converted
-        here, on the writer thread, by ``step_converter``), and every sample, event, cost row and job update."""
-        steps = self.steps
-        convert = self.step_converter
-        pending = self._pending_steps
-        take = min(len(steps), self.steps_per_transaction - len(pending))
-        self._drained += max(0, take)
-        raws = [steps.popleft() for _ in range(take)]
-        resolver = self.step_resolver
-        if resolver is not None:
-            # Closing: everything, in order (the resolver bounds the wait); else what is ready.
-            raws = (resolver.resolve_all(raws) if self._stop.is_set() and not steps
-                    else resolver.resolve(raws, block=self._resolve_block))
-        for raw in raws:
-            try:
-                pending.append(convert(raw))
-            except Exception as exc:  # a bad value from user code must not kill the writer
-                log.debug("dropping unconvertible step %r: %s", raw, exc)
+        """Take what the collectors buffered: steps up to ``steps_per_transaction`` converted (on the writer
+        thread, by ``step_converter``), and every sample, event, cost row and job update."""
+        self._steps.fill(self.steps_per_transaction, block=self._resolve_block, final=self._stop.is_set())
         samples = list(self._samples)
         events = list(self._events)
         costs = list(self._costs)
@@ -337,7 +313,7 @@ class BatchWriter:
 
     def _flush_once(self) -> bool:
         samples, events, costs, job = self._drain()
-        if not (samples or events or costs or job or self._pending_steps or self._drop_event_due()):
+        if not (samples or events or costs or job or self._steps.pending or self._drop_event_due()):
             self._backoff = 0.0
             return True
         t0 = time.perf_counter()
@@ -357,8 +333,7 @@ class BatchWriter:
             for k, v in job.items():
                 if self._job_updates.get(k) is v:
                     del self._job_updates[k]
-        n_steps = len(self._pending_steps)
-        self._pending_steps = []
+        n_steps = self._steps.committed()
         self.stats.flushes += 1
         self.stats.steps_written += n_steps
         self.stats.rows_written += n_steps + len(samples) + len(events) + len(costs)
@@ -425,11 +400,14 @@ class BatchWriter:
                                    "details": {"samples_dropped": drops[0], "steps_dropped": drops[1],
                                                "max_rows": self.max_rows, "reason": self._drop_reason}})
             store.insert_many(conn, "training_events", event_rows)
-            if self._pending_steps:
-                store.insert_steps(conn, job_id, self._pending_steps)
-                last = self._pending_steps[-1]
-                job.setdefault("last_step", last.get("step"))
-                job.setdefault("progress_at", last.get("timestamp"))
+            if self._steps.pending:
+                steps = StepColumns.concat(self._steps.pending)
+                for start in range(0, steps.n, MAX_ROWS_PER_STATEMENT):
+                    if start:
+                        self._steps.absorb()   # the training thread kept appending during the statement
+                    store.insert_steps(conn, job_id, steps.slice(start, start + MAX_ROWS_PER_STATEMENT))
+                job.setdefault("last_step", steps.last("step"))
+                job.setdefault("progress_at", steps.last("timestamp"))
             store.insert_many(conn, "monitoring_costs", [{**c, "job_id": job_id} for c in costs])
             if job:
                 store.update_job(job_id, conn=conn, **job)
@@ -462,12 +440,5 @@ class BatchWriter:
             self.stats.samples_dropped += 1
             excess -= 1
         if excess > 0:
-            drop = min(excess, len(self._pending_steps))
-            del self._pending_steps[:drop]
-            self.stats.steps_dropped += drop
-            excess -= drop
-            while excess > 0 and self.steps:
-                self.steps.popleft()
-                self.stats.steps_dropped += 1
-                excess -= 1
+            self.stats.steps_dropped += self._steps.drop_oldest(excess)
         return self.stats.samples_dropped + self.stats.steps_dropped - before
