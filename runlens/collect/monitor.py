@@ -61,7 +61,7 @@ from runlens.collect.overhead import CostBookkeeping
 from runlens.collect.progress import Phase, WatchdogWiring
 from runlens.collect.signals import SignalHandling
 from runlens.collect.thread_cpu import StepCpuMarks, thread_cpu_clock
-from runlens.collect.steps import StepConversion
+from runlens.collect.steps import StepConversion, settle_heap
 from runlens.core.notices import warn_on_stderr
 from runlens.core.redact import redact
 from runlens.core.settings import Settings, env_disabled
@@ -239,6 +239,7 @@ class Monitor(JobLifecycle, SignalHandling, EventRecording, WatchdogWiring, Step
         # the writer on its 1-in-64 timed calls; see BatchWriter.nudge.
         self._nudge_writer = self._writer.nudge
         self._put_step = self._writer.steps.append
+        settle_heap()   # the full collection start-up made due, here rather than in the loop's first seconds
         self._ledger.add("start", _perf() - t0)
         return self
 

@@ -40,13 +40,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import faulthandler
+import itertools
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -133,6 +134,13 @@ class StallBudget:
             self.seen += 1
             if self.seen > self.settings.warmup_steps:
                 self.intervals.append(interval)
+
+    def observe_many(self, intervals: Sequence[float]) -> None:
+        """``observe`` each interval in order, under one lock; each is known to be a finite number >= 0."""
+        with self._lock:
+            skip = max(0, self.settings.warmup_steps - self.seen)
+            self.seen += len(intervals)
+            self.intervals.extend(itertools.islice(intervals, skip, None))
 
     @property
     def calibrated(self) -> bool:
