@@ -38,7 +38,7 @@ MAX_ROWS_PER_STATEMENT = 4096
 
 # The step_metrics columns a writer fills, in the table's order; ``job_id`` comes from the writer, not the row.
 STEP_COLUMNS = ("job_id", "step", "timestamp", "loss", "batch_size", "gradient_norm", "learning_rate",
-                "step_time_seconds", "data_time_seconds", "rank", "tokens", "extras", "thread_cpu_seconds")
+                "step_time_seconds", "data_time_seconds", "rank", "tokens", "extras", "thread_cpu_seconds", "source")
 ROW_COLUMNS = STEP_COLUMNS[1:]
 
 _EMPTY: frozenset[str] = frozenset()

@@ -37,7 +37,7 @@ _CHUNK = 200_000  # rows per fetchmany: ~60 MB of tuples at most for the widest 
 
 # Columns per table in the frames (job_id is dropped: every row has the same one).
 STEP_COLUMNS = ("id", "step", "timestamp", "loss", "batch_size", "gradient_norm", "learning_rate",
-                "step_time_seconds", "data_time_seconds", "rank", "tokens", "thread_cpu_seconds")
+                "step_time_seconds", "data_time_seconds", "rank", "tokens", "thread_cpu_seconds", "source")
 EVENT_COLUMNS = ("id", "timestamp", "event_type", "details", "memory_snapshot_id", "host", "rank", "step")
 COST_COLUMNS = ("id", "timestamp", "operation", "calls", "total_seconds", "on_training_thread", "host", "rank")
 

@@ -164,6 +164,9 @@ class StepMetric(Base):
     # once per flush and put on the newest step it had then; null on the other rows. CPU time against wall time
     # between two readings says how much of each step the rank computed and how much it waited for the others.
     thread_cpu_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    # Added in 0006: "monitor" (the loop called runlens) or "output" (runlens collect read the step from the
+    # progress lines the child printed).
+    source: Mapped[str | None] = mapped_column(String(16), default=None, server_default="monitor")
 
 
 class MonitoringCost(Base):
