@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from sqlalchemy import event
 
+import runlens
 from runlens.core.errors import StoreUnavailable
 from runlens.store import Store, open_store
 from runlens.store.bulk import MAX_ROWS_PER_STATEMENT, ValuesPlan, chunks
@@ -170,6 +171,26 @@ def test_rows_missing_columns_get_nulls(store: Store, db_url: str) -> None:
                         "FROM step_metrics ORDER BY step").fetchall()
     raw.close()
     assert types == [("null", "null", "null", "null", "integer"), ("real", "null", "integer", "null", "integer")]
+
+
+def test_steps_converted_as_columns_store_null_for_none(any_store: Store) -> None:
+    """The Monitor's columns path: a None is NULL on both stores (bound as NaN only on SQLite, which stores that
+    as NULL; PostgreSQL would keep a NaN), and only the columns some step has are bound."""
+    job_id = any_store.create_job(name="columns")
+    seen = _step_statements(any_store)
+    converter = runlens.Monitor(name="converter")._convert_step   # never started: only its converter
+    writer = BatchWriter(any_store, job_id, flush_interval=60.0, step_converter=converter).start()
+    for i in range(10):
+        writer.put_step((i, 100.0 + i, None if i == 3 else 0.5, None, None, None if i % 2 else 8, None,
+                         None if i == 0 else 0.01, None, None))
+    writer.close()
+    stored = any_store.rows("step_metrics", job_id, order_by="id")
+    assert [r["step"] for r in stored] == list(range(10))
+    assert [r["loss"] for r in stored] == [0.5] * 3 + [None] + [0.5] * 6
+    assert [r["batch_size"] for r in stored[:3]] == [8, None, 8]
+    assert stored[0]["step_time_seconds"] is None and stored[1]["step_time_seconds"] == 0.01
+    assert stored[5]["learning_rate"] is None and stored[5]["extras"] is None and stored[5]["job_id"] == job_id
+    assert seen and not any("learning_rate" in sql for sql, _ in seen)
 
 
 # -- bounds ---------------------------------------------------------------------------------------------------
