@@ -7,8 +7,8 @@ BackProp", 1998, section 5; https://doi.org/10.1007/3-540-49430-8_2). A divergin
 ``g = lr * lam - 1`` times a step, in the gradient norm directly and in the loss squared, so the curvature it met
 is ``lam = (1 + g) / lr`` and the rate that puts ``lr * lam`` back at 1 is ``lr / (1 + g)``: half the edge of
 stability. In a warm-up, the growth began when the rising rate crossed the edge (``lr_onset * lam ~ 2``): half of
-that rate is the same target, measured another way. Both are ratios applied to the run's schedule, so a rate that
-warms up or decays keeps its shape; the smaller one wins.
+that rate is the same target, measured another way, and more directly: it wins when the run has it. Both are
+ratios applied to the run's schedule, so a rate that warms up or decays keeps its shape.
 """
 
 from __future__ import annotations
@@ -38,15 +38,21 @@ class Divergence:
 
     def scale(self) -> float | None:
         """The factor to apply to the run's learning rate (its schedule's peak) so that the curvature it met is
-        taken at ``lr * lam = 1``; None when the growth was not measured."""
+        taken at ``lr * lam = 1``; None when the growth was not measured.
+
+        A rising schedule that crossed the edge measures it directly (``lr_at_onset``), and that measurement
+        wins: the growth rate of the last steps before the blow-up overstates ``lr * lam`` (the explosion is
+        faster than geometric once activations saturate), so on the demo's warm-up the growth rule asked for
+        a rate 20x lower while half the onset rate (10x higher) trained to the same loss without diverging.
+        """
         peak = self.lr_peak
         factors = []
-        if self.growth_per_step is not None:
+        if self.lr_at_onset and peak and self.lr_at_onset < peak:
+            factors.append(self.lr_at_onset / 2.0 / peak)   # a warm-up crossed the edge at lr_at_onset
+        elif self.growth_per_step is not None:
             # Without a recorded rate it was constant: the rate during the growth is the peak.
             during = self.lr_during_growth / peak if self.lr_during_growth and peak else 1.0
             factors.append(during / (1.0 + self.growth_per_step))
-        if self.lr_at_onset and peak and self.lr_at_onset < peak:
-            factors.append(self.lr_at_onset / 2.0 / peak)   # a warm-up crossed the edge at lr_at_onset
         if not factors:
             return None
         return min(0.5, *factors)   # a run that diverged needs at least half its rate
