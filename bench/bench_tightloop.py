@@ -18,7 +18,9 @@ behind without bound here, while a quiet benchmark would look fine.
 Method: every call is timed with ``perf_counter_ns``. The wall time of every ``MARK``-th step is kept. A
 separate *process* (so it takes no GIL from the loop) polls the database every 0.1 s for the newest stored
 step; from its readings come the lag from ``step()`` to commit and the share of steps older than 2 s that are
-on disk. Full garbage-collector passes on the training thread are timed through ``gc.callbacks``.
+on disk. Full garbage-collector passes on the training thread are timed through ``gc.callbacks``. The training
+thread's own CPU time is read around the loop and the load average before and after: on a shared machine the
+loop's wall time, and the slowest calls, include time the OS gave to other processes.
 
     python bench/bench_tightloop.py [--steps 1000000] [--busy-seconds 10] [--work-ms 1.9] [--only tight|busy]
 
@@ -204,7 +206,9 @@ def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | No
     mark = marks.append
     mask = mark_every - 1
     assert mark_every & mask == 0, "mark_every must be a power of two"
+    load_before = os.getloadavg()
     with _GcTimer() as gct:
+        cpu_start = time.thread_time()
         t_start = time.perf_counter()
         if body is None:
             for i in range(steps):
@@ -223,6 +227,7 @@ def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | No
                     mark(wall())
         loop_end = wall()
         loop_seconds = time.perf_counter() - t_start
+        loop_cpu = time.thread_time() - cpu_start
         t_close = time.perf_counter()
         mon.close()
         close_seconds = time.perf_counter() - t_close
@@ -237,10 +242,13 @@ def run_loop(kind: str, steps: int, workdir: Path, body: Callable[[], None] | No
     us = sorted(d / 1000.0 for d in durations)
     out: dict[str, Any] = {
         "steps": steps, "loop_seconds": loop_seconds, "steps_per_second": steps / loop_seconds,
+        "loop_cpu_seconds": loop_cpu, "load_average": [load_before[0], os.getloadavg()[0]],
         "close_seconds": close_seconds, "run_seconds": loop_seconds + close_seconds,
         "rows_stored": stored, "rows_lost": steps - stored, "buffer_overflow_events": overflow,
         "step_us": {"median": statistics.median(us), "mean": statistics.fmean(us), "p99": _percentile(us, 99),
-                    "p999": _percentile(us, 99.9), "max": us[-1]},
+                    "p999": _percentile(us, 99.9), "max": us[-1],
+                    "calls_over_1ms": len(us) - bisect.bisect_right(us, 1000.0),
+                    "calls_over_5ms": len(us) - bisect.bisect_right(us, 5000.0)},
         "gc_training_thread": gct.summary(),
         "writer": {"flushes": writer.stats.flushes, "flush_seconds": writer.stats.flush_seconds,
                    "cpu_seconds": writer.stats.cpu_seconds, "steps_dropped": writer.stats.steps_dropped,
@@ -276,11 +284,14 @@ def _show(name: str, r: dict[str, Any]) -> None:
     s = r["step_us"]
     lag = r["lag_max_s"]
     share = r["old_share_min"]
-    print(f"{name}: {r['steps']} steps in {r['loop_seconds']:.1f}s ({r['steps_per_second']:.0f}/s), "
+    load = r["load_average"]
+    print(f"{name}: {r['steps']} steps in {r['loop_seconds']:.1f}s ({r['steps_per_second']:.0f}/s; the training "
+          f"thread's CPU {r['loop_cpu_seconds']:.2f}s; load average {load[0]:.1f} -> {load[1]:.1f}), "
           f"close {r['close_seconds']:.2f}s, rows lost {r['rows_lost']}, overflow events "
           f"{r['buffer_overflow_events']}")
     print(f"  step() us: median {s['median']:.2f}  mean {s['mean']:.2f} ({r['mean_over_median']:.1f}x)  "
-          f"p99 {s['p99']:.1f}  p99.9 {s['p999']:.1f}  max {s['max']:.0f}")
+          f"p99 {s['p99']:.1f}  p99.9 {s['p999']:.1f}  max {s['max']:.0f}; calls over 1 ms {s['calls_over_1ms']}, "
+          f"over 5 ms {s['calls_over_5ms']}")
     print(f"  stored when the loop ended: {r['stored_at_loop_end']} of {r['steps']}")
     print(f"  commit lag during the loop: median {r['lag_median_s']}s, max {lag}s; steps older than "
           f"{OLD_SECONDS:.0f}s on disk: min {share}, mean {r['old_share_mean']}, polls >= 95%: "
