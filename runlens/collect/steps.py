@@ -187,6 +187,8 @@ class StepConversion:
         mark = marks.raw
         if mark is not None:
             at = n - 1 if raws[-1] is mark else _index_of(raws, mark)
+            if at < 0:   # a copy of the marked tuple (the device-scalar resolver's), found by its `at` object
+                at = _index_of(ats, mark[1])
             if at >= 0:
                 cpu: list[float | None] = [None] * n
                 cpu[at] = marks.take(mark)
@@ -259,16 +261,22 @@ class StepConversion:
             "step_time_seconds": step_time, "data_time_seconds": data_time, "rank": self._rank,
             "extras": extras or None,
             # The training thread's CPU clock, on the one step per flush it was read with (collect.thread_cpu).
-            "thread_cpu_seconds": marks.take(raw) if raw is marks.raw else None,
+            "thread_cpu_seconds": marks.take(marks.raw) if _is_marked(raw, marks.raw) else None,
         }
 
 
-def _index_of(raws: Sequence[tuple[Any, ...]], raw: tuple[Any, ...]) -> int:
-    """Where ``raw`` itself (not an equal tuple) is in ``raws``, or -1."""
+def _index_of(values: Sequence[Any], value: Any) -> int:
+    """Where ``value`` itself (not an equal object) is in ``values``, or -1."""
     try:
-        return list(map(operator.is_, raws, itertools.repeat(raw))).index(True)
+        return list(map(operator.is_, values, itertools.repeat(value))).index(True)
     except ValueError:
         return -1
+
+
+def _is_marked(raw: tuple[Any, ...], mark: tuple[Any, ...] | None) -> bool:
+    """``raw`` is the step the CPU reading was taken with, or the device-scalar resolver's copy of it (which
+    keeps every value but the tensors, the ``at`` float object included)."""
+    return raw is mark or (mark is not None and raw[1] is mark[1])
 
 
 def _observe(wd: Any, ats: tuple[float, ...], intervals: tuple[Any, ...]) -> None:

@@ -129,6 +129,20 @@ def test_the_cpu_reading_lands_on_the_step_it_was_taken_with(monitor: runlens.Mo
     assert "thread_cpu_seconds" not in monitor._convert_step.columns(raws).columns   # taken once
 
 
+def test_the_cpu_reading_follows_the_device_resolvers_copy_of_its_step(monitor: runlens.Monitor) -> None:
+    """The resolver hands on copies of the steps whose tensors it replaced; the reading still lands on its step,
+    whichever path the batch takes."""
+    marks = monitor._cpu_marks = StepCpuMarks(lambda: 7.0)
+    raws = [_step(i) for i in range(4)]
+    convert = monitor._convert_step
+    marks.mark(collections.deque(raws))
+    batch = convert.columns([tuple(list(raw)) for raw in raws])
+    assert batch is not None and batch.columns["thread_cpu_seconds"] == (None, None, None, 7.0)
+    marks.mark(collections.deque(raws))
+    rows = [convert(tuple(list(raw))) for raw in raws]
+    assert [row["thread_cpu_seconds"] for row in rows] == [None, None, None, 7.0]
+
+
 def _watchdog() -> Watchdog:
     return Watchdog(lambda: Progress(0.0, None, None, None, 0), HangSettings(), lambda *_: None)
 
