@@ -8,13 +8,14 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 import pytest
 
 from runlens.store import open_store
 from runlens.store.frames import latest_analysis
 from runlens.store.series import read_series
 
-from ui_helpers import Server, StartUi, UiJobs, clean_env, file_state, free_port  # type: ignore[import-not-found]
+from ui_helpers import Server, StartUi, UiJobs, UiServers, clean_env, file_state, free_port, poll_until  # type: ignore[import-not-found]
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +25,14 @@ def ids(ui_jobs: UiJobs) -> dict[str, str]:
     return ui_jobs.ids
 
 
-@pytest.fixture
-def server(ui_jobs: UiJobs, start_ui: StartUi) -> Server:
-    return start_ui(ui_jobs.db)
+@pytest.fixture(scope="module")
+def server(ui_jobs: UiJobs) -> Iterator[Server]:
+    """One server for the module's read-only tests (tests that need their own start one with ``start_ui``)."""
+    servers = UiServers(poll_until)
+    try:
+        yield servers.start(ui_jobs.db)
+    finally:
+        servers.close()
 
 
 def test_job_list_is_newest_first_with_state_health_and_figures(server: Server, ids: dict[str, str]) -> None:

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -96,6 +97,17 @@ def file_state(path: Path) -> tuple[bytes, int]:
 
 
 StartUi = Callable[..., Server]
+
+
+def poll_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+               message: str | None = None) -> Any:
+    """``wait_until`` for fixtures wider than a test (the conftest's fixture is per test)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message or predicate}")
+        time.sleep(interval)
+    return value
 
 
 class UiServers:
