@@ -84,6 +84,7 @@ class TreeReading:
     main_cpu_percent: float | None = None
     worker_count: int = 0
     worker_bytes: int | None = None
+    worker_cpu_percent: float | None = None   # the workers' CPU use since the last reading, summed
     worker_metric: str = "pss"
     worker_pids: list[int] = field(default_factory=list)
     other_pids: list[int] = field(default_factory=list)   # descendants that are not workers (not measured)
@@ -347,9 +348,13 @@ class ProcessTree:
         measured = 0
         now = self.monotonic()
         full = self.pss_budget is None or now >= self._next_full_pss
+        worker_cpu: float | None = None
         cpu0 = time.thread_time()
         for pid in sorted(workers):
             value, estimated = self._worker_bytes(pid, full)
+            cpu = self._worker_cpu(pid)
+            if cpu is not None:
+                worker_cpu = (worker_cpu or 0.0) + cpu
             reading.worker_pids.append(pid)
             if value is None:
                 reading.unmeasured_workers += 1
@@ -363,8 +368,22 @@ class ProcessTree:
             if self.pss_budget is not None:
                 self._next_full_pss = now + cost / self.pss_budget
         reading.worker_count = len(reading.worker_pids)
+        reading.worker_cpu_percent = worker_cpu
         reading.worker_bytes = total if (measured or not workers) else None
         return reading
+
+    def _worker_cpu(self, pid: int) -> float | None:
+        """One worker's CPU use since the last reading (100 = one core); None at its first reading, which has
+        no interval. Measured per worker, so other jobs on the host do not count as loading work."""
+        node = self._nodes.get(pid)
+        if node is None:
+            return None
+        try:
+            cpu = float(node.proc.cpu_percent(interval=None))
+        except (self.ps.NoSuchProcess, self.ps.ZombieProcess, self.ps.AccessDenied):
+            return None
+        primed, node.primed_cpu = node.primed_cpu, True
+        return cpu if primed else None
 
     def _metric_name(self) -> str:
         if self.worker_memory == "rss":

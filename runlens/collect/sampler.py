@@ -57,7 +57,7 @@ SAMPLE_COLUMNS = (
     "worker_count", "gpu_memory_used_gb", "gpu_memory_total_gb", "gpu_utilization_percent", "unified_memory",
     "cuda_allocated_gb", "cuda_reserved_gb", "cuda_max_allocated_gb", "memory_pressure_some_avg10",
     "memory_pressure_full_avg10", "host", "rank", "job_gpu_memory_gb",
-    "container_memory_limit_gb", "container_memory_working_set_gb", "container_oom_kills",
+    "container_memory_limit_gb", "container_memory_working_set_gb", "container_oom_kills", "worker_cpu_percent",
 )
 GPU_COLUMNS = ("device_index", "name", "memory_used_gb", "memory_total_gb", "utilization_percent",
                "temperature_c", "power_w", "job_gpu_memory_gb")
@@ -298,6 +298,7 @@ class SystemSampler:
         if self.tree.include_children and reading.main_pid is not None:
             row["worker_memory_gb"] = bytes_to_gib(reading.worker_bytes)
             row["worker_count"] = reading.worker_count
+            row["worker_cpu_percent"] = reading.worker_cpu_percent
         return reading
 
     def _job_pids(self, tree: TreeReading | None) -> list[int] | None:

@@ -96,6 +96,8 @@ class MetricsSample(Base):
     container_memory_limit_gb: Mapped[float | None] = mapped_column(Float, default=None)
     container_memory_working_set_gb: Mapped[float | None] = mapped_column(Float, default=None)
     container_oom_kills: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Added in 0007: the DataLoader workers' own CPU use, summed (100 = one core).
+    worker_cpu_percent: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class GpuSample(Base):
