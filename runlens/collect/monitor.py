@@ -29,7 +29,7 @@ up in ``Monitor.__init__``:
 ``runlens.collect.signals``    SIGTERM/SIGINT: record, flush, re-raise
 ``runlens.collect.events``     events and the system samples linked to them
 ``runlens.collect.progress``   ``mon.phase()`` and the hang watchdog that reads the loop's progress
-``runlens.collect.steps``      the step tuple turned into a row on the writer thread; non-finite values
+``runlens.collect.steps``      step tuples to rows, or a batch to columns, on the writer thread; non-finite values
 ``runlens.collect.thread_cpu`` the training thread's CPU clock on a step row per flush (busy vs waiting)
 ``runlens.collect.overhead``   runlens's own cost, folded and stored on the writer thread
 ``runlens.collect.loader``     ``mon.loader()``: the data wait
