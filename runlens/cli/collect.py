@@ -1,5 +1,5 @@
 """``runlens collect [--name N] [--config FILE] [--db URL] [--log FILE] [--hang-timeout SEC] [--hard-timeout SEC]
-[--kill-grace SEC] [--no-output-timeout SEC] [--analyze/--no-analyze] -- CMD ARGS...``
+[--kill-grace SEC] [--no-output-timeout SEC] [--analyze/--no-analyze] [--progress-pattern REGEX] -- CMD ARGS...``
 
 When CMD ends (whatever the way: success, failure, a kill), the job is analysed here, after the recording has
 finished, and the summary and the report's path go to stderr: stdout stays CMD's own output, byte for byte, for
@@ -43,11 +43,16 @@ log = logging.getLogger(__name__)
               help="Analyse the job when CMD ends and print the summary and the report's path on stderr "
                    "(default: on; 'monitoring: analyze_on_complete: false' in the config or "
                    "RUNLENS_ANALYZE_ON_COMPLETE=0 turns it off).")
+@click.option("--progress-pattern", "progress_pattern", metavar="REGEX", default=None,
+              help="A regular expression for CMD's own progress lines, with named groups step, loss (one at least) "
+                   "and lr, grad_norm, epoch, step_time, tokens_per_sec...; tried before the built-in formats "
+                   "(also 'monitoring: progress_pattern:' in the config).")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @handle_errors
 def collect_command(name: str | None, config: str | None, db: str | None, log: str | None,
                     hang_timeout: float | None, hard_timeout: float | None, kill_grace: float | None,
-                    no_output_timeout: float | None, analyze: bool | None, cmd: tuple[str, ...]) -> None:
+                    no_output_timeout: float | None, analyze: bool | None, progress_pattern: str | None,
+                    cmd: tuple[str, ...]) -> None:
     """Run CMD as a recorded job: its output, system samples, exit status; analyse it when it ends. Exits with
     CMD's code, or 124 when runlens killed it for a hang (--hang-timeout/--hard-timeout/--no-output-timeout)."""
     if not cmd:
@@ -56,7 +61,7 @@ def collect_command(name: str | None, config: str | None, db: str | None, log: s
 
     result = collect_job(list(cmd), name=name, config=config, db=db, log=log, hang_timeout=hang_timeout,
                          hard_timeout=hard_timeout, kill_grace=kill_grace, no_output_timeout=no_output_timeout,
-                         analyze=analyze)
+                         analyze=analyze, progress_pattern=progress_pattern)
     if result.job_id is not None and result.db_url is not None and result.analyze:
         analyze_completed(result.job_id, result.db_url)
     sys.exit(result.exit_code)

@@ -11,9 +11,12 @@ has calibrated timeouts. The guard, a thread in the wrapper, covers what it cann
 * **A stall the Monitor never reports** (no Monitor yet, its watchdog dead): the guard's own timeout, calibrated
   the same way from the step rows and phase events in the store (``progress_at``/``last_step`` of the job,
   polled), plus a margin that leaves the Monitor time to speak first.
-* **A child that never calls runlens.** It has no progress signal. With a fixed ``--hang-timeout`` the guard
-  falls back to the child's output (a line is weaker evidence: a telemetry thread can print while the loop is
-  wedged); ``--no-output-timeout`` ("kill if no output for 10 minutes") counts output in any case.
+* **A child that never calls runlens.** Its printed progress lines are its steps (``runlens.collect.output_steps``
+  reads them on the tee's thread): the guard calibrates its timeout on the intervals between them and reports a
+  stall with the step the output stopped at, as it does for a Monitor. Before the first progress line, or for a
+  child that prints none, a fixed ``--hang-timeout`` falls back to the child's output (a line is weaker evidence:
+  a telemetry thread can print while the loop is wedged); ``--no-output-timeout`` ("kill if no output for 10
+  minutes") counts output in any case.
 * **The kill**: after the evidence is stored, SIGTERM to the child's process group, ``kill_grace``
   (30 s, Slurm's default KillWait: https://slurm.schedmd.com/slurm.conf.html#OPT_KillWait) to exit, then SIGKILL; a ``killed_by_runlens`` event, and the wrapper ends the job
   as ``timed_out`` and exits 124 (``timeout(1)``'s code). The kill is armed only when asked for: a fixed
@@ -125,11 +128,12 @@ class StallGuard:
         started: wall-clock time the child started.
         sample: takes one system sample and returns its writer key; by default the guard samples the child's
             process tree itself (a SystemSampler of its own, made on first use).
+        output: the steps read from the child's output (``runlens.collect.output_steps.OutputSteps``), or None.
     """
 
     def __init__(self, supervisor: Any, store: Any, writer: Any, job_id: str, config: GuardConfig, *,
                  output_bytes: Callable[[], int], started: float, sample: Callable[[], int | None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, output: Any = None) -> None:
         self.supervisor = supervisor
         self.store = store
         self.writer = writer
@@ -138,6 +142,7 @@ class StallGuard:
         self.outcome: Outcome | None = None
         self.events: list[str] = []      # event types this guard recorded (tests, logs)
         self._output_bytes = output_bytes
+        self._output = output
         self._sample = sample
         self._clock = clock
         self._started = started
@@ -159,6 +164,16 @@ class StallGuard:
     @property
     def killed(self) -> bool:
         return self.outcome is not None
+
+    @property
+    def monitor_seen(self) -> bool:
+        """A Monitor inside the child has shown itself (its attach event, its steps, or its stacks file)."""
+        return self._monitor_seen or any(f.pid is not None for f in self._files.values())
+
+    def _output_steps(self) -> bool:
+        """Progress lines of the child's output are its steps (and no Monitor records them)."""
+        out = self._output
+        return out is not None and out.steps > 0 and out.enabled and not self.monitor_seen
 
     def start(self) -> StallGuard:
         self._thread.start()
@@ -230,6 +245,9 @@ class StallGuard:
         self._scan_stacks_files(now)
         cfg = self.config
         timeouts: list[float] = []
+        out = self._output
+        if out is not None:
+            out.release(now)   # the held output steps reach the store even while the child prints nothing
 
         # Steps and phases from a Monitor in the child.
         monitor = view["monitor"]
@@ -240,6 +258,14 @@ class StallGuard:
         source = "steps"
         if monitor:
             soft, kind = self._budget.timeout(steps=1 if view["progress_at"] is not None else 0, phase=view["phase"])
+        elif self._output_steps():
+            # Progress lines of the output are the steps: calibrated like a Monitor's, from their intervals.
+            source = "output_steps"   # reported as "output" (the output is the progress), with output_steps: true
+            for interval in out.take_intervals():
+                self._budget.observe(interval)
+            progress = max(float(out.last_at), self._started)
+            view["last_step"], view["phase"] = out.last_step, out.phase
+            soft, kind = self._budget.timeout(steps=1, phase=out.phase)
         elif cfg.hang.hang_timeout is not None:
             # No Monitor: output is the only sign of progress there is (see the module docstring).
             source = "output"
@@ -254,7 +280,9 @@ class StallGuard:
         phase = view["phase"]
         if phase is None and monitor:
             phase = "train" if view["progress_at"] is not None else "startup"
-        base = {"phase": phase, "last_step": view["last_step"], "progress_source": source}
+        base: dict[str, Any] = {"phase": phase, "last_step": view["last_step"], "progress_source": source}
+        if source == "output_steps":
+            base.update(phase=phase or "train", progress_source="output", output_steps=True)
 
         if soft is not None:
             timeouts.append(soft)
@@ -309,7 +337,8 @@ class StallGuard:
             return view
         view["progress_at"] = job.get("progress_at")
         view["last_step"] = job.get("last_step")
-        if view["progress_at"] is not None and view["progress_at"] != self._progress_at:
+        mine = self._output is not None and self._output.written > 0   # progress_at may be the output's steps
+        if view["progress_at"] is not None and view["progress_at"] != self._progress_at and not mine:
             self._progress_at = view["progress_at"]
             self._calibrate()
         latest = self._latest("phase_start", "phase_end", "hang_suspected", "recovered", "monitor_attached",
@@ -327,7 +356,8 @@ class StallGuard:
         start = latest.get("start")
         if view["attached_at"] is None and start is not None and (start.get("details") or {}).get("stacks_file"):
             view["attached_at"] = start["timestamp"]   # a Monitor that created the wrapper's job id itself
-        self._monitor_seen = self._monitor_seen or view["attached_at"] is not None or view["progress_at"] is not None
+        self._monitor_seen = (self._monitor_seen or view["attached_at"] is not None
+                              or (view["progress_at"] is not None and not mine))
         view["monitor"] = self._monitor_seen
         return view
 

@@ -5,6 +5,11 @@ would without runlens. ``log.txt`` gets whole lines, both streams interleaved in
 completed, with a ``\\r`` progress bar collapsed to what a terminal shows (its latest state, at most every
 ``PROGRESS_LOG_EVERY`` seconds). Each line's arrival time goes to the arrival sidecar
 (``runlens.core.arrival``), so the analyzer can place a log line in time even when the line has no timestamp.
+
+A ``ProgressSink`` (``runlens.collect.output_steps``) may listen: it gets every line and every ``\r`` redraw as
+the bytes arrive (not the collapsed ``log.txt`` view: a bar's redraws are its steps), then ``end_round`` after
+each batch of reads. It runs on this thread, so it must be cheap; if it raises, it is switched off and the tee
+goes on.
 """
 
 from __future__ import annotations
@@ -33,6 +38,16 @@ READ_CHUNK = 65536
 class ArrivalSink(Protocol):
     def line(self, line_number: int, t: float) -> None: ...
     def close(self) -> None: ...
+
+
+class ProgressSink(Protocol):
+    """Reads the child's output as it arrives (the progress parser's feed)."""
+
+    def segment(self, data: bytes, t: float, stream: int, redraw: bool) -> None: ...
+    def end_round(self, t: float) -> None: ...
+
+
+Segment = Callable[[bytes, float, bool], None]
 
 
 def arrival_writer(log_path: str) -> ArrivalSink | None:
@@ -78,8 +93,11 @@ def terminal_fd(stream: Any) -> int | None:
 class _LineAssembler:
     """One stream's bytes -> log.txt lines, with ``\\r`` progress bars collapsed to what a terminal shows."""
 
-    def __init__(self, emit: Callable[[bytes, float], None], progress_every: float, max_line: int) -> None:
+    def __init__(self, emit: Callable[[bytes, float], None], progress_every: float, max_line: int,
+                 segment: Segment | None = None) -> None:
         self.emit = emit
+        self.segment = segment      # every line and every \r redraw, as it arrives (the progress parser)
+        self._tail_sent = b""
         self.progress_every = progress_every
         self.max_line = max_line
         self.buf = bytearray()
@@ -102,14 +120,22 @@ class _LineAssembler:
             nl = self.buf.find(b"\n")
             if nl < 0:
                 break
-            line = self._shown(bytes(self.buf[:nl]))
+            raw = bytes(self.buf[:nl])
+            line = self._shown(raw)
             del self.buf[: nl + 1]
+            if self.segment is not None:
+                self._segments(raw, t)
             if not line and self.progress is not None:
                 line = self.progress    # "\r 100%|...|\r\n": the bar's last state is the line
             self.progress = None
             self.emit(line, t)
         cr = self.buf.rfind(b"\r")
         if cr >= 0:
+            if self.segment is not None:
+                for seg in bytes(self.buf[:cr]).split(b"\r"):
+                    if seg != self._tail_sent:
+                        self.segment(seg, t, True)
+                    self._tail_sent = b""
             state = self._shown(bytes(self.buf[:cr]))
             del self.buf[: cr + 1]
             if state:
@@ -121,8 +147,30 @@ class _LineAssembler:
         while len(self.buf) > self.max_line:
             self.emit(bytes(self.buf[: self.max_line]), t)
             del self.buf[: self.max_line]
+        if self.segment is not None and cr >= 0 and self.buf and b"\n" not in self.buf:
+            # The redraw after the last \r: a bar writes "\r" + its state in one write, so this is its current
+            # state, which the next redraw would otherwise deliver only one redraw late.
+            tail = bytes(self.buf)
+            if tail != self._tail_sent:
+                self._tail_sent = tail
+                self.segment(tail, t, True)
+
+    def _segments(self, raw: bytes, t: float) -> None:
+        """A completed line to the progress parser: its \r redraws, then what is left after the last one."""
+        assert self.segment is not None
+        if b"\r" in raw:
+            *redraws, raw = raw.split(b"\r")
+            for seg in redraws:
+                if seg != self._tail_sent:
+                    self.segment(seg, t, True)
+                self._tail_sent = b""
+        self._tail_sent = b""
+        if raw:
+            self.segment(raw, t, False)
 
     def close(self, t: float) -> None:
+        if self.segment is not None and self.buf:
+            self._segments(bytes(self.buf), t)
         tail = self._shown(bytes(self.buf)) or self.progress
         self.buf.clear()
         self.progress = None
@@ -146,7 +194,7 @@ class LogTee:
                  arrival: ArrivalSink | None = None, *, clock: Callable[[], float] = time.time,
                  progress_every: float = PROGRESS_LOG_EVERY, max_line: int = MAX_LINE_BYTES,
                  coalesce: float = TEE_COALESCE_SECONDS, first_line: int = 1,
-                 name: str = "runlens-collect-tee") -> None:
+                 name: str = "runlens-collect-tee", progress: ProgressSink | None = None) -> None:
         self.log_file = log_file
         self.coalesce = coalesce
         self.arrival = arrival
@@ -155,7 +203,10 @@ class LogTee:
         self.bytes = 0
         self.cpu_seconds = 0.0
         self._terminal: dict[int, int | None] = dict(streams)
-        self._asm = {fd: _LineAssembler(self._emit, progress_every, max_line) for fd, _ in streams}
+        self.progress = progress
+        self._asm = {fd: _LineAssembler(self._emit, progress_every, max_line,
+                                        self._segment_of(i + 1) if progress is not None else None)
+                     for i, (fd, _) in enumerate(streams)}
         self._stop = threading.Event()
         self._arrival_failed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -169,6 +220,29 @@ class LogTee:
         self._thread.join(grace)
         self._stop.set()
         self._thread.join(5.0)
+
+    def _segment_of(self, stream: int) -> Segment:
+        def segment(data: bytes, t: float, redraw: bool) -> None:
+            progress = self.progress
+            if progress is None:
+                return
+            try:
+                progress.segment(data, t, stream, redraw)
+            except Exception:   # reading progress is a feature; the child's output must keep flowing
+                self.progress = None
+                logger.warning("reading steps from the output failed; the log goes on without them", exc_info=True)
+
+        return segment
+
+    def _end_round(self, t: float) -> None:
+        progress = self.progress
+        if progress is None:
+            return
+        try:
+            progress.end_round(t)
+        except Exception:
+            self.progress = None
+            logger.warning("reading steps from the output failed; the log goes on without them", exc_info=True)
 
     def _emit(self, line: bytes, t: float) -> None:
         self.log_file.write(line + b"\n")
@@ -226,6 +300,7 @@ class LogTee:
                     self._to_terminal(fd, data)
                     self._asm[fd].feed(data, t)
                 self.log_file.flush()
+                self._end_round(t)
                 if not more and self.coalesce > 0:
                     # Let a chatty child's lines pile up in the pipe for a moment and take them in one read:
                     # 50 ms is invisible on a terminal; a full pipe (``more``) is read again at once.
@@ -240,6 +315,7 @@ class LogTee:
                     os.close(fd)
                 except OSError:
                     pass
+            self._end_round(t)
             sel.close()
             try:
                 self.log_file.flush()

@@ -49,6 +49,8 @@ from runlens.collect.child import (
 from runlens.collect.config import load_config, resolve_settings
 from runlens.collect.environment import describe_environment
 from runlens.collect.hangguard import HANG_EXIT_CODE, GuardConfig, StallGuard
+from runlens.collect.output_steps import OutputSteps, logging_steps_of
+from runlens.collect.progress_lines import compile_pattern
 from runlens.collect.sampler import Sample, SamplerThread, SystemSampler
 from runlens.collect.tee import LogTee, arrival_writer, open_log, terminal_fd
 from runlens.core.dialects import detect_dialect
@@ -94,7 +96,8 @@ def collect_job(cmd: list[str], *, name: str | None = None, config: str | None =
                 log: str | None = None, settings: Settings | None = None,
                 tick_hooks: Sequence[TickHook] = (), hang_timeout: float | None = None,
                 hard_timeout: float | None = None, kill_grace: float | None = None,
-                no_output_timeout: float | None = None, analyze: bool | None = None) -> CollectResult:
+                no_output_timeout: float | None = None, analyze: bool | None = None,
+                progress_pattern: str | None = None) -> CollectResult:
     """Run ``cmd`` as a recorded job; returns its id, its end status and the exit code to exit with.
 
     Args:
@@ -110,9 +113,12 @@ def collect_job(cmd: list[str], *, name: str | None = None, config: str | None =
             ends the job ``timed_out`` and makes this return ``HANG_EXIT_CODE`` (124).
         analyze: whether the caller should analyse the job now it has ended (``--analyze/--no-analyze``); None
             leaves it to ``analyze_on_complete`` (the config's ``monitoring:`` section, RUNLENS_ANALYZE_ON_COMPLETE).
+        progress_pattern: a regular expression for the child's own progress lines (``--progress-pattern``; also
+            ``monitoring: progress_pattern:``), tried before the built-in formats (``runlens.collect.output_steps``).
 
     Raises:
-        ConfigError: the config cannot be read. StoreUnavailable, SchemaTooNew: the store cannot be used.
+        ConfigError: the config cannot be read. BadParameter: the progress pattern does not compile or has no
+        ``step`` or ``loss`` group. StoreUnavailable, SchemaTooNew: the store cannot be used.
         LogNotWritable: the log file cannot be created. CommandNotStarted: the command cannot be started
         (the job is recorded as never_started).
     """
@@ -124,7 +130,9 @@ def collect_job(cmd: list[str], *, name: str | None = None, config: str | None =
     elif db:
         settings = settings.replace(db=db)
     settings = settings.replace(hang_timeout=hang_timeout, hard_timeout=hard_timeout, kill_grace=kill_grace,
-                                no_output_timeout=no_output_timeout, analyze_on_complete=analyze)
+                                no_output_timeout=no_output_timeout, analyze_on_complete=analyze,
+                                progress_pattern=progress_pattern)
+    pattern = compile_pattern(settings.progress_pattern) if settings.progress_pattern else None
     if settings.disabled:
         return CollectResult(exit_code=_run_unrecorded(cmd, config_path))
     name = name or os.path.basename(cmd[0]) or "run"
@@ -149,7 +157,10 @@ def collect_job(cmd: list[str], *, name: str | None = None, config: str | None =
     for hook in tick_hooks:
         supervisor.add_tick_hook(hook)
     try:
-        exit_code, status = _supervise(supervisor, writer, settings, argv, log_path, log_file, existing_lines)
+        steps_out = OutputSteps(writer, pattern=pattern, logging_steps=logging_steps_of(cmd, snapshot),
+                                stacks_dir=Path(settings.stacks_dir) if settings.stacks_dir else None)
+        exit_code, status = _supervise(supervisor, writer, settings, argv, log_path, log_file, existing_lines,
+                                       steps_out)
         return CollectResult(exit_code=exit_code, job_id=job_id, db_url=store.url, status=status,
                              analyze=settings.analyze_on_complete)
     except BaseException as exc:
@@ -181,8 +192,10 @@ def _run_unrecorded(cmd: list[str], config_path: str | None) -> int:
 
 
 def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, argv: list[str],
-               log_path: Path, log_file: BinaryIO, existing_lines: int) -> tuple[int, str]:
-    """Run the child to its end and record how it ended; returns the exit code and the job's end status."""
+               log_path: Path, log_file: BinaryIO, existing_lines: int,
+               steps_out: OutputSteps | None = None) -> tuple[int, str]:
+    """Run the child to its end and record how it ended; returns the exit code and the job's end status.
+    ``steps_out`` reads the child's progress lines as steps (the tee feeds it; the stall guard reads it)."""
     arrival = arrival_writer(str(log_path))
     supervisor.install_signal_handlers()
     try:
@@ -199,7 +212,7 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
         assert proc.stdout is not None and proc.stderr is not None
         tee = LogTee([(proc.stdout.fileno(), terminal_fd(sys.stdout)),
                       (proc.stderr.fileno(), terminal_fd(sys.stderr))],
-                     log_file, arrival, first_line=existing_lines + 1).start()
+                     log_file, arrival, first_line=existing_lines + 1, progress=steps_out).start()
 
         state: dict[str, Any] = {"last_key": None, "start_written": False}
         lock = threading.Lock()
@@ -222,7 +235,9 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
         sampler = SystemSampler(pid=proc.pid, include_children=True)
         thread = SamplerThread(sampler, settings.sample_interval, on_sample, name="runlens-collect-sampler").start()
         guard = StallGuard(supervisor, writer.store, writer, writer.job_id, GuardConfig.from_settings(settings),
-                           output_bytes=lambda: tee.bytes, started=started).start()
+                           output_bytes=lambda: tee.bytes, started=started, output=steps_out).start()
+        if steps_out is not None:
+            steps_out.monitor_seen = lambda: guard.monitor_seen
         returncode = supervisor.wait()
         ended = time.time()
         duration = time.monotonic() - t0
@@ -230,6 +245,8 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
         thread.stop()
         start_event(None)
         tee.finish()
+        if steps_out is not None:
+            steps_out.finish()
         sampler.close()
         # The cgroup outlives the child: its OOM-kill count, read once more, tells the OOM killer from another kill -9.
         kills, limit_gb = sampler.container_oom_kills_rise(), sampler.container_limit_gb
@@ -241,6 +258,8 @@ def _supervise(supervisor: ChildSupervisor, writer: Any, settings: Settings, arg
                    "status": end["status"], "reason": end["status_reason"]}
         if supervisor.forwarded:
             details["forwarded_signals"] = [signal_name(s) for s in supervisor.forwarded]
+        if steps_out is not None and (steps_out.steps or steps_out.evals):
+            details["output_steps"] = steps_out.summary()
         writer.put_event({"timestamp": ended, "event_type": "end", "details": details}, state["last_key"])
         if end["oom_confirmed"]:
             writer.put_event({"timestamp": ended, "event_type": "host_oom_suspected",

@@ -52,6 +52,9 @@ class Settings:
     disabled: bool = False                     # monitoring: enabled: false, or RUNLENS_DISABLE=1
     # Analyse a job when it ends: runlens collect in its own process, a Monitor's own job in a detached one.
     analyze_on_complete: bool = True
+    # runlens collect reads steps from the child's progress lines; a regular expression with named groups (step,
+    # loss, lr, ...) for a format of the user's own, tried before the built-in ones.
+    progress_pattern: str | None = None
     # Generic-dialect mapping: runlens concept -> dotted path in the user's config.
     config_paths: dict[str, str] = field(default_factory=dict)
 
@@ -127,6 +130,11 @@ def settings_from_monitoring_section(section: Mapping[str, Any] | None, base: Se
             if switch is None:
                 raise ConfigError("monitoring", f"monitoring.{key} must be true or false, got {section[key]!r}")
             changes[attr] = not switch if negated else switch
+    pattern = section.get("progress_pattern")
+    if pattern is not None:
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError("monitoring", f"monitoring.progress_pattern must be a regular expression, got {pattern!r}")
+        changes["progress_pattern"] = pattern
     paths = section.get("paths") or section.get("config_paths")
     if paths:
         if not isinstance(paths, Mapping):
