@@ -24,7 +24,7 @@ from runlens.analyze.configpaths import apply_ref, resolve
 from runlens.analyze.contract import SCHEMA_VERSION
 from runlens.analyze.effects import default_effect, rank_key
 from runlens.analyze.findings import Finding
-from runlens.analyze.health import goodput, health_score, monitoring_seconds, run_window
+from runlens.analyze.health import goodput, health_score, monitoring_seconds, run_window, step_source
 from runlens.analyze.jobdata import JobData
 from runlens.analyze.measures import col
 from runlens.analyze.measures.memory import ram_peak
@@ -49,6 +49,11 @@ def build_analysis(data: JobData, *, rules: Iterable[Rule] | None = None,
                    generated_at: float | None = None) -> dict[str, Any]:
     """The whole analysis document for one loaded job (see runlens.analyze.contract)."""
     findings, rule_notes = run_rules(data, rules)
+    if step_source(data) is None:
+        rule_notes.append("steps unknown: no Monitor in the run and no progress line runlens reads in its output, so "
+                          "the rules that read steps (training, throughput, goodput) were skipped; memory, GPU, log "
+                          "and hang rules ran on the samples. 'runlens collect --progress-pattern REGEX' reads a "
+                          "format of your own.")
     _resolve_config_paths(findings, data, rule_notes)
     for f in findings:
         if f.expected_effect is None:
@@ -179,6 +184,8 @@ def summarize(data: JobData, ranked: Sequence[Finding], wall: float | None) -> d
         "status": status,
         "status_reason": data.job.get("status_reason"),
         "steps_completed": int(step_numbers.nunique()) if step_numbers is not None else 0,
+        # Addition: "monitor", "output" (read from the command's progress lines) or None (steps unknown).
+        "step_source": step_source(data),
         "last_step": int(step_numbers.max()) if step_numbers is not None and len(step_numbers) else None,
         "ranks": ranks_count(data),   # steps_completed counts each step once, whatever the number of ranks
         "duration_minutes": wall / 60.0 if wall is not None else None,

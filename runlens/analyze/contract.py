@@ -27,6 +27,7 @@ class Goodput(TypedDict, total=False):
     end_source: str                     # what ended the wall clock: "ended_at", "now" (live job), "last_seen"
     rank: int                           # several ranks: the typical rank (median ratio) these figures are of
     ranks: dict[str, Any]               # count, typical_rank, worst_rank, worst_ratio, best_ratio, by_rank
+    unknown: str                        # why there is no ratio: the steps are unknown (no step source)
 
 
 class Summary(TypedDict, total=False):
@@ -42,6 +43,7 @@ class Summary(TypedDict, total=False):
     status: str                         # the job's status (succeeded, failed, timed_out, running, ...)
     status_reason: str | None
     steps_completed: int
+    step_source: str | None             # "monitor", "output" (read from the command's progress lines), None: unknown
     last_step: int | None
     ranks: int                          # ranks that recorded steps (1 without ranks)
     duration_minutes: float | None

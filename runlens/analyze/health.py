@@ -46,7 +46,7 @@ from runlens.core.numbers import parse_finite
 from runlens.core.phases import is_overhead
 
 __all__ = ["LOST_PARTS", "STALL_MADS", "goodput", "health_score", "main_rank", "monitoring_by_rank",
-           "monitoring_seconds", "run_window"]
+           "monitoring_seconds", "run_window", "step_source"]
 
 MAX_RANKS_LISTED = 1024   # per-rank goodput rows kept in the document
 
@@ -86,6 +86,29 @@ def run_window(data: JobData) -> tuple[float | None, float | None, str]:
     if last_seen is None:
         return start, start, "unknown"
     return start, last_seen, "last_seen"
+
+
+def step_source(data: JobData) -> str | None:
+    """Where the job's steps come from: ``"monitor"`` (the loop called runlens), ``"output"`` (``runlens collect``
+    read them from the progress lines the command printed), or None when nothing recorded steps: ``runlens
+    collect`` ran a command without a Monitor whose output holds no progress line runlens reads. Then the steps
+    are unknown, not zero: a run that trained fine must not read as 0% productive."""
+    steps = data.steps
+    if steps is not None and len(steps):
+        if "source" in steps.columns and (steps["source"].astype(str) == "output").all():
+            return "output"
+        return "monitor"
+    ev = data.events
+    if ev is None or ev.empty or "event_type" not in ev.columns:
+        return "monitor"
+    types = set(ev["event_type"].astype(str))
+    if "monitor_attached" in types:
+        return "monitor"
+    if "log_imported" in types:
+        return None
+    starts = ev[ev["event_type"] == "start"]
+    wrapper = any(isinstance(d, dict) and "cmd" in d for d in starts["details"].tolist()) if len(starts) else False
+    return None if wrapper else "monitor"
 
 
 def main_rank(steps: pd.DataFrame) -> pd.DataFrame:
@@ -131,11 +154,20 @@ def _goodput_of_one(data: JobData) -> Goodput:
     if wall <= 0 or start is None or end is None:
         return {"ratio": None, "productive_seconds": 0.0, "wall_seconds": wall, "lost_seconds": zero,
                 "end_source": end_source}
+    if step_source(data) is None:
+        return {"ratio": None, "productive_seconds": 0.0, "wall_seconds": wall, "lost_seconds": zero,
+                "end_source": end_source, "unknown": "no step source: no Monitor in the run and no progress line "
+                                                     "runlens reads in its output"}
 
     steps = main_rank(data.steps)
     ts = col(steps, "timestamp")
     st = col(steps, "step_time_seconds")
     dt = np.nan_to_num(col(steps, "data_time_seconds"), nan=0.0)
+    # A row read from printed output stands for the steps since the rank's previous progress line
+    # (``interval_steps``: a loop that prints every 10 iterations); its step time is per step.
+    interval = col(steps, "x_interval_steps")
+    interval = np.where(np.isfinite(interval) & (interval >= 1), interval, 1.0)
+    st, dt = st * interval, dt * interval
     ok = np.isfinite(ts) & np.isfinite(st) & (st >= 0)
     ts, st, dt = ts[ok], st[ok], np.clip(dt[ok], 0.0, None)
     dt = np.minimum(dt, st)

@@ -150,7 +150,12 @@ def _duration(minutes: Any) -> str:
 
 
 def _steps(s: Mapping[str, Any]) -> str:
+    if "step_source" in s and s.get("step_source") is None:
+        return "unknown (no Monitor in the run and no progress line runlens reads in its output)"
     n = s.get("steps_completed") or 0
+    if s.get("step_source") == "output":
+        last = s.get("last_step")
+        return f"{n:,} read from the output" + (f" (last step {last:,})" if isinstance(last, int) else "")
     last = s.get("last_step")
     ranks = s.get("ranks")
     per_rank = f" x {ranks} ranks" if isinstance(ranks, int) and ranks > 1 else ""
@@ -171,6 +176,8 @@ def _errors(s: Mapping[str, Any]) -> str:
 
 
 def _goodput(g: Any) -> str:
+    if isinstance(g, Mapping) and g.get("unknown"):
+        return "unknown (steps unknown)"
     if not isinstance(g, Mapping) or not isinstance(g.get("ratio"), (int, float)):
         return "unknown (no step timings)"
     text = f"{g['ratio']:.0%} of wall time in productive steps"
