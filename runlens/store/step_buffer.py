@@ -7,9 +7,9 @@ pass three stages, oldest first, all on the writer thread:
    at every flush cycle and between the statements of a transaction, and costs a pop per step: however far the
    store falls behind, ``raw`` stays a few thousand entries. Why: the cyclic garbage collector walks a deque or
    list element by element at every full collection, on whichever thread triggers it (the training thread, in
-   a tight loop): a million waiting steps made each full pass tens of milliseconds longer. A tuple whose items
-   are untracked tuples of numbers is itself untracked at the next young collection, so a chunk costs a full
-   pass nothing.
+   a tight loop): a million waiting steps made each full pass tens of milliseconds longer. The collector stops
+   tracking a tuple of numbers, and then a tuple of such tuples, when a collection examines them, so a chunk
+   costs a full pass nothing.
 2. ``fill(limit)`` converts the oldest steps of the backlog, up to the next transaction's size: a converter's
    ``columns(raws)`` for a whole chunk of plain values, else row by row (after the device-scalar resolver,
    which may hold steps back, in order, until their CUDA values are on the host). Only steps about to be
