@@ -31,6 +31,9 @@ INPUT_BOUND_WARN = 0.10    # below this a data wait costs under 6 min an hour: i
 HIGHLY_INPUT_BOUND = 0.20  # TF "HIGHLY input-bound"
 GPU_UTIL_LOW = 50.0      # TB plugin: "GPU {ids} has low utilization" below 50 %
 HEADROOM_RATIO = 0.6     # max(mem_ratio) < 0.6 leaves room for a larger batch
+# More workers are recommended only where they are predicted to cut step time by 20 %: less is within what the
+# prediction can promise, and a rerun would be told to add workers again for a gain it may not see.
+MIN_WORKER_GAIN = 0.20
 # NVIDIA Resiliency Extension's straggler threshold 0.7 -> 1.43× the best pace
 # (https://github.com/NVIDIA/nvidia-resiliency-ext).
 DEGRADED = 1 / 0.7
@@ -65,34 +68,43 @@ def input_bound(data: JobData) -> list[Finding]:
     if dw is None or dw.share < INPUT_BOUND:
         return []
     ld = loading(data)
+    # The share that judges the run is the steady pace's: the first batches of many workers wait for their
+    # start-up, which more or fewer workers would not change.
+    share = ld.wait_share if ld is not None else dw.share
+    if share < INPUT_BOUND:
+        return []
     ref = resolve(data, "num_workers")
     measured = m.measured_workers(data)
     n = ld.workers if ld is not None else (measured or 0)
     cores = m.cpu_count(data)
-    level = "HIGHLY" if dw.share >= HIGHLY_INPUT_BOUND else "moderately"
-    ev: dict[str, Any] = {"data_wait_share": dw.share, "data_wait_seconds": dw.data_seconds,
+    level = "HIGHLY" if share >= HIGHLY_INPUT_BOUND else "moderately"
+    ev: dict[str, Any] = {"data_wait_share": share, "data_wait_share_with_startup": dw.share, "data_wait_seconds": dw.data_seconds,
                           "step_seconds": dw.step_seconds, "steps": dw.steps, "from_step": dw.first_step,
                           "warmup_steps_excluded": dw.warmup_steps_excluded, "num_workers": n, "cpu_count": cores,
                           "band": level}
-    severity = "warning" if dw.share >= INPUT_BOUND_WARN else "info"
-    title = f"Training is input-bound ({_fmt_pct(dw.share)} of step time waiting for data)"
-    wait_now = effects.effect("data_wait_share", dw.share, None)
+    severity = "warning" if share >= INPUT_BOUND_WARN else "info"
+    title = f"Training is input-bound ({_fmt_pct(share)} of step time waiting for data)"
+    wait_now = effects.effect("data_wait_share", share, None)
     f = Finding(id="throughput.input_bound", severity=severity, title=title, action="",
-                impact=f"{_fmt_pct(dw.share)} of step time ({duration_rough(dw.data_seconds)} over {dw.steps} "
+                impact=f"{_fmt_pct(share)} of step time ({duration_rough(dw.data_seconds)} over {dw.steps} "
                        "steps) waiting for data",
-                category="throughput", evidence=ev, impact_value=dw.share * 100, impact_unit="percent_time")
+                category="throughput", evidence=ev, impact_value=share * 100, impact_unit="percent_time")
     if ld is None:
         f.action = "Load data in more worker processes, or cache/pre-process the inputs."
         return [f]
     ev.update(batch_seconds=ld.batch_seconds, compute_seconds=ld.compute_seconds, loading=ld.kind,
-              loading_cpu_share=ld.cpu_share, workers_needed=ld.needed(), workers_cap=ld.cap())
+              loading_cpu_share=ld.cpu_share, workers_needed=ld.needed(), workers_cap=ld.cap(),
+              floor_seconds=ld.floor(), batch_cpu_seconds=ld.batch_cpu_seconds,
+              main_cpu_seconds=ld.main_cpu_seconds, other_cores=ld.other_cores,
+              steady_step_seconds=ld.step_seconds, startup_steps_excluded=ld.skipped_steps)
     rec = ld.recommended()
     rec = _within_memory(data, ld, rec, ev)
-    if rec > n:
-        step_new, wait_new = ld.predict(rec)
+    step_new, wait_new = ld.predict(rec)
+    if rec > n and step_new < (1 - MIN_WORKER_GAIN) * ld.step_seconds:
         share_new = wait_new / step_new if step_new > 0 else 0.0
+        memory = _worker_memory_effect(data, n, rec)
         f.expected_effect = effects.effect("step_time_seconds", ld.step_seconds, step_new, also=[
-            effects.effect("data_wait_share", dw.share, share_new)])
+            effects.effect("data_wait_share", ld.wait_share, share_new), memory])
         saved = effects.seconds_saved_per_hour(f.expected_effect) or 0.0
         why = (f"a batch takes {duration_fine(ld.batch_seconds)} to produce "
                f"({'on the CPU' if ld.kind == 'cpu' else 'mostly waiting on I/O' if ld.kind == 'io' else 'CPU use not measured'})"
@@ -102,9 +114,24 @@ def input_bound(data: JobData) -> list[Finding]:
                     + ("are as many as the free cores allow." if capped and ld.kind != "io" else
                        "keep batches ready when the step needs them."))
         f.impact = (f"Step time {duration_fine(ld.step_seconds)} -> ~{duration_fine(step_new)} with {rec} workers "
-                    f"(data wait {_fmt_pct(dw.share)} -> ~{_fmt_pct(share_new)}); ~{duration_rough(saved)} saved "
-                    "per hour of training")
+                    f"(data wait {_fmt_pct(ld.wait_share)} -> ~{_fmt_pct(share_new)}); ~{duration_rough(saved)} "
+                    "saved per hour of training")
+        if memory:
+            f.impact += (f"; workers' memory +{gb_figure(memory['predicted'] - memory['current'])} GiB "
+                         f"(peak ~{gb_figure(memory['current'])} -> ~{gb_figure(memory['predicted'])} GiB)")
+        else:
+            f.impact += "; each worker adds its own memory (not measured with 0 workers)"
+        if share_new >= INPUT_BOUND:
+            f.impact += (f": the job's cores hold the step at ~{duration_fine(ld.floor())}, so "
+                         f"~{_fmt_pct(share_new)} of the wait remains")
         return [apply_ref(f, ref, rec, measured=measured)]
+    if n > 0 and ld.floor() > ld.compute_seconds and ld.floor() >= (1 - MIN_WORKER_GAIN) * ld.step_seconds:
+        # More workers would not help: the loading's CPU and the loop's share the job's cores.
+        f.expected_effect = wait_now
+        f.action = (f"The job's {cores} cores are busy with the loop and loading "
+                    f"(a step needs ~{duration_fine(ld.floor())} of them): more workers would not make batches "
+                    "sooner. Cache or pre-process the inputs, or run on a machine with more cores.")
+        return [f]
     f.expected_effect = wait_now
     pf = resolve(data, "prefetch_factor")
     cur = _count(pf.current_value)
@@ -114,6 +141,17 @@ def input_bound(data: JobData) -> list[Finding]:
         return [apply_ref(f, pf, cur * 2)]
     f.action = "Cache or pre-process the inputs (decoded images, latents, tokens) so a step does not wait for them."
     return [f]
+
+
+def _worker_memory_effect(data: JobData, n: int, rec: int) -> dict[str, Any] | None:
+    """The peak memory ``rec`` workers are predicted to reach, from the workers' measured memory each, against
+    the binding pool (the container's limit when there is one); None when no worker was measured."""
+    wp = m.worker_peak(data)
+    ram = m.ram_series(data)
+    if wp is None or ram is None or ram.peak is None or n <= 0:
+        return None
+    per = wp[0] / max(1, wp[1])
+    return effects.effect("peak_memory_gb", ram.peak, ram.peak + per * (rec - n))
 
 
 def _within_memory(data: JobData, ld: Loading, rec: int, ev: dict[str, Any]) -> int:
