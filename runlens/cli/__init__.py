@@ -66,7 +66,7 @@ def cli(verbose: bool) -> None:
 
 # Imported after the helpers above, which each command module uses; importing one adds its commands to ``cli``.
 from runlens.cli import (  # noqa: E402, F401
-    analyze, collect, compare, db, demo, doctor, jobs, recommend, report, status, ui, watch,
+    analyze, collect, compare, db, demo, doctor, import_, jobs, recommend, report, status, ui, watch,
 )
 
 

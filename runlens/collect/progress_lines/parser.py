@@ -161,6 +161,10 @@ class ProgressParser:
                     return found
         if "{" in text and text.endswith("}"):
             found = log_dict(text, at)
+            if self.live and not any(isinstance(r, PrintedStep) and r.step is None for r in found):
+                # An evaluation or summary dict took a redraw of the bar too (numbering's docstring).
+                for s in self._rank(rank).numbering.take(None, at):
+                    self._commit(s)
             if found:
                 return found
         if "/step" in text or " - loss: " in text or text.startswith("Epoch "):
@@ -206,7 +210,7 @@ class ProgressParser:
             return
         if rec.step is None:
             numbering = self._rank(rec.rank).numbering
-            ready = numbering.take(rec) if self.live else numbering.take_saved(rec)
+            ready = numbering.take(rec, rec.at) if self.live else numbering.take_saved(rec)
             for s in ready:
                 self._commit(s)
             return
