@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from runlens.collect.progress_lines import PrintedEval, PrintedStep, ProgressParser, Record
+from runlens.collect.progress_lines import CANDIDATE_WORDS, PrintedEval, PrintedStep, ProgressParser, Record
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ class OutputSteps:
                  clock: Callable[[], float] = time.time) -> None:
         self.writer = writer
         self.parser = ProgressParser(pattern=pattern, logging_steps=logging_steps)
+        # The tee hands over only lines with a match (a user's pattern may match anything: then every line).
+        self.prefilter = CANDIDATE_WORDS if pattern is None else None
         self.monitor_seen: Callable[[], bool] = lambda: False
         self.enabled = True
         self.steps = 0                    # steps read so far (held ones included)

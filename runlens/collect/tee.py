@@ -15,6 +15,7 @@ goes on.
 from __future__ import annotations
 
 import logging
+import collections
 import os
 import selectors
 import threading
@@ -32,7 +33,11 @@ TEE_GRACE_SECONDS = 3.0        # after the child exits, how long a grandchild ma
 PROGRESS_LOG_EVERY = 10.0      # a \r progress bar reaches log.txt at most this often (ClearML: 10 s)
 MAX_LINE_BYTES = 1 << 20       # a line longer than this is cut into pieces in log.txt
 TEE_COALESCE_SECONDS = 0.05    # at most ~20 tee wake-ups a second: one per printed line cost ~70 µs of CPU each
+# ... but only for a child that prints little: one that wrote this much since the last read is read again at once,
+# or its pipe (64 KiB) fills within the pause and the pause caps its output (~1.3 MB/s; bench/bench_progress.py).
+COALESCE_BELOW_BYTES = 8192
 READ_CHUNK = 65536
+_OVERLAP = 16                  # bytes searched again for the progress prefilter: a word a read cut in two
 
 
 class ArrivalSink(Protocol):
@@ -41,7 +46,14 @@ class ArrivalSink(Protocol):
 
 
 class ProgressSink(Protocol):
-    """Reads the child's output as it arrives (the progress parser's feed)."""
+    """Reads the child's output as it arrives (the progress parser's feed).
+
+    ``prefilter``: words of which a line must hold one to be handed over (None: every line is). The tee looks
+    for them once over each chunk it reads rather than once per line, so the lines that cannot be progress
+    (nearly all of a chatty child's) cost the reader nothing more than copying them.
+    """
+
+    prefilter: Sequence[bytes] | None
 
     def segment(self, data: bytes, t: float, stream: int, redraw: bool) -> None: ...
     def end_round(self, t: float) -> None: ...
@@ -94,10 +106,14 @@ class _LineAssembler:
     """One stream's bytes -> log.txt lines, with ``\\r`` progress bars collapsed to what a terminal shows."""
 
     def __init__(self, emit: Callable[[bytes, float], None], progress_every: float, max_line: int,
-                 segment: Segment | None = None) -> None:
+                 segment: Segment | None = None, prefilter: Sequence[bytes] | None = None) -> None:
         self.emit = emit
         self.segment = segment      # every line and every \r redraw, as it arrives (the progress parser)
+        self.prefilter = prefilter  # ... or only the lines holding one of these words
         self._tail_sent = b""
+        self._base = 0              # stream offset of buf[0]
+        self._scanned = 0           # stream offset up to which buf was searched for the prefilter
+        self._marks: collections.deque[int] = collections.deque()   # stream offsets of its matches
         self.progress_every = progress_every
         self.max_line = max_line
         self.buf = bytearray()
@@ -114,8 +130,38 @@ class _LineAssembler:
                 return seg
         return b""
 
+    def _scan(self) -> None:
+        """Find the prefilter's words in what was added to ``buf``: one ``find`` pass per word over the chunk (in
+        C, at memory speed; a regular expression of alternatives is tried at every byte, ~30 MB/s)."""
+        assert self.prefilter is not None
+        buf, base = self.buf, self._base
+        start = max(self._scanned - _OVERLAP, base) - base   # a word cut in two by a read is found whole
+        found: list[int] = []
+        for word in self.prefilter:
+            pos = buf.find(word, start)
+            while pos >= 0:
+                found.append(base + pos)
+                pos = buf.find(word, pos + 1)
+        if found:
+            marks = self._marks
+            last = marks[-1] if marks else -1
+            marks.extend(sorted(p for p in set(found) if p > last))
+        self._scanned = base + len(buf)
+
+    def _candidate(self, end: int) -> bool:
+        """Whether the line that ends at stream offset ``end`` holds a match (and forget the matches before)."""
+        marks = self._marks
+        found = False
+        while marks and marks[0] <= end:
+            marks.popleft()
+            found = True
+        return found
+
     def feed(self, data: bytes, t: float) -> None:
         self.buf += data
+        filtered = self.segment is not None and self.prefilter is not None
+        if filtered:
+            self._scan()
         while True:
             nl = self.buf.find(b"\n")
             if nl < 0:
@@ -123,7 +169,9 @@ class _LineAssembler:
             raw = bytes(self.buf[:nl])
             line = self._shown(raw)
             del self.buf[: nl + 1]
-            if self.segment is not None:
+            self._base += nl + 1
+            if self.segment is not None and (not filtered or b"\r" in raw
+                                             or (self._marks and self._candidate(self._base - 1))):
                 self._segments(raw, t)
             if not line and self.progress is not None:
                 line = self.progress    # "\r 100%|...|\r\n": the bar's last state is the line
@@ -138,6 +186,9 @@ class _LineAssembler:
                     self._tail_sent = b""
             state = self._shown(bytes(self.buf[:cr]))
             del self.buf[: cr + 1]
+            self._base += cr + 1
+            if filtered:
+                self._candidate(self._base - 1)
             if state:
                 self.progress = state
             if self.progress is not None and t - self.last_progress_emit >= self.progress_every:
@@ -147,6 +198,9 @@ class _LineAssembler:
         while len(self.buf) > self.max_line:
             self.emit(bytes(self.buf[: self.max_line]), t)
             del self.buf[: self.max_line]
+            self._base += self.max_line
+            if filtered:
+                self._candidate(self._base - 1)
         if self.segment is not None and cr >= 0 and self.buf and b"\n" not in self.buf:
             # The redraw after the last \r: a bar writes "\r" + its state in one write, so this is its current
             # state, which the next redraw would otherwise deliver only one redraw late.
@@ -204,8 +258,9 @@ class LogTee:
         self.cpu_seconds = 0.0
         self._terminal: dict[int, int | None] = dict(streams)
         self.progress = progress
+        prefilter = getattr(progress, "prefilter", None)
         self._asm = {fd: _LineAssembler(self._emit, progress_every, max_line,
-                                        self._segment_of(i + 1) if progress is not None else None)
+                                        self._segment_of(i + 1) if progress is not None else None, prefilter)
                      for i, (fd, _) in enumerate(streams)}
         self._stop = threading.Event()
         self._arrival_failed = False
@@ -295,15 +350,15 @@ class LogTee:
                         sel.unregister(fd)
                         self._asm[fd].close(t)
                         continue
-                    more = more or len(data) == READ_CHUNK
+                    more = more or len(data) >= COALESCE_BELOW_BYTES
                     self.bytes += len(data)
                     self._to_terminal(fd, data)
                     self._asm[fd].feed(data, t)
                 self.log_file.flush()
                 self._end_round(t)
                 if not more and self.coalesce > 0:
-                    # Let a chatty child's lines pile up in the pipe for a moment and take them in one read:
-                    # 50 ms is invisible on a terminal; a full pipe (``more``) is read again at once.
+                    # Let a child's lines pile up in the pipe for a moment and take them in one read: 50 ms is
+                    # invisible on a terminal; a chatty child (``more``: 8 KiB or more at once) is read again at once.
                     pause = self.coalesce - (time.monotonic() - round_start)
                     if pause > 0:
                         time.sleep(pause)   # not Event.wait: a timed sleep is the cheaper wake-up

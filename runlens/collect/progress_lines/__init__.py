@@ -6,7 +6,7 @@
 """
 
 from runlens.collect.progress_lines.generic import compile_pattern
-from runlens.collect.progress_lines.parser import ProgressParser
+from runlens.collect.progress_lines.parser import CANDIDATE_WORDS, ProgressParser
 from runlens.collect.progress_lines.records import PrintedEval, PrintedStep, Record
 
-__all__ = ["PrintedEval", "PrintedStep", "ProgressParser", "Record", "compile_pattern"]
+__all__ = ["CANDIDATE_WORDS", "PrintedEval", "PrintedStep", "ProgressParser", "Record", "compile_pattern"]

@@ -29,9 +29,11 @@ from runlens.collect.progress_lines.logdicts import log_dict
 from runlens.collect.progress_lines.numbering import DictNumbering
 from runlens.collect.progress_lines.records import EPOCH_LEVEL, PROGRESS, PrintedEval, PrintedStep, Record
 
-# Every progress line of every recogniser holds one of these; a line without any is not looked at further.
-_CANDIDATE = re.compile(rb"loss|Loss|iter|step|Step|poch|%\||it/s|s/it|Train|Test|[Vv]al|eval|_mem|\{['\"]|Class|"
-                        rb"all |Acc@1")
+# Every progress line of every recogniser holds one of these words; a line without any is not looked at further.
+# (A reader of bulk output looks for each with ``bytes.find``, CANDIDATE does the same for one line.)
+CANDIDATE_WORDS = (b"loss", b"Loss", b"iter", b"step", b"Step", b"poch", b"%|", b"it/s", b"s/it", b"Train", b"Test",
+                   b"val", b"Val", b"eval", b"_mem", b"{'", b'{"', b"Class", b"all ", b"Acc@1")
+CANDIDATE = re.compile(b"|".join(re.escape(w) for w in CANDIDATE_WORDS))
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 _RANK = re.compile(r"^\s*\[(?:rank|default)(\d+)\]:\s?|^\s*\[\d+,(\d+)\]<std(?:out|err)>:\s?")
 MAX_LINE = 4096           # characters of a line looked at
@@ -81,7 +83,7 @@ class ProgressParser:
         if redraw and not data.strip():
             self._cleared[stream] = True   # tqdm cleared its bars to print a line (tqdm.write)
             return
-        if self.pattern is None and _CANDIDATE.search(data) is None:
+        if self.pattern is None and CANDIDATE.search(data) is None:
             return
         self.feed(data[:MAX_LINE].decode("utf-8", "replace"), at, stream, redraw)
 
