@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from runlens.collect.progress_lines.formats import NUM, Context
+from runlens.collect.progress_lines.common import NUM, Context
 from runlens.collect.progress_lines.records import EPOCH_OFFSET, PrintedEval, PrintedStep, Record
 from runlens.collect.progress_lines.values import canonical, field_of, is_eval_key, number
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from runlens.collect.progress_lines.formats import NUM, fill
+from runlens.collect.progress_lines.common import NUM, fill
 from runlens.collect.progress_lines.records import EPOCH, EPOCH_LEVEL, ORDER, PrintedEval, PrintedStep, Record
 from runlens.collect.progress_lines.values import canonical, is_eval_key, number
 from runlens.core.errors import BadParameter

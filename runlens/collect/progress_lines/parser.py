@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass, field
 
 from runlens.collect.progress_lines import bars
-from runlens.collect.progress_lines.formats import LINE_FORMATS, Context, EpochSteps
+from runlens.collect.progress_lines.common import Context, EpochSteps
+from runlens.collect.progress_lines.formats import LINE_FORMATS
 from runlens.collect.progress_lines.generic import custom, plain
 from runlens.collect.progress_lines.logdicts import log_dict
 from runlens.collect.progress_lines.numbering import DictNumbering
