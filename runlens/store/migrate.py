@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import inspect, text
@@ -110,10 +111,16 @@ def ensure_schema(engine: Engine, *, retry_for: float = 30.0) -> None:
     """
     deadline = time.monotonic() + retry_for
     delay = 0.05
+    fresh_retries = 2
     while True:
         try:
             _ensure_schema_once(engine)
             return
+        except _FreshFileFailed as failed:   # the half-made file is gone: start it again, twice at most
+            fresh_retries -= 1
+            if fresh_retries < 0 or time.monotonic() > deadline:
+                raise failed.cause from None
+            time.sleep(delay)
         except OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
                 raise
@@ -131,11 +138,37 @@ def _ensure_schema_once(engine: Engine) -> None:
         _check_known(found, url)
         if found == HEAD_REVISION:
             return
+    failure: Exception | None = None
     with _exclusive(engine):
-        with engine.begin() as conn:
-            found = current_revision(conn)
-            _check_known(found, url)
-            if found == HEAD_REVISION:
-                return
-            log.info("migrating runlens store %s from %s to %s", redact_url(url), found or "empty", HEAD_REVISION)
-            upgrade(conn)
+        try:
+            with engine.begin() as conn:
+                found = current_revision(conn)
+                _check_known(found, url)
+                if found == HEAD_REVISION:
+                    return
+                log.info("migrating runlens store %s from %s to %s", redact_url(url), found or "empty",
+                         HEAD_REVISION)
+                upgrade(conn)
+        except Exception as exc:
+            if not fresh or path is None:
+                raise
+            failure = exc
+        if failure is not None and path is not None:
+            # SQLite runs the migrations' DDL outside a transaction (pysqlite's autocommit for DDL), so a
+            # creation that failed half-way (seen once: "disk I/O error" under heavy load) leaves tables
+            # behind that the next open cannot migrate over ("table jobs already exists"). A file that was
+            # missing or empty when this call began holds nothing else: remove it, under the lock, and let the
+            # caller start again.
+            engine.dispose()
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+                leftover.unlink(missing_ok=True)
+            log.warning("creating the runlens store %s failed (%s); starting it again", redact_url(url), failure)
+            raise _FreshFileFailed(failure)
+
+
+class _FreshFileFailed(Exception):
+    """Creating a brand-new SQLite store failed part-way; the file was removed and may be created again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause

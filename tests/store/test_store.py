@@ -254,3 +254,34 @@ def test_writer_stores_events_that_differ_in_keys_or_hold_non_json(store: Store)
     assert events["odd"]["details"] == {"unserializable": "{'path': PosixPath('/x')}"}
     costs = {c["operation"]: c for c in store.rows("monitoring_costs", job_id)}
     assert costs["b"]["calls"] == 0 and costs["b"]["on_training_thread"] is True  # column defaults, not NULL
+
+
+def test_a_new_store_whose_creation_failed_half_way_is_made_again(db_url: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite runs the migrations' DDL outside a transaction: a creation that fails after the first table must
+    not leave a file that no later open can migrate ("table jobs already exists")."""
+    from sqlalchemy import text as sql_text
+    from sqlalchemy.exc import OperationalError
+
+    from runlens.store import migrate
+
+    real_upgrade = migrate.upgrade
+    calls = []
+
+    def flaky_upgrade(conn, revision="head"):  # type: ignore[no-untyped-def]
+        calls.append(revision)
+        if len(calls) == 1:
+            conn.execute(sql_text("CREATE TABLE jobs (job_id TEXT PRIMARY KEY)"))
+            raise OperationalError("CREATE TABLE metrics_samples", {}, Exception("disk I/O error"))
+        real_upgrade(conn, revision)
+
+    monkeypatch.setattr(migrate, "upgrade", flaky_upgrade)
+    store = open_store(db_url)
+    try:
+        assert len(calls) == 2
+        job_id = store.create_job(name="after-a-failed-creation")
+        assert store.get_job(job_id)["name"] == "after-a-failed-creation"
+    finally:
+        store.close()
+    reopened = open_store(db_url, create=False)
+    reopened.close()
