@@ -194,7 +194,8 @@ class OutputSteps:
         for s, step_time, interval in self._times.assign(steps):
             rows.append((s.at, "step", step_row(s, step_time, interval)))
             if self.last_at is not None and s.at > self.last_at:
-                self._intervals.append(s.at - self.last_at)
+                with self._lock:
+                    self._intervals.append(s.at - self.last_at)
             self.last_at = max(self.last_at or s.at, s.at)
             self.last_step, self.last_loss = s.step, s.loss
             self.steps += 1
@@ -246,7 +247,8 @@ class OutputSteps:
 
     def take_intervals(self) -> list[float]:
         """Seconds between progress lines seen since the last call (the stall guard's calibration input)."""
-        out, self._intervals = self._intervals, []
+        with self._lock:
+            out, self._intervals = self._intervals, []
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -193,3 +193,17 @@ def test_bytes_that_hold_no_progress_word_are_dropped_before_decoding() -> None:
     p.feed_bytes(b"downloading shard 3 of 9", 0.0)
     p.feed_bytes(b"iter 3: loss 1.5, time 2.00ms", 0.0)
     assert [s.step for s in p.drain()] == [3]
+
+
+def test_epoch_local_counts_become_global_steps() -> None:
+    """A loop's "Epoch [2/5], Step [100/600]" and a bar described "Epoch 2/3" count within the epoch, from 1."""
+    out = feed(ProgressParser(), "Epoch [1/5], Step [100/600], Loss: 0.2345", "Epoch [2/5], Step [100/600], Loss: 0.13",
+               "Epoch 2/3: 50%|#####| 5/10 [00:01<00:01, 5.0it/s, loss=0.4]")
+    assert [(s.step, s.loss) for s in out] == [(100, 0.2345), (700, 0.13), (15, 0.4)]
+
+
+def test_fastai_table_rows_are_epochs_with_their_validation() -> None:
+    out = feed(ProgressParser(), "epoch     train_loss  valid_loss  accuracy  time    ",
+               "0         0.512345    0.401234    0.912000  00:10     ")
+    assert [(type(r).__name__, getattr(r, "step", None)) for r in out] == [("PrintedStep", 0), ("PrintedEval", None)]
+    assert out[0].loss == 0.512345 and out[1].metrics == {"valid_loss": 0.401234, "val_accuracy": 0.912}

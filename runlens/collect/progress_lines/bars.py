@@ -28,7 +28,7 @@ _TQDM = re.compile(r"^(?P<desc>.*?)(?::\s*)?\s*(?P<pct>\d{1,3})%\|(?P<bar>[^|]*)
                    r"\s*\[(?P<info>[^\]]*)\]?")
 _TQDM_NOTOTAL = re.compile(r"^(?P<desc>.*?):?\s*(?P<n>\d+)(?P<unit>[a-zA-Z]*) \[(?P<info>\d[^\]]*(?:it/s|s/it)[^\]]*)\]")
 _RATE = re.compile(r"(?:[\d.]+|\?)\s*(?:[a-zA-Z]+/s|s/[a-zA-Z]+)")
-_EPOCH_DESC = re.compile(r"\bEpoch\s*(\d+)\b", re.I)
+_EPOCH_DESC = re.compile(r"\bEpoch\s*(\d+)(/\d+)?\b", re.I)
 _EVAL_DESC = re.compile(r"\b(Validat\w*|Sanity Checking|Test\w*|Evaluat\w*|Predict\w*|eval\w*|val)\b", re.I)
 # Loss keys of a postfix, in the order they are preferred (Lightning's per-step value before its epoch mean).
 _LOSS_KEYS = ("train_loss_step", "loss", "train_loss", "loss_step", "train/loss", "training_loss", "tr_loss")
@@ -104,12 +104,14 @@ def bar_step(bar: Bar, at: float, ctx: Context) -> PrintedStep | None:
     if loss_key is None:
         loss_key = next((k for k in bar.postfix if "loss" in k.lower() and not is_eval_key(k)), None)
     epoch = _EPOCH_DESC.search(bar.desc)
-    lightning = epoch is not None and ("v_num" in bar.postfix or bar.desc.startswith("Epoch"))
+    lightning = epoch is not None and "v_num" in bar.postfix   # Lightning's bar names its logger's version
     if loss_key is None and not lightning:
         return None
     fmt = "lightning" if lightning else "tqdm"
     if epoch is not None:
-        step = ctx.epochs.step("bar:" + _EPOCH_DESC.sub("", bar.desc), int(epoch.group(1)), bar.n, bar.total, base=0)
+        # Lightning counts epochs from 0 ("Epoch 0:"); "Epoch 1/3" counts from 1.
+        base = 1 if epoch.group(2) else 0
+        step = ctx.epochs.step("bar:" + _EPOCH_DESC.sub("", bar.desc), int(epoch.group(1)), bar.n, bar.total, base)
         s = PrintedStep(step=step, at=at, fmt=fmt, epoch=float(epoch.group(1)), numbering=EPOCH_OFFSET)
     else:
         s = PrintedStep(step=bar.n, at=at, fmt=fmt)
@@ -231,3 +233,33 @@ def ultralytics(text: str, at: float, ctx: Context) -> list[Record]:
     if gpu is not None:
         s.extras["gpu_mem_gb"] = gpu
     return [s]
+
+
+# -- fastai --------------------------------------------------------------------------------------------------
+# fastai's ProgressCallback prints, outside a notebook, a table: a header "epoch  train_loss  valid_loss  accuracy
+# time" and one row per epoch "0  0.512345  0.401234  0.912000  00:10" (fastai/callback/progress.py).
+_FASTAI_HEADER = re.compile(r"^\s*epoch\s+train_loss(\s+\S+)*\s*$")
+
+
+def fastai(text: str, at: float, ctx: Context) -> list[Record]:
+    if _FASTAI_HEADER.match(text):
+        ctx.table = text.split()
+        return []
+    columns = ctx.table
+    if columns is None:
+        return []
+    cells = text.split()
+    if len(cells) != len(columns) or not cells[0].isdigit():
+        return []
+    values = dict(zip(columns, cells))
+    loss = number(values.get("train_loss"))
+    if loss is None and values.get("train_loss") != "#na#":
+        return []
+    s = PrintedStep(step=int(cells[0]), at=at, fmt="fastai", loss=loss, epoch=float(cells[0]), numbering="epoch",
+                    level="epoch")
+    metrics = {("val_" + k if not is_eval_key(k) else canonical(k)): v for k, raw in values.items()
+               if k not in ("epoch", "train_loss", "time") and (v := number(raw)) is not None}
+    elapsed = _seconds(values.get("time", ""))
+    if elapsed is not None:
+        s.extras["epoch_seconds"] = elapsed
+    return [s, PrintedEval(at=at, fmt="fastai", metrics=metrics)] if metrics else [s]

@@ -44,6 +44,7 @@ class Context:
     yolo_columns: list[str] | None = None
     yolo_base: int = 1
     yolo_val_columns: list[str] | None = None
+    table: list[str] | None = None          # fastai's results table: its column names
 
 
 def fill(step: PrintedStep, key: str, value: float | None, unit: str = "") -> None:

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import re
 
-from runlens.collect.progress_lines.common import NUM, fill
-from runlens.collect.progress_lines.records import EPOCH, EPOCH_LEVEL, ORDER, PrintedEval, PrintedStep, Record
+from runlens.collect.progress_lines.common import NUM, Context, fill
+from runlens.collect.progress_lines.records import (
+    EPOCH,
+    EPOCH_LEVEL,
+    EPOCH_OFFSET,
+    ORDER,
+    PrintedEval,
+    PrintedStep,
+    Record,
+)
 from runlens.collect.progress_lines.values import canonical, is_eval_key, number
 from runlens.core.errors import BadParameter
 
 _STEP_WORD = re.compile(r"\b(global[ _]step|step|update|iteration|iter|it|batch)\b\s*[:=#]?\s*\[?\s*(\d+)(?!\.\d)"
-                        r"(?:\s*/\s*\d+)?", re.I)
-_EPOCH_WORD = re.compile(r"\bepoch\b\s*[:=#]?\s*\[?\s*(\d+)(?!\.\d)(?:\s*/\s*\d+)?", re.I)
+                        r"(?:\s*/\s*(\d+))?", re.I)
+_EPOCH_WORD = re.compile(r"\bepoch\b\s*[:=#]?\s*\[?\s*(\d+)(?!\.\d)(\s*/\s*\d+)?", re.I)
 _LOSS = re.compile(r"\b((?:train(?:ing)?[ _/]|val(?:id(?:ation)?)?[ _/]|eval[ _/]|test[ _/])?loss)"
                    r"(?: train)?(?: \(curr\))?\s*[:=]?\s*(" + NUM + r")(?![\w.])", re.I)
 # fp16 overflow messages, warnings, and the summary lines of formats whose step lines have their own recogniser
@@ -29,22 +37,29 @@ _WORD_RANK = {"step": 0, "global_step": 0, "global step": 0, "update": 0, "itera
               "batch": 2}
 
 
-def plain(text: str, at: float) -> list[Record]:
-    """A hand-written loop's step line (see the module docstring), or nothing."""
+def plain(text: str, at: float, ctx: Context | None = None) -> list[Record]:
+    """A hand-written loop's step line (see the module docstring), or nothing. A step counted within its epoch
+    (``Epoch [2/5], Step [100/600], Loss: 0.23``) is made global with the epochs before it."""
     losses = [(m.group(1), number(m.group(2))) for m in _LOSS.finditer(text)]
     if not losses or _NOT_PROGRESS.search(text):
         return []
-    words = sorted(((_WORD_RANK[m.group(1).lower()], m.start(), int(m.group(2))) for m in _STEP_WORD.finditer(text)))
+    words = sorted(((_WORD_RANK[m.group(1).lower()], m.start(), int(m.group(2)), m.group(3))
+                    for m in _STEP_WORD.finditer(text)))
     train = [(k, v) for k, v in losses if not is_eval_key(k) and not k.lower().startswith("val")]
     evals = {canonical(k): v for k, v in losses if (is_eval_key(k) or k.lower().startswith("val")) and v is not None}
     out: list[Record] = []
-    if words:
+    epoch = _EPOCH_WORD.search(text)
+    if words and words[0][3] is not None and epoch is not None and ctx is not None:
+        # "Epoch [2/5]" counts from 1, "Epoch 0" (no total) from 0.
+        step = ctx.epochs.step("plain", int(epoch.group(1)), words[0][2], int(words[0][3]),
+                               base=1 if epoch.group(2) else 0)
+        numbering, level = EPOCH_OFFSET, "step"
+    elif words:
         step, numbering, level = words[0][2], "printed", "step"
     else:
-        m = _EPOCH_WORD.search(text)
-        if m is None:
+        if epoch is None:
             return []
-        step, numbering, level = int(m.group(1)), EPOCH, EPOCH_LEVEL
+        step, numbering, level = int(epoch.group(1)), EPOCH, EPOCH_LEVEL
     if train:
         s = PrintedStep(step=step, at=at, fmt="plain", loss=train[0][1], numbering=numbering, level=level)
         for key, raw, unit in _PAIR.findall(text):

@@ -174,7 +174,11 @@ class ProgressParser:
             found = bars.keras(text, at, ctx)
             if found:
                 return found
-        return plain(text, at)
+        if ctx.table is not None or "train_loss" in text:
+            found = bars.fastai(text, at, ctx)
+            if found or ctx.table is not None and text[:1].isdigit():
+                return found
+        return plain(text, at, ctx)
 
     def _bar(self, bar: bars.Bar, at: float, stream: int, rank: int | None, ctx: Context) -> list[Record]:
         cleared = self._cleared.pop(stream, False)
