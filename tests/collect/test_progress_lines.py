@@ -128,6 +128,8 @@ def test_nan_and_inf_are_kept_as_non_finite() -> None:
     "Disabling parallelism to avoid deadlocks...",
     "Map: 100%|##########| 1000/1000 [00:00<00:00, 9000.00 examples/s]",
     "***** eval metrics *****", "  eval_loss               =     0.4321",
+    "Saving checkpoint at step 1000 with loss 2.31 to out/ckpt.pt",
+    "Epoch 00012: early stopping, best loss 0.3012 at epoch 9",
 ])
 def test_decoys_are_not_steps(line: str) -> None:
     assert [r for r in feed(ProgressParser(), line) if isinstance(r, PrintedStep)] == []
@@ -207,3 +209,12 @@ def test_fastai_table_rows_are_epochs_with_their_validation() -> None:
                "0         0.512345    0.401234    0.912000  00:10     ")
     assert [(type(r).__name__, getattr(r, "step", None)) for r in out] == [("PrintedStep", 0), ("PrintedEval", None)]
     assert out[0].loss == 0.512345 and out[1].metrics == {"valid_loss": 0.401234, "val_accuracy": 0.912}
+
+
+def test_the_pytorch_examples_mnist_loop_counts_samples_across_epochs() -> None:
+    out = feed(ProgressParser(), "Train Epoch: 1 [59520/60000 (99%)]\tLoss: 0.012345",
+               "Test set: Average loss: 0.0321, Accuracy: 9900/10000 (99%)",
+               "Train Epoch: 2 [640/60000 (1%)]\tLoss: 0.010000")
+    assert [(type(r).__name__, getattr(r, "step", None)) for r in out] == [
+        ("PrintedStep", 59520), ("PrintedEval", None), ("PrintedStep", 60640)]
+    assert out[1].metrics == {"test_loss": 0.0321, "test_accuracy": 0.99}

@@ -28,6 +28,7 @@ from runlens.collect.progress_lines.vision import (
     mmengine,
     openpcdet,
     pointcept,
+    pytorch_examples,
     timm,
     yolox,
 )
@@ -50,6 +51,7 @@ LINE_FORMATS: list[tuple[str, tuple[str, ...], Recogniser]] = [
     ("timm", ("Train: ", "Test: ["), timm),
     ("openpcdet", ("Train: ",), openpcdet),
     ("pointcept", ("Train: [",), pointcept),
+    ("pytorch_examples", ("Train Epoch: ", "Test set: "), pytorch_examples),
     ("metriclogger", ("Epoch: [", "* Acc@1"), metriclogger),
 ]
 

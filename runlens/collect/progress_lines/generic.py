@@ -28,9 +28,11 @@ _STEP_WORD = re.compile(r"\b(global[ _]step|step|update|iteration|iter|it|batch)
 _EPOCH_WORD = re.compile(r"\bepoch\b\s*[:=#]?\s*\[?\s*(\d+)(?!\.\d)(\s*/\s*\d+)?", re.I)
 _LOSS = re.compile(r"\b((?:train(?:ing)?[ _/]|val(?:id(?:ation)?)?[ _/]|eval[ _/]|test[ _/])?loss)"
                    r"(?: train)?(?: \(curr\))?\s*[:=]?\s*(" + NUM + r")(?![\w.])", re.I)
-# fp16 overflow messages, warnings, and the summary lines of formats whose step lines have their own recogniser
+# fp16 overflow messages, warnings, checkpoint and early-stopping messages that quote a step and a loss ("saved
+# checkpoint at step 1000, loss 2.31"), and the summary lines of formats whose step lines have their own recogniser
 # (fairseq's per-epoch "| epoch 008 | loss 6.326 | ... | num_updates 21896").
-_NOT_PROGRESS = re.compile(r"loss[ _]scal|overflow|skipping|warning|nan iterations|num_updates|averaged stats", re.I)
+_NOT_PROGRESS = re.compile(r"loss[ _]scal|overflow|skipping|warning|nan iterations|num_updates|averaged stats|"
+                           r"checkpoint|resum|\bbest\b|improved|early stopping|\bsav(?:e|ed|ing)\b|\bload", re.I)
 _PAIR = re.compile(r"\b(lr|learning[ _]rate|grad[ _]norm|gnorm|norm|tok/s|tokens/s|tokens/sec|samples/s|"
                    r"(?:iter |step |batch )?time|data[ _]time|dt)\b\s*[:=]?\s*(" + NUM + r")\s*(ms|s)?", re.I)
 _WORD_RANK = {"step": 0, "global_step": 0, "global step": 0, "update": 0, "iteration": 1, "iter": 1, "it": 1,

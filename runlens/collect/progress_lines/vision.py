@@ -1,6 +1,6 @@
 """Recognisers of vision trainers' progress lines: MMEngine/mmcv (mmdetection...), detectron2, YOLOX, timm,
-torchvision's MetricLogger (DeiT, MAE, DINO...), OpenPCDet, Pointcept; each written from the trainer's own format
-string, cited beside it.
+torchvision's MetricLogger (DeiT, MAE, DINO...), OpenPCDet, Pointcept, the PyTorch examples' MNIST loop; each
+written from the trainer's own format string, cited beside it.
 """
 
 from __future__ import annotations
@@ -200,3 +200,24 @@ def pointcept(text: str, at: float, ctx: Context) -> list[Record]:
         else:
             s.step_time = number(raw)
     return [s]
+
+
+# pytorch/examples mnist/main.py (copied into countless scripts): "Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}"
+# with the samples seen in the epoch, and "Test set: Average loss: {:.4f}, Accuracy: {}/{} ({:.0f}%)". The step is
+# counted in samples: the batch size is not printed.
+_MNIST = re.compile(r"\bTrain Epoch: (\d+) \[(\d+)/(\d+) \(\s*\d+%\)\]\s+Loss: (" + NUM + ")")
+_MNIST_TEST = re.compile(r"\bTest set: Average loss: (" + NUM + r"), Accuracy: (\d+)/(\d+)")
+
+
+def pytorch_examples(text: str, at: float, ctx: Context) -> list[Record]:
+    m = _MNIST.search(text)
+    if m:
+        step = ctx.epochs.step("mnist", int(m.group(1)), int(m.group(2)), int(m.group(3)), base=1)
+        return [PrintedStep(step=step, at=at, fmt="pytorch_examples", loss=number(m.group(4)),
+                            epoch=float(m.group(1)), numbering=EPOCH_OFFSET)]
+    m = _MNIST_TEST.search(text)
+    if m:
+        metrics = {"test_loss": number(m.group(1)), "test_accuracy": int(m.group(2)) / max(1, int(m.group(3)))}
+        ev = eval_of({k: v for k, v in metrics.items() if v is not None}, at, "pytorch_examples")
+        return [ev] if ev else []
+    return []
