@@ -15,7 +15,6 @@ goes on.
 from __future__ import annotations
 
 import logging
-import collections
 import os
 import selectors
 import threading
@@ -37,7 +36,6 @@ TEE_COALESCE_SECONDS = 0.05    # at most ~20 tee wake-ups a second: one per prin
 # or its pipe (64 KiB) fills within the pause and the pause caps its output (~1.3 MB/s; bench/bench_progress.py).
 COALESCE_BELOW_BYTES = 8192
 READ_CHUNK = 65536
-_OVERLAP = 16                  # bytes searched again for the progress prefilter: a word a read cut in two
 
 
 class ArrivalSink(Protocol):
@@ -111,9 +109,6 @@ class _LineAssembler:
         self.segment = segment      # every line and every \r redraw, as it arrives (the progress parser)
         self.prefilter = prefilter  # ... or only the lines holding one of these words
         self._tail_sent = b""
-        self._base = 0              # stream offset of buf[0]
-        self._scanned = 0           # stream offset up to which buf was searched for the prefilter
-        self._marks: collections.deque[int] = collections.deque()   # stream offsets of its matches
         self.progress_every = progress_every
         self.max_line = max_line
         self.buf = bytearray()
@@ -130,38 +125,31 @@ class _LineAssembler:
                 return seg
         return b""
 
-    def _scan(self) -> None:
-        """Find the prefilter's words in what was added to ``buf``: one ``find`` pass per word over the chunk (in
-        C, at memory speed; a regular expression of alternatives is tried at every byte, ~30 MB/s)."""
-        assert self.prefilter is not None
-        buf, base = self.buf, self._base
-        start = max(self._scanned - _OVERLAP, base) - base   # a word cut in two by a read is found whole
-        found: list[int] = []
+    def _candidates(self, end: int, t: float) -> None:
+        """Hand the complete lines of ``buf[:end]`` that hold a prefilter word to the progress parser: one ``find``
+        pass per word over the chunk (in C, at memory speed; a regular expression of alternatives is tried at
+        every byte, ~30 MB/s), then only those lines are cut out. The other lines cost nothing more."""
+        assert self.prefilter is not None and self.segment is not None
+        buf = self.buf
+        starts: set[int] = set()
         for word in self.prefilter:
-            pos = buf.find(word, start)
+            pos = buf.find(word, 0, end)
             while pos >= 0:
-                found.append(base + pos)
-                pos = buf.find(word, pos + 1)
-        if found:
-            marks = self._marks
-            last = marks[-1] if marks else -1
-            marks.extend(sorted(p for p in set(found) if p > last))
-        self._scanned = base + len(buf)
-
-    def _candidate(self, end: int) -> bool:
-        """Whether the line that ends at stream offset ``end`` holds a match (and forget the matches before)."""
-        marks = self._marks
-        found = False
-        while marks and marks[0] <= end:
-            marks.popleft()
-            found = True
-        return found
+                line = buf.rfind(b"\n", 0, pos) + 1
+                starts.add(line)
+                nl = buf.find(b"\n", pos, end)
+                pos = buf.find(word, nl + 1, end) if nl >= 0 else -1
+        for line in sorted(starts):
+            nl = buf.find(b"\n", line, end)
+            self._segments(bytes(buf[line:nl]), t)
 
     def feed(self, data: bytes, t: float) -> None:
         self.buf += data
         filtered = self.segment is not None and self.prefilter is not None
         if filtered:
-            self._scan()
+            last = self.buf.rfind(b"\n")
+            if last >= 0:
+                self._candidates(last + 1, t)
         while True:
             nl = self.buf.find(b"\n")
             if nl < 0:
@@ -169,9 +157,7 @@ class _LineAssembler:
             raw = bytes(self.buf[:nl])
             line = self._shown(raw)
             del self.buf[: nl + 1]
-            self._base += nl + 1
-            if self.segment is not None and (not filtered or b"\r" in raw
-                                             or (self._marks and self._candidate(self._base - 1))):
+            if self.segment is not None and not filtered:
                 self._segments(raw, t)
             if not line and self.progress is not None:
                 line = self.progress    # "\r 100%|...|\r\n": the bar's last state is the line
@@ -186,9 +172,6 @@ class _LineAssembler:
                     self._tail_sent = b""
             state = self._shown(bytes(self.buf[:cr]))
             del self.buf[: cr + 1]
-            self._base += cr + 1
-            if filtered:
-                self._candidate(self._base - 1)
             if state:
                 self.progress = state
             if self.progress is not None and t - self.last_progress_emit >= self.progress_every:
@@ -198,9 +181,6 @@ class _LineAssembler:
         while len(self.buf) > self.max_line:
             self.emit(bytes(self.buf[: self.max_line]), t)
             del self.buf[: self.max_line]
-            self._base += self.max_line
-            if filtered:
-                self._candidate(self._base - 1)
         if self.segment is not None and cr >= 0 and self.buf and b"\n" not in self.buf:
             # The redraw after the last \r: a bar writes "\r" + its state in one write, so this is its current
             # state, which the next redraw would otherwise deliver only one redraw late.

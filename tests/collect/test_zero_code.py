@@ -239,3 +239,22 @@ def test_a_run_that_prints_no_progress_has_unknown_steps(tmp_path: Path, env: di
     s = doc["summary"]
     assert s["step_source"] is None and s["goodput"]["ratio"] is None and s["goodput"]["unknown"]
     assert any("steps unknown" in n for n in doc["notes"])
+
+
+def test_the_tee_hands_over_only_progress_lines_whole_however_the_reads_cut_them() -> None:
+    """The tee looks for progress words per chunk: a line cut by a read is handed over once, whole, after its end
+    arrives; lines without a progress word and bar redraws come as they should."""
+    from runlens.collect.progress_lines import CANDIDATE_WORDS
+    from runlens.collect.tee import _LineAssembler
+
+    got: list[tuple[bytes, bool]] = []
+    asm = _LineAssembler(lambda line, t: None, 10.0, 1 << 20, lambda d, t, r: got.append((d, r)), CANDIDATE_WORDS)
+    data = b"hello\niter 1: lo" + b"ss 2.0, time 1.00ms\nplain text\r 50%|##  | 1/2 [00:01<00:01, 1.0it/s]\n"
+    for i in range(0, len(data), 7):
+        asm.feed(data[i:i + 7], 0.0)
+    bar = b" 50%|##  | 1/2 [00:01<00:01, 1.0it/s]"
+    whole = [(b"iter 1: loss 2.0, time 1.00ms", False), (b"plain text", True), (bar, False)]
+    assert [g for g in got if g in whole] == whole
+    # A redraw's text after its \r is handed over as it stands (a bar writes each redraw whole, so in a real pipe
+    # it is whole); these reads cut one in pieces.
+    assert all(bar.startswith(d) and r for d, r in got if (d, r) not in whole)

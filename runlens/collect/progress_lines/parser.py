@@ -32,8 +32,8 @@ from runlens.collect.progress_lines.records import EPOCH_LEVEL, PROGRESS, Printe
 
 # Every progress line of every recogniser holds one of these words; a line without any is not looked at further.
 # (A reader of bulk output looks for each with ``bytes.find``, CANDIDATE does the same for one line.)
-CANDIDATE_WORDS = (b"loss", b"Loss", b"iter", b"step", b"Step", b"poch", b"%|", b"it/s", b"s/it", b"Train", b"Test",
-                   b"val", b"Val", b"eval", b"_mem", b"{'", b'{"', b"Class", b"all ", b"Acc@1")
+CANDIDATE_WORDS = (b"loss", b"Loss", b"step", b"poch", b"%|", b"it/s", b"s/it", b"{'", b"_mem", b"Class", b"  all ",
+                   b"Acc@1", b"Iter(")
 CANDIDATE = re.compile(b"|".join(re.escape(w) for w in CANDIDATE_WORDS))
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 _RANK = re.compile(r"^\s*\[(?:rank|default)(\d+)\]:\s?|^\s*\[\d+,(\d+)\]<std(?:out|err)>:\s?")
