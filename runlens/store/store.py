@@ -70,7 +70,7 @@ class Store:
     def begin(self) -> Iterator[Connection]:
         """A transaction; database errors surface as StoreUnavailable."""
         try:
-            with self.engine.begin() as conn:
+            with self.open_connection() as conn, conn.begin():
                 yield conn
         except (OperationalError, DatabaseError) as exc:
             raise StoreUnavailable(self.shown_url, error_reason(exc)) from exc
@@ -78,10 +78,34 @@ class Store:
     @contextmanager
     def connect(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect() as conn:
+            with self.open_connection() as conn:
                 yield conn
         except (OperationalError, DatabaseError) as exc:
             raise StoreUnavailable(self.shown_url, error_reason(exc)) from exc
+
+    def open_connection(self) -> Connection:
+        """A new connection, past SQLite's one racy moment.
+
+        When the last connection to a WAL database closes it checkpoints and deletes the ``-wal`` and ``-shm``
+        files; a connection whose first read meets that moment can get ``SQLITE_PROTOCOL`` ("locking
+        protocol"), which SQLite documents as transient (https://www.sqlite.org/rescode.html#protocol). Seen
+        under load when a reader opened the store just as ``runlens collect`` closed it. The first read is
+        made here and retried; once this connection is open, no other close is the last one.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return self.engine.connect()
+        for attempt in range(5):
+            conn = self.engine.connect()
+            try:
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+                conn.rollback()   # end the probe's implicit transaction: the caller starts its own
+                return conn
+            except OperationalError as exc:
+                conn.close()
+                if "locking protocol" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def held_connection(self) -> "HeldConnection":
         """One connection for a writer thread to keep across its transactions (see ``HeldConnection``)."""
@@ -386,7 +410,7 @@ class HeldConnection:
         """A transaction on the held connection; database errors surface as StoreUnavailable."""
         try:
             if self._conn is None:
-                self._conn = self.store.engine.connect()
+                self._conn = self.store.open_connection()
             with self._conn.begin():
                 yield self._conn
         except (OperationalError, DatabaseError) as exc:
