@@ -24,12 +24,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Boolean, Float, Integer, Table, bindparam, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.sql import Select
 
 from runlens._version import __version__
-from runlens.core.errors import StoreUnavailable
-from runlens.store.store import TABLES, Store, error_reason
+from runlens.store.store import TABLES, Store, driver_errors
 
 __all__ = ["JobFrames", "latest_analysis", "load_frames", "save_analysis"]
 
@@ -76,30 +74,20 @@ def load_frames(store: Store, job_id: str) -> JobFrames:
     """
     job = store.get_job(job_id)
     timings: dict[str, float] = {}
-    try:
-        with _read_snapshot(store.engine) as cur:
-            def timed(name: str, fn: Any) -> pd.DataFrame:
-                t0 = time.perf_counter()
-                frame = fn()
-                timings[name] = time.perf_counter() - t0
-                return frame
+    with driver_errors(store), _read_snapshot(store.engine) as cur:
+        def timed(name: str, fn: Any) -> pd.DataFrame:
+            t0 = time.perf_counter()
+            frame = fn()
+            timings[name] = time.perf_counter() - t0
+            return frame
 
-            samples = timed("samples", lambda: _frame(cur, store.engine, "metrics_samples", SAMPLE_COLUMNS, job_id,
-                                                      order=("timestamp", "id")))
-            steps = timed("steps", lambda: _steps(cur, store.engine, job_id))
-            events = timed("events", lambda: _events(cur, store.engine, job_id))
-            gpus = timed("gpus", lambda: _frame(cur, store.engine, "gpu_samples", GPU_COLUMNS, job_id,
-                                                order=("timestamp", "device_index")))
-            costs = timed("costs", lambda: _costs(cur, store.engine, job_id))
-    except (OperationalError, DatabaseError) as exc:
-        raise StoreUnavailable(store.shown_url, error_reason(exc)) from exc
-    except Exception as exc:
-        # A DBAPI error from the raw cursor (sqlite3.OperationalError, psycopg.Error) is not wrapped by
-        # SQLAlchemy; name it the same way so the CLI prints one line.
-        if type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"):
-            raise StoreUnavailable(store.shown_url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) \
-                from exc
-        raise
+        samples = timed("samples", lambda: _frame(cur, store.engine, "metrics_samples", SAMPLE_COLUMNS, job_id,
+                                                  order=("timestamp", "id")))
+        steps = timed("steps", lambda: _steps(cur, store.engine, job_id))
+        events = timed("events", lambda: _events(cur, store.engine, job_id))
+        gpus = timed("gpus", lambda: _frame(cur, store.engine, "gpu_samples", GPU_COLUMNS, job_id,
+                                            order=("timestamp", "device_index")))
+        costs = timed("costs", lambda: _costs(cur, store.engine, job_id))
     return JobFrames(job=job, steps=steps, samples=samples, events=events, gpus=gpus, costs=costs, timings=timings)
 
 

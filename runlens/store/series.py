@@ -12,10 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import DatabaseError, OperationalError
 
-from runlens.core.errors import StoreUnavailable
-from runlens.store.store import TABLES, Store, error_reason
+from runlens.store.store import TABLES, Store, driver_errors
 
 __all__ = ["SAMPLE_SERIES", "STEP_SERIES", "read_series"]
 
@@ -59,18 +57,11 @@ def read_series(store: Store, kind: str, job_id: str, *, since: float | None = N
     args: Any = tuple(values[k] for k in (compiled.positiontup or [])) if compiled.positional else values
     raw = store.engine.raw_connection()
     try:
-        cur = raw.cursor()
-        cur.execute(str(compiled), args)
-        rows = cur.fetchall()
-        cur.close()
-    except (OperationalError, DatabaseError) as exc:
-        raise StoreUnavailable(store.shown_url, error_reason(exc)) from exc
-    except Exception as exc:
-        # The raw cursor's own errors (sqlite3, psycopg) are not wrapped by SQLAlchemy; name them the same way.
-        if type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"):
-            raise StoreUnavailable(store.shown_url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) \
-                from exc
-        raise
+        with driver_errors(store):
+            cur = raw.cursor()
+            cur.execute(str(compiled), args)
+            rows = cur.fetchall()
+            cur.close()
     finally:
         raw.rollback()
         raw.close()

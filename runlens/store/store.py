@@ -452,6 +452,21 @@ def _uniform_rows(table: Table, rows: Sequence[Mapping[str, Any]]) -> list[dict[
     return [{**fill, **r} for r in rows]
 
 
+@contextmanager
+def driver_errors(store: Store) -> Iterator[None]:
+    """Database errors as StoreUnavailable, so the CLI prints one line: SQLAlchemy's, and those of a raw DBAPI
+    cursor (sqlite3, psycopg), which SQLAlchemy does not wrap (the frames and series readers use one)."""
+    try:
+        yield
+    except (OperationalError, DatabaseError) as exc:
+        raise StoreUnavailable(store.shown_url, error_reason(exc)) from exc
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"):
+            raise StoreUnavailable(store.shown_url, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) \
+                from exc
+        raise
+
+
 def error_reason(exc: SQLAlchemyError) -> str:
     """The first line of the database's own message, for one-line errors."""
     orig = getattr(exc, "orig", None)
