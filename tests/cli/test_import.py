@@ -8,27 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recorded_jobs import recorded_run
 from click.testing import CliRunner
 
 from runlens.cli import cli
-from runlens.store import open_store
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "progress"
 
 
 def run_import(tmp_path: Path, *args: str) -> Any:
     return CliRunner().invoke(cli, ["import", *args, "--db", str(tmp_path / "runlens.db")])
-
-
-def only_job(tmp_path: Path) -> dict[str, Any]:
-    store = open_store(str(tmp_path / "runlens.db"), create=False)
-    try:
-        (job,) = store.list_jobs()
-        jid = job["job_id"]
-        return {"job": store.get_job(jid), "steps": store.rows("step_metrics", jid),
-                "events": store.rows("training_events", jid)}
-    finally:
-        store.close()
 
 
 def test_a_real_log_becomes_a_job_with_its_steps_times_and_analysis(tmp_path: Path) -> None:
@@ -40,7 +29,7 @@ def test_a_real_log_becomes_a_job_with_its_steps_times_and_analysis(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert "15 steps, 1 evaluations" in result.output and "times from the times its lines state" in result.output
     assert "Training diverged" in result.output
-    run = only_job(tmp_path)
+    run = recorded_run(tmp_path)
     steps = run["steps"]
     assert [s["step"] for s in steps] == [*range(2920, 3000, 10), 3000, *range(3010, 3070, 10)]
     assert steps[0]["loss"] == 3.9883 and all(s["extras"]["nonfinite"] == {"loss": "nan"} for s in steps[-6:])
@@ -57,7 +46,7 @@ def test_a_log_without_times_gets_them_from_its_printed_step_times(tmp_path: Pat
     os.utime(log, (1_700_000_000, 1_700_000_000))
     result = run_import(tmp_path, str(log), "--no-analyze", "--name", "night")
     assert result.exit_code == 0, result.output
-    run = only_job(tmp_path)
+    run = recorded_run(tmp_path)
     assert run["job"]["name"] == "night" and run["job"]["ended_at"] == pytest.approx(1_700_000_000)
     ts = [s["timestamp"] for s in run["steps"]]
     assert ts == sorted(ts) and ts[1] - ts[0] == pytest.approx(10 * 0.89376, rel=1e-3)   # 10 iterations of 893.76 ms
@@ -69,7 +58,7 @@ def test_hf_dicts_are_numbered_from_the_configs_logging_steps(tmp_path: Path) ->
     (tmp_path / "args.json").write_text('{"logging_steps": 50, "learning_rate": 5e-05}')
     result = run_import(tmp_path, str(log), "--config", str(tmp_path / "args.json"), "--no-analyze")
     assert result.exit_code == 0, result.output
-    assert [s["step"] for s in only_job(tmp_path)["steps"]] == [50, 100, 150, 200, 250, 300]
+    assert [s["step"] for s in recorded_run(tmp_path)["steps"]] == [50, 100, 150, 200, 250, 300]
 
 
 def test_a_log_ending_in_a_traceback_is_a_failed_job(tmp_path: Path) -> None:
@@ -77,7 +66,7 @@ def test_a_log_ending_in_a_traceback_is_a_failed_job(tmp_path: Path) -> None:
     log.write_text("iter 0: loss 2.0000, time 10.00ms, mfu 1.00%\nTraceback (most recent call last):\n"
                    '  File "train.py", line 3, in <module>\nRuntimeError: CUDA error: device-side assert triggered\n')
     assert run_import(tmp_path, str(log), "--no-analyze").exit_code == 0
-    job = only_job(tmp_path)["job"]
+    job = recorded_run(tmp_path)["job"]
     assert job["status"] == "failed" and "traceback" in job["status_reason"]
 
 
@@ -87,7 +76,7 @@ def test_a_pattern_reads_a_format_of_ones_own(tmp_path: Path) -> None:
     result = run_import(tmp_path, str(log), "--no-analyze", "--progress-pattern",
                         r"\[(?P<step>\d+)\] objective=(?P<loss>\S+)")
     assert result.exit_code == 0, result.output
-    assert [(s["step"], s["loss"]) for s in only_job(tmp_path)["steps"]] == [(1, 0.5), (2, 0.25)]
+    assert [(s["step"], s["loss"]) for s in recorded_run(tmp_path)["steps"]] == [(1, 0.5), (2, 0.25)]
 
 
 @pytest.mark.parametrize("args, message", [

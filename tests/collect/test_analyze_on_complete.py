@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from recorded_jobs import only_job, script
 
 from runlens.cli.collect import analyze_completed
 from runlens.collect.background_analysis import ANALYSIS_LOG, analysis_environment, job_folder
 from runlens.core.errors import ConfigError
 from runlens.core.settings import Settings, settings_from_env, settings_from_monitoring_section
-from runlens.store import Store, open_store
+from runlens.store import open_store
 from runlens.store.frames import latest_analysis
 
 TINY = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny.py"
@@ -37,19 +37,6 @@ def env(child_env: dict[str, str]) -> dict[str, str]:
 def collect(tmp_path: Path, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "runlens", "collect", "--db", str(tmp_path / "runlens.db"), *args]
     return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def script(tmp_path: Path, body: str, name: str = "child.py") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(body))
-    return str(path)
-
-
-def only_job(tmp_path: Path) -> tuple[Store, dict[str, Any]]:
-    store = open_store(str(tmp_path / "runlens.db"), create=False)
-    jobs = store.list_jobs()
-    assert len(jobs) == 1, jobs
-    return store, store.get_job(jobs[0]["job_id"])
 
 
 def assert_analysed(tmp_path: Path, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from recorded_jobs import only_job, script
 from click.testing import CliRunner
 
 from runlens.cli import cli
@@ -43,19 +43,6 @@ def run_collect_cli(tmp_path: Path, env: dict[str, str], *args: str, timeout: fl
                     ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(collect_argv(tmp_path / "runlens.db", *args), cwd=tmp_path, env=env,
                           capture_output=True, timeout=timeout)
-
-
-def script(tmp_path: Path, body: str, name: str = "child.py") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(body))
-    return str(path)
-
-
-def only_job(tmp_path: Path) -> tuple[Store, dict[str, Any]]:
-    store = open_store(str(tmp_path / "runlens.db"), create=False)
-    jobs = store.list_jobs()
-    assert len(jobs) == 1, jobs
-    return store, store.get_job(jobs[0]["job_id"])
 
 
 def events(store: Store, job_id: str) -> dict[str, dict[str, Any]]:

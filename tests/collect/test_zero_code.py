@@ -9,11 +9,11 @@ import json
 import math
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from recorded_jobs import recorded_run, script
 
 from runlens.store import open_store
 
@@ -32,23 +32,6 @@ def collect(tmp_path: Path, env: dict[str, str], *args: str, flags: tuple[str, .
     return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def recorded(tmp_path: Path) -> dict[str, Any]:
-    store = open_store(str(tmp_path / "runlens.db"), create=False)
-    try:
-        (job,) = store.list_jobs()
-        jid = job["job_id"]
-        return {"job": store.get_job(jid), "steps": store.rows("step_metrics", jid),
-                "events": store.rows("training_events", jid)}
-    finally:
-        store.close()
-
-
-def script(tmp_path: Path, body: str) -> str:
-    path = tmp_path / "child.py"
-    path.write_text(textwrap.dedent(body))
-    return str(path)
-
-
 @pytest.mark.slow
 def test_hf_trainer_steps_equal_its_log_history(tmp_path: Path, env: dict[str, str]) -> None:
     """A Hugging Face Trainer without the runlens callback: each printed log dict is a step at the step the
@@ -57,7 +40,7 @@ def test_hf_trainer_steps_equal_its_log_history(tmp_path: Path, env: dict[str, s
     proc = collect(tmp_path, env, str(SCRIPTS / "zero_code_hf.py"), str(tmp_path / "history.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((tmp_path / "history.json").read_text())
-    run = recorded(tmp_path)
+    run = recorded_run(tmp_path)
     want = [(h["step"], float(f"{h['loss']:.4g}")) for h in history if "loss" in h]   # printed as '{v:.4g}'
     assert [(s["step"], s["loss"]) for s in run["steps"]] == want
     assert {s["source"] for s in run["steps"]} == {"output"}
@@ -78,7 +61,7 @@ def test_lightning_steps_equal_its_logged_metrics(tmp_path: Path, env: dict[str,
     assert proc.returncode == 0, proc.stderr[-3000:]
     (metrics,) = (tmp_path / "logs").rglob("metrics.csv")
     logged = [(int(r["step"]), float(r["train_loss"])) for r in csv.DictReader(metrics.open()) if r["train_loss"]]
-    steps = recorded(tmp_path)["steps"]
+    steps = recorded_run(tmp_path)["steps"]
     # The bar counts batches done (1, 2, ...); the logger's step is the global step before the batch (0, 1, ...).
     assert [s["step"] - 1 for s in steps] == [step for step, _ in logged]
     for s, (_, loss) in zip(steps, logged):
@@ -94,7 +77,7 @@ def test_nanogpt_loop_steps_equal_what_it_printed_and_a_nan_is_a_divergence(tmp_
                    "--nan-at", "50")
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads((tmp_path / "printed.json").read_text())
-    run = recorded(tmp_path)
+    run = recorded_run(tmp_path)
     got = [(s["step"], "nan" if s["loss"] is None else s["loss"]) for s in run["steps"]]
     assert got == [tuple(p) for p in printed]
     nan_rows = [s for s in run["steps"] if s["step"] >= 50]
@@ -125,7 +108,7 @@ def test_ranks_get_one_step_each(tmp_path: Path, env: dict[str, str]) -> None:
     """)
     proc = collect(tmp_path, env, child)
     assert proc.returncode == 0, proc.stderr
-    steps = recorded(tmp_path)["steps"]
+    steps = recorded_run(tmp_path)["steps"]
     assert sorted((s["rank"], s["step"]) for s in steps) == [(r, n) for r in (0, 1) for n in range(1, 6)]
 
 
@@ -142,7 +125,7 @@ def test_a_monitor_inside_wins(tmp_path: Path, env: dict[str, str]) -> None:
     """)
     proc = collect(tmp_path, env, child)
     assert proc.returncode == 0, proc.stderr
-    steps = recorded(tmp_path)["steps"]
+    steps = recorded_run(tmp_path)["steps"]
     assert len(steps) == 20 and {s["source"] for s in steps} == {"monitor"}
 
 
@@ -153,7 +136,7 @@ def test_progress_pattern_reads_a_format_of_ones_own(tmp_path: Path, env: dict[s
     """)
     proc = collect(tmp_path, env, child, flags=("--progress-pattern", r"\[(?P<step>\d+)\] objective=(?P<loss>\S+)"))
     assert proc.returncode == 0, proc.stderr
-    assert [(s["step"], s["loss"]) for s in recorded(tmp_path)["steps"]] == [(1, 0.5), (2, 0.25), (3, 0.167)]
+    assert [(s["step"], s["loss"]) for s in recorded_run(tmp_path)["steps"]] == [(1, 0.5), (2, 0.25), (3, 0.167)]
 
 
 def test_progress_pattern_from_the_config(tmp_path: Path, env: dict[str, str]) -> None:
@@ -161,7 +144,7 @@ def test_progress_pattern_from_the_config(tmp_path: Path, env: dict[str, str]) -
     child = script(tmp_path, "print('it=7 L=0.25', flush=True)\n")
     proc = collect(tmp_path, env, child, flags=("--config", str(tmp_path / "run.yaml")))
     assert proc.returncode == 0, proc.stderr
-    assert [(s["step"], s["loss"]) for s in recorded(tmp_path)["steps"]] == [(7, 0.25)]
+    assert [(s["step"], s["loss"]) for s in recorded_run(tmp_path)["steps"]] == [(7, 0.25)]
 
 
 @pytest.mark.parametrize("pattern, why", [("(?P<step>\\d+", "does not compile"), ("x=(\\d+)", "has no")])
@@ -216,7 +199,7 @@ def test_a_stall_after_printed_progress_is_reported_with_its_step(tmp_path: Path
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 124, err[-2000:]
-    run = recorded(tmp_path)
+    run = recorded_run(tmp_path)
     (hang,) = [e["details"] for e in run["events"] if e["event_type"] == "hang_suspected"]
     assert hang["timeout_kind"] == "calibrated" and 1.0 <= hang["timeout"] <= 2.0
     assert hang["last_step"] == 39 and hang["output_steps"] is True and hang["progress_source"] == "output"
